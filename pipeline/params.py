@@ -1,0 +1,158 @@
+"""Typed, validated views of params.yaml sections.
+
+This is the only module that reads params.yaml. Each consumer declares a frozen
+dataclass for its section; `load_params` checks that every key is known, every
+field is present and every value has the declared type, and raises `ParamsError`
+with a one-line message naming the offending key otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+
+from pipeline.config import PARAMS_FILE
+
+T = TypeVar("T")
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem, worded for the user (one line, names the key)."""
+
+
+def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """Parse params.yaml into a dict (raises ParamsError on YAML syntax errors)."""
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError as exc:
+        raise ParamsError(f"{path}: params file not found") from exc
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def get_section(data: Mapping[str, Any], section: str) -> Any:
+    """Return `data[a][b]...` for a dotted `section` name like "models.rnn"."""
+    node: Any = data
+    walked: list[str] = []
+    for part in section.split("."):
+        walked.append(part)
+        if not isinstance(node, Mapping) or part not in node:
+            raise ParamsError(f"params.yaml: missing key '{'.'.join(walked)}'")
+        node = node[part]
+    return node
+
+
+def load_params(section: str, cls: type[T], path: str | Path = PARAMS_FILE) -> T:
+    """Load `section` of params.yaml into the frozen dataclass `cls`."""
+    return from_mapping(get_section(read_params_file(path), section), cls, section)
+
+
+def load_list(key: str, allowed: typing.Iterable[str], path: str | Path = PARAMS_FILE) -> list[str]:
+    """Load a top-level list of names (e.g. `sources`), each one of `allowed`."""
+    value = get_section(read_params_file(path), key)
+    allowed = sorted(allowed)
+    if not isinstance(value, list) or not value:
+        raise ParamsError(f"params.yaml: '{key}' must be a non-empty list of {allowed}")
+    for item in value:
+        if item not in allowed:
+            raise ParamsError(f"params.yaml: '{key}' has unknown entry {item!r}; allowed: {allowed}")
+    return value
+
+
+def from_mapping(raw: Any, cls: type[T], section: str) -> T:
+    """Build dataclass `cls` from a mapping, validating keys and types."""
+    if not isinstance(raw, Mapping):
+        raise ParamsError(f"params.yaml: '{section}' must be a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ParamsError(
+            f"params.yaml: unknown key '{section}.{unknown[0]}'; allowed: {sorted(fields)}"
+        )
+    values: dict[str, Any] = {}
+    for name, field in fields.items():
+        key = f"{section}.{name}"
+        if name not in raw:
+            has_default = (
+                field.default is not dataclasses.MISSING
+                or field.default_factory is not dataclasses.MISSING
+            )
+            if has_default:
+                continue
+            raise ParamsError(f"params.yaml: missing key '{key}'")
+        values[name] = _check(raw[name], hints[name], key)
+    obj = cls(**values)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ValueError as exc:
+            raise ParamsError(f"params.yaml: '{section}': {exc}") from exc
+    return obj
+
+
+def _check(value: Any, hint: Any, key: str) -> Any:
+    origin = get_origin(hint)
+    if origin is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            raise ParamsError(f"params.yaml: '{key}' must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(value, arg, key)
+            except ParamsError as exc:
+                errors.append(str(exc))
+        raise ParamsError(errors[0] if errors else f"params.yaml: '{key}' has the wrong type")
+    if origin in (list, tuple):
+        (inner, *_) = get_args(hint) or (Any,)
+        if not isinstance(value, list):
+            raise ParamsError(f"params.yaml: '{key}' must be a list, got {value!r}")
+        items = [_check(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if dataclasses.is_dataclass(hint):
+        return from_mapping(value, hint, key)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"params.yaml: '{key}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"params.yaml: '{key}' must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"params.yaml: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"params.yaml: '{key}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ValueError(message) unless `condition`; for dataclass `validate()` hooks."""
+    if not condition:
+        raise ValueError(message)

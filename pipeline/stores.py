@@ -1,0 +1,116 @@
+"""Declared Parquet schemas of the interim stores, and versioned reading.
+
+Each store file carries `etude_schema` (store kind) and `etude_version` in its
+Parquet metadata so that a file from another version of Etude is refused with a
+clear message instead of producing silently wrong data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.io import write_parquet
+
+SCHEMA_VERSION = 1
+
+NOTES = pa.schema(
+    [
+        ("piece_id", pa.string()),
+        ("track", pa.int16()),
+        ("program", pa.int16()),
+        ("is_drum", pa.bool_()),
+        ("pitch", pa.int16()),
+        ("velocity", pa.int16()),
+        ("start", pa.float64()),  # seconds
+        ("end", pa.float64()),  # seconds
+    ]
+)
+PIECES = pa.schema(
+    [
+        ("piece_id", pa.string()),
+        ("source", pa.string()),
+        ("split", pa.string()),
+        ("path", pa.string()),  # relative to the source's raw folder
+        ("md5", pa.string()),
+        ("composer", pa.string()),
+        ("title", pa.string()),
+        ("style", pa.string()),  # conditioning label: composer, or source name
+        ("duration", pa.float64()),  # seconds, end of the last note
+        ("n_notes", pa.int64()),
+        ("n_tracks", pa.int32()),
+        ("ticks_per_quarter", pa.int32()),
+    ]
+)
+REJECTS = pa.schema([("path", pa.string()), ("reason", pa.string())])
+PEDALS = pa.schema(
+    [
+        ("piece_id", pa.string()),
+        ("track", pa.int16()),
+        ("start", pa.float64()),
+        ("end", pa.float64()),
+    ]
+)
+
+INTERIM_STORES: dict[str, pa.Schema] = {
+    "notes": NOTES,
+    "pieces": PIECES,
+    "rejects": REJECTS,
+    "pedals": PEDALS,
+}
+
+
+class StoreError(RuntimeError):
+    """A store file is missing, unreadable or from another schema version."""
+
+
+def with_meta(schema: pa.Schema, kind: str) -> pa.Schema:
+    """Return `schema` tagged with the store kind and schema version."""
+    return schema.with_metadata({"etude_schema": kind, "etude_version": str(SCHEMA_VERSION)})
+
+
+def write_store(df: pd.DataFrame | pa.Table, path: str | Path, kind: str, schema: pa.Schema) -> None:
+    """Write `df` with exactly `schema` (cast, column order enforced), atomically."""
+    if isinstance(df, pd.DataFrame):
+        table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+    else:
+        table = df.select(schema.names).cast(schema)
+    write_parquet(table.replace_schema_metadata(with_meta(schema, kind).metadata), path)
+
+
+def read_store(path: str | Path, kind: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a store file, refusing files of another kind or schema version."""
+    return read_table(path, kind, columns).to_pandas()
+
+
+def read_table(path: str | Path, kind: str, columns: list[str] | None = None) -> pa.Table:
+    """Like `read_store` but returns the pyarrow table."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path}: store not found (run the stage that builds it first)")
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise StoreError(f"{path}: not a readable Parquet file ({exc})") from exc
+    found_kind = meta.get(b"etude_schema", b"?").decode()
+    version = meta.get(b"etude_version", b"?").decode()
+    if found_kind != kind:
+        raise StoreError(f"{path}: expected a '{kind}' store, found '{found_kind}'")
+    if version != str(SCHEMA_VERSION):
+        raise StoreError(
+            f"{path}: store schema version {version}, this Etude reads version "
+            f"{SCHEMA_VERSION}; rebuild it with `dvc repro`"
+        )
+    return pq.read_table(path, columns=columns)
+
+
+def read_interim(dirs: Iterable[str | Path], kind: str) -> pd.DataFrame:
+    """Concatenate one interim store kind ("notes", "pieces", ...) across sources."""
+    frames = [read_store(Path(d) / f"{kind}.parquet", kind) for d in dirs]
+    if not frames:
+        return INTERIM_STORES[kind].empty_table().to_pandas()
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipeline import ingest as ingest_mod
+from pipeline.cli import app
+from pipeline.ingest import DEFAULT_PARAMS, IngestError, ingest_dir
+from pipeline.stores import read_store
+
+SUBSET = ["other", "lakh"]  # 24 real files: POP909, GiantMIDI, Lakh multitrack, ...
+
+
+@pytest.fixture()
+def corpus_dir(tmp_path: Path, fixtures_dir: Path) -> Path:
+    """A folder of real fixtures plus junk: empty, random bytes, truncated."""
+    root = tmp_path / "in"
+    for sub in SUBSET:
+        shutil.copytree(fixtures_dir / sub, root / sub)
+    junk = root / "junk"
+    junk.mkdir()
+    (junk / "empty.mid").write_bytes(b"")
+    (junk / "random.mid").write_bytes(os.urandom(2048))
+    good = (fixtures_dir / "other" / "prettymidi_example.mid").read_bytes()
+    (junk / "truncated.mid").write_bytes(good[:30])
+    (junk / "notes.txt").write_text("not midi: ignored, not a reject")
+    return root
+
+
+def lenient(**changes):
+    return dataclasses.replace(DEFAULT_PARAMS, **{"max_reject_rate": 1.0, "workers": 2, **changes})
+
+
+def test_every_file_is_a_piece_or_a_reject(corpus_dir, tmp_path):
+    out = tmp_path / "out"
+    summary = ingest_dir(corpus_dir, out, source="test", params=lenient(), progress=False)
+    pieces = read_store(out / "pieces.parquet", "pieces")
+    rejects = read_store(out / "rejects.parquet", "rejects")
+    notes = read_store(out / "notes.parquet", "notes")
+    midi = sorted(p.relative_to(corpus_dir).as_posix() for p in corpus_dir.rglob("*.mid*"))
+    assert sorted([*pieces["path"], *rejects["path"]]) == midi
+    assert set(rejects["path"]) == {"junk/empty.mid", "junk/random.mid", "junk/truncated.mid"}
+    assert rejects.set_index("path").loc["junk/empty.mid", "reason"] == "empty file"
+    assert all(r for r in rejects["reason"])
+    assert summary.pieces == len(pieces) == 24 and summary.rejects == 3
+    assert len(notes) == pieces["n_notes"].sum() == summary.notes
+    assert (notes["end"] > notes["start"]).all()
+    assert set(notes["piece_id"]) == set(pieces["piece_id"])
+    per_piece = notes.groupby("piece_id")["end"].max()
+    assert (per_piece.loc[pieces["piece_id"]].to_numpy() == pieces["duration"].to_numpy()).all()
+    assert set(pieces["split"]) <= {"train", "validation", "test"}
+    assert (pieces["style"] == "test").all()  # no composer known -> the source name
+    pedals = read_store(out / "pedals.parquet", "pedals")
+    assert (pedals["end"] > pedals["start"]).all()
+
+
+def test_reject_rate_fails_and_keeps_previous_output(corpus_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "previous.txt").write_text("keep me")
+    strict = dataclasses.replace(DEFAULT_PARAMS, max_reject_rate=0.05, workers=1)
+    with pytest.raises(IngestError, match=r"3 of 27 files rejected .* ingest.max_reject_rate"):
+        ingest_dir(corpus_dir, out, source="test", params=strict, progress=False)
+    assert (out / "previous.txt").read_text() == "keep me"
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_interrupted_ingest_leaves_nothing_half_written(corpus_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    ingest_dir(corpus_dir, out, source="test", params=lenient(workers=1), progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    calls = {"n": 0}
+    real = ingest_mod._parse_one
+
+    def dies_midway(path: str):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(path)
+
+    monkeypatch.setattr(ingest_mod, "_parse_one", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_dir(corpus_dir, out, source="test", params=lenient(workers=1), progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name or ".old" in p.name]
+
+
+def test_shards_concatenate_to_the_unsharded_result(corpus_dir, tmp_path):
+    full = tmp_path / "full"
+    ingest_dir(corpus_dir, full, source="s", params=lenient(), progress=False)
+    for kind, key in (("pieces", ["piece_id"]), ("rejects", ["path"]), ("notes", None)):
+        parts = []
+        for i in range(3):
+            shard_dir = tmp_path / f"shard{i}"
+            if not shard_dir.exists():
+                ingest_dir(corpus_dir, shard_dir, source="s", params=lenient(), shard=(i, 3), progress=False)
+            parts.append(read_store(shard_dir / f"{kind}.parquet", kind))
+        merged = pd.concat(parts, ignore_index=True)
+        whole = read_store(full / f"{kind}.parquet", kind)
+        order = key or ["piece_id", "start", "pitch", "track", "end"]
+        pd.testing.assert_frame_equal(
+            merged.sort_values(order, ignore_index=True), whole.sort_values(order, ignore_index=True)
+        )
+    sizes = [len(read_store(tmp_path / f"shard{i}" / "pieces.parquet", "pieces")) for i in range(3)]
+    assert all(sizes), f"a shard is empty: {sizes}"
+
+
+def test_manifest_sets_split_and_composer(tmp_path, fixtures_dir):
+    root = tmp_path / "in"
+    shutil.copytree(fixtures_dir / "maestro", root)
+    names = sorted(p.name for p in root.glob("*.mid"))
+    lines = ["path,split,composer,title"] + [
+        f"{n},{'test' if i % 2 else 'train'},Composer {i},Title {i}" for i, n in enumerate(names)
+    ]
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    ingest_dir(root, tmp_path / "out", source="maestro", params=lenient(), progress=False)
+    pieces = read_store(tmp_path / "out" / "pieces.parquet", "pieces").set_index("path")
+    assert pieces.loc[names[1], "split"] == "test" and pieces.loc[names[0], "split"] == "train"
+    assert pieces.loc[names[3], "composer"] == "Composer 3"
+    assert pieces.loc[names[3], "style"] == "Composer 3"
+    assert pieces.loc[names[3], "title"] == "Title 3"
+
+
+def test_bad_manifest_split_names_the_file(tmp_path, fixtures_dir):
+    root = tmp_path / "in"
+    root.mkdir()
+    shutil.copy(fixtures_dir / "other" / "symusic_1.midi", root / "a.midi")
+    (root / "manifest.csv").write_text("path,split\na.midi,holdout\n")
+    with pytest.raises(IngestError, match="a.midi: unknown split 'holdout'"):
+        ingest_dir(root, tmp_path / "out", source="x", params=lenient(), progress=False)
+
+
+def test_hostile_limits_reject_with_reason(tmp_path, fixtures_dir):
+    root = tmp_path / "in"
+    root.mkdir()
+    shutil.copy(fixtures_dir / "maestro" / "miditok_Maestro_1.mid", root / "long.mid")
+    shutil.copy(fixtures_dir / "other" / "symusic_1.midi", root / "short.midi")
+    ingest_dir(root, tmp_path / "out", source="x", params=lenient(max_notes=1000), progress=False)
+    rejects = read_store(tmp_path / "out" / "rejects.parquet", "rejects")
+    assert rejects["path"].tolist() == ["long.mid"]
+    assert "ingest.max_notes" in rejects["reason"].iloc[0]
+
+
+runner = CliRunner()
+
+
+def test_cli_ingest_writes_the_store(tmp_path, fixtures_dir):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["ingest", str(fixtures_dir / "other"), "--out", str(out), "--source", "other"])
+    assert result.exit_code == 0, result.output
+    assert "12 pieces, 0 rejected" in result.output
+    assert read_store(out / "pieces.parquet", "pieces")["source"].unique().tolist() == ["other"]
+
+
+def test_cli_ingest_bad_params_one_line(tmp_path, fixtures_dir):
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "ingest: {workers: -1, max_reject_rate: 0.1, max_notes: 10, max_duration_s: 1.0,"
+        " file_timeout_s: 0, validation_fraction: 0.1, test_fraction: 0.1}\n"
+    )
+    result = runner.invoke(app, ["ingest", str(fixtures_dir / "other"), "--out", str(tmp_path / "o"),
+                                 "--params", str(params)])
+    assert result.exit_code == 1
+    assert "workers must be >= 0" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_ingest_missing_folder(tmp_path):
+    result = runner.invoke(app, ["ingest", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert "input folder not found" in result.output
+
+
+def test_cli_help_lists_stages():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("fetch", "ingest"):
+        assert command in result.output

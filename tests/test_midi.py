@@ -1,0 +1,170 @@
+"""The note-pairing policy of pipeline.midi, checked against pretty_midi and a
+reference pairing written directly on mido events."""
+
+from __future__ import annotations
+
+import functools
+from collections import defaultdict, deque
+from pathlib import Path
+
+import mido
+import numpy as np
+import pandas as pd
+import pretty_midi
+import pytest
+
+from conftest import MIDI_FILES
+from pipeline.midi import MidiError, notes_to_midi, parse_midi
+
+
+def reference_notes(path: Path) -> pd.DataFrame:
+    """The documented policy on raw mido events: FIFO pairing per (track, channel,
+    pitch), never-released and zero-length notes dropped; times via pretty_midi's
+    tick->seconds map (same tempo handling)."""
+    midi = mido.MidiFile(str(path))
+    pm = pretty(path)
+    pm.get_end_time()
+    tick_to_time = pm._PrettyMIDI__tick_to_time  # pretty_midi's own precomputed tempo map
+    rows = []
+    for track_index, track in enumerate(midi.tracks):
+        tick = 0
+        open_notes: dict[tuple[int, int], deque] = defaultdict(deque)
+        for msg in track:
+            tick += msg.time
+            if msg.type == "note_on" and msg.velocity > 0:
+                open_notes[(msg.channel, msg.note)].append((tick, msg.velocity))
+            elif msg.type in ("note_off", "note_on"):
+                queue = open_notes[(msg.channel, msg.note)]
+                if queue:
+                    start, velocity = queue.popleft()
+                    if tick > start:
+                        rows.append((msg.note, velocity, start, tick))
+    if not rows:
+        return pd.DataFrame(columns=["pitch", "velocity", "start", "end"])
+    rows_arr = np.array(rows)
+    last = len(tick_to_time) - 1
+    rows = [
+        (p, v, tick_to_time[min(s, last)], tick_to_time[min(e, last)]) for p, v, s, e in rows_arr
+    ]
+    return sorted_notes(pd.DataFrame(rows, columns=["pitch", "velocity", "start", "end"]))
+
+
+def sorted_notes(df: pd.DataFrame) -> pd.DataFrame:
+    """Canonical order; times rounded to 1 ms for ordering only (parsers differ by ~1e-9)."""
+    df = df[["pitch", "velocity", "start", "end"]].astype({"pitch": int, "velocity": int})
+    keys = df.assign(s=(df["start"] * 1000).round(), e=(df["end"] * 1000).round())
+    order = keys.sort_values(["s", "pitch", "e", "velocity"], kind="stable").index
+    return df.loc[order].reset_index(drop=True)
+
+
+@functools.lru_cache(maxsize=None)
+def pretty(path: Path) -> pretty_midi.PrettyMIDI:
+    return pretty_midi.PrettyMIDI(str(path))
+
+
+def has_same_pitch_overlap(path: Path) -> bool:
+    pm = pretty(path)
+    for inst in pm.instruments:
+        last_end: dict[int, float] = {}
+        for note in sorted(inst.notes, key=lambda n: n.start):
+            if note.start < last_end.get(note.pitch, -1.0) - 1e-9:
+                return True
+            last_end[note.pitch] = max(last_end.get(note.pitch, -1.0), note.end)
+    return False
+
+
+def assert_same_notes(ours: pd.DataFrame, ref: pd.DataFrame, tol_s: float) -> None:
+    """Same notes: per (pitch, velocity), the same count and start/end times within tol_s.
+
+    Grouping first makes the check independent of how sub-millisecond timing
+    differences between the parsers' tempo maps reorder simultaneous notes.
+    """
+    assert len(ours) == len(ref)
+    ref_groups = dict(tuple(ref.groupby(["pitch", "velocity"])))
+    for key, group in ours.groupby(["pitch", "velocity"]):
+        other = ref_groups.pop(key)
+        a = group.sort_values(["start", "end"])
+        b = other.sort_values(["start", "end"])
+        assert len(a) == len(b), key
+        np.testing.assert_allclose(a["start"].to_numpy(), b["start"].to_numpy(), atol=tol_s)
+        np.testing.assert_allclose(a["end"].to_numpy(), b["end"].to_numpy(), atol=tol_s)
+    assert not ref_groups
+
+
+@pytest.mark.parametrize("path", MIDI_FILES, ids=lambda p: p.name[:40])
+def test_parse_follows_policy(path):
+    """Every fixture: our notes equal the policy applied to raw events (within 1 ms)."""
+    assert_same_notes(sorted_notes(parse_midi(path).notes), reference_notes(path), 1e-3)
+
+
+@pytest.mark.parametrize("path", MIDI_FILES, ids=lambda p: p.name[:40])
+def test_against_pretty_midi(path):
+    """pretty_midi is the reference note for note wherever no two notes of one pitch
+    overlap; on files with such overlaps (many POP909, GiantMIDI, MAESTRO and Lakh
+    files) the FIFO policy must actually differ from pretty_midi's close-all."""
+    pm = pretty(path)
+    ref = pd.DataFrame(
+        [(n.pitch, n.velocity, n.start, n.end) for i in pm.instruments for n in i.notes if n.end > n.start],
+        columns=["pitch", "velocity", "start", "end"],
+    )
+    ours = sorted_notes(parse_midi(path).notes)
+    if not has_same_pitch_overlap(path):
+        assert_same_notes(ours, sorted_notes(ref), 1e-3)
+        return
+    # Overlaps: both policies turn every released NOTE_ON into one note; only the
+    # ends of re-struck notes differ (checked against the mido reference above).
+    assert len(ours) == len(ref)
+    assert sorted(ours["pitch"]) == sorted(ref["pitch"])
+
+
+def test_overlap_zero_length_and_unreleased_policy(tmp_path):
+    """Literal expectations on a hand-made file showing all three ambiguous cases."""
+    mid = mido.MidiFile(ticks_per_beat=480)
+    track = mido.MidiTrack()
+    mid.tracks.append(track)
+    track += [
+        mido.Message("note_on", note=60, velocity=80, time=0),
+        mido.Message("note_on", note=60, velocity=70, time=240),  # re-struck while held
+        mido.Message("note_off", note=60, time=240),  # ends the FIRST note (FIFO)
+        mido.Message("note_off", note=60, time=240),  # ends the second
+        mido.Message("note_on", note=62, velocity=80, time=0),
+        mido.Message("note_off", note=62, time=0),  # zero-length: dropped
+        mido.Message("note_on", note=64, velocity=80, time=0),  # never released: dropped
+    ]
+    path = tmp_path / "cases.mid"
+    mid.save(str(path))
+    notes = parse_midi(path).notes
+    assert notes[["pitch", "velocity", "start", "end"]].values.tolist() == [
+        [60, 80, 0.0, 0.5],
+        [60, 70, 0.25, 0.75],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"", "unreadable"), (b"\x00" * 100, "unreadable"), (b"MThd\x00\x00\x00\x06\x00\x01", "unreadable")],
+)
+def test_junk_bytes_raise_midi_error(tmp_path, content, reason):
+    path = tmp_path / "junk.mid"
+    path.write_bytes(content)
+    with pytest.raises(MidiError, match=reason):
+        parse_midi(path)
+
+
+def test_file_without_notes_is_an_error(tmp_path):
+    mid = mido.MidiFile()
+    mid.tracks.append(mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=500000)]))
+    path = tmp_path / "silent.mid"
+    mid.save(str(path))
+    with pytest.raises(MidiError, match="no notes"):
+        parse_midi(path)
+
+
+def test_notes_to_midi_round_trip(tmp_path):
+    src = MIDI_FILES[0]
+    notes = parse_midi(src).notes
+    out = notes_to_midi(notes, tmp_path / "copy.mid")
+    back = parse_midi(out).notes
+    assert len(back) == len(notes)
+    # pretty_midi writes at 480 ticks/beat and 120 bpm: times within half a tick
+    np.testing.assert_allclose(sorted_notes(back)["start"], sorted_notes(notes)["start"], atol=1e-3)
