@@ -1,0 +1,226 @@
+"""The Lakh source against a local HTTP server serving tar.gz archives in the real layouts."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import tarfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+from httpserver import LocalServer
+
+import pipeline.sources
+from pipeline.download import UnsafeArchiveError
+from pipeline.params import ParamsError, from_mapping
+from pipeline.sources import MANIFEST_COLUMNS
+from pipeline.sources.lakh import KNOWN, URLS, Params, fetch
+from pipeline.splits import stable_split
+
+ARTISTS = {
+    "Aicha": "Khaled",
+    "All_The_Small_Things": "blink-182",
+    "Funkytown": "Lipps Inc.",
+    "Girls_Just_Want_to_Have_Fun": "Cyndi Lauper",
+    "I_Gotta_Feeling": "The Black Eyed Peas",
+    "In_Too_Deep": "Sum 41",
+    "Les_Yeux_Revolvers": "Marc Lavoine",
+    "Mr._Blue_Sky": "Electric Light Orchestra",
+    "Shut_Up": "Simple Plan",
+    "What_a_Fool_Believes": "The Doobie Brothers",
+}
+
+Archive = tuple[bytes, dict[str, bytes]]  # (tar.gz bytes, member name -> MIDI bytes)
+
+
+@pytest.fixture()
+def server() -> Iterator[LocalServer]:
+    with LocalServer() as srv:
+        yield srv
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def tar_gz(members: dict[str, bytes], folders: Iterable[str] = ()) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tf:
+        for folder in folders:
+            info = tarfile.TarInfo(folder)
+            info.type = tarfile.DIRTYPE
+            tf.addfile(info)
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def lmd_full(midi_files: list[Path]) -> Archive:
+    """All 60 fixture files as `lmd_full/<first hex char>/<md5>.mid`."""
+    members = {}
+    for path in midi_files:
+        data = path.read_bytes()
+        digest = md5(data)
+        members[f"lmd_full/{digest[0]}/{digest}.mid"] = data
+    folders = ["lmd_full"] + sorted({n.rsplit("/", 1)[0] for n in members})
+    return tar_gz(members, folders), members
+
+
+@pytest.fixture(scope="module")
+def clean_midi(fixtures_dir: Path) -> Archive:
+    """The Lakh pop fixtures as `clean_midi/<Artist>/<Title>.mid`, one song twice (as Lakh has)."""
+    members = {}
+    for stem, artist in ARTISTS.items():
+        data = (fixtures_dir / "lakh" / f"miditok_{stem}.mid").read_bytes()
+        members[f"clean_midi/{artist}/{stem.replace('_', ' ')}.mid"] = data
+    members["clean_midi/Sum 41/In Too Deep.1.mid"] = members["clean_midi/Sum 41/In Too Deep.mid"]
+    return tar_gz(members), members
+
+
+def params_for(url: str, data: bytes, tmp_path: Path, **overrides: object) -> Params:
+    raw = {
+        "url": url,
+        "md5": md5(data),
+        "size_bytes": len(data),
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    raw.update(overrides)
+    return from_mapping(raw, Params, "lakh")
+
+
+def read_manifest(out_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with (out_dir / "manifest.csv").open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_lmd_full_split_by_md5_is_deterministic_and_plausible(
+    server: LocalServer, lmd_full: Archive, tmp_path: Path
+) -> None:
+    data, members = lmd_full
+    url = server.add("/craffel/lmd/lmd_full.tar.gz", data)
+    params = params_for(url, data, tmp_path, test_fraction=0.25, validation_fraction=0.15)
+    fetch(params, tmp_path / "a")
+    fetch(params, tmp_path / "b")
+    columns, rows = read_manifest(tmp_path / "a")
+    assert columns == list(MANIFEST_COLUMNS)
+    assert rows == read_manifest(tmp_path / "b")[1]
+    assert sorted(r["path"] for r in rows) == sorted(members)
+    for row in rows:
+        content = (tmp_path / "a" / row["path"]).read_bytes()
+        assert content == members[row["path"]]
+        assert Path(row["path"]).stem == md5(content)
+        assert row["split"] == stable_split(md5(content), 0.15, 0.25)
+        assert row["composer"] == "" and row["title"] == ""
+    counts = Counter(r["split"] for r in rows)
+    # 60 files at 60/15/25 %: each split well populated, none swallowing the rest
+    assert (
+        20 <= counts["train"] <= 50
+        and 4 <= counts["validation"] <= 20
+        and 6 <= counts["test"] <= 26
+    )
+    assert len(server.requests_for("/craffel/lmd/lmd_full.tar.gz")) == 1  # second run: cache
+
+
+def test_subset_is_reproducible_and_keeps_the_split_mix(
+    server: LocalServer, lmd_full: Archive, tmp_path: Path
+) -> None:
+    data, members = lmd_full
+    url = server.add("/lmd_full.tar.gz", data)
+    manifests = []
+    for n, name in [(20, "a"), (20, "b"), (30, "c")]:
+        fetch(params_for(url, data, tmp_path, max_files=n, test_fraction=0.3), tmp_path / name)
+        manifests.append(read_manifest(tmp_path / name)[1])
+    first, again, bigger = manifests
+    assert first == again and len(first) == 20 and len(bigger) == 30
+    assert {r["path"] for r in first} < {r["path"] for r in bigger}
+    # the subset hash is independent of the split hash: the subset is not all one split
+    assert {r["split"] for r in first} == {"train", "test"}
+    on_disk = sorted(
+        p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").rglob("*.mid")
+    )
+    assert on_disk == sorted(r["path"] for r in first)
+
+
+def test_default_fractions_give_train_and_test_only(
+    server: LocalServer, lmd_full: Archive, tmp_path: Path
+) -> None:
+    data, _ = lmd_full
+    url = server.add("/lmd_full.tar.gz", data)
+    fetch(params_for(url, data, tmp_path), tmp_path / "out")
+    counts = Counter(r["split"] for r in read_manifest(tmp_path / "out")[1])
+    assert set(counts) == {"train", "test"} and counts["train"] > counts["test"] >= 1
+
+
+def test_clean_midi_titles_and_duplicates(
+    server: LocalServer, clean_midi: Archive, tmp_path: Path
+) -> None:
+    data, members = clean_midi
+    url = server.add("/clean_midi.tar.gz", data)
+    fetch(params_for(url, data, tmp_path, variant="clean_midi"), tmp_path / "out")
+    _, rows = read_manifest(tmp_path / "out")
+    assert len(rows) == len(ARTISTS)  # the byte-identical "In Too Deep.1.mid" is dropped
+    titles = {r["title"] for r in rows}
+    assert "Electric Light Orchestra/Mr. Blue Sky" in titles and "Sum 41/In Too Deep" in titles
+    for row in rows:
+        content = (tmp_path / "out" / row["path"]).read_bytes()
+        assert row["split"] == stable_split(md5(content), 0.0, 0.1)
+        assert row["composer"] == ""
+    assert not (tmp_path / "out" / "clean_midi" / "Sum 41" / "In Too Deep.1.mid").exists()
+
+
+def test_lmd_matched_lists_one_file_once(
+    server: LocalServer, midi_files: list[Path], tmp_path: Path
+) -> None:
+    data_a, data_b = midi_files[0].read_bytes(), midi_files[1].read_bytes()
+    a, b = md5(data_a), md5(data_b)
+    members = {
+        f"lmd_matched/A/A/A/TRAAAGR128F425B14B/{a}.mid": data_a,
+        f"lmd_matched/B/B/B/TRBBBXX128F425B14B/{a}.mid": data_a,  # same MIDI matched to a 2nd track
+        f"lmd_matched/C/C/C/TRCCCYY128F425B14B/{b}.mid": data_b,
+    }
+    data = tar_gz(members)
+    url = server.add("/lmd_matched.tar.gz", data)
+    fetch(params_for(url, data, tmp_path, variant="lmd_matched"), tmp_path / "out")
+    _, rows = read_manifest(tmp_path / "out")
+    assert sorted(Path(r["path"]).stem for r in rows) == sorted([a, b])
+
+
+def test_unsafe_archive_leaves_nothing(
+    server: LocalServer, midi_files: list[Path], tmp_path: Path
+) -> None:
+    data = tar_gz(
+        {"lmd_full/0/ok.mid": midi_files[0].read_bytes(), "lmd_full/../../evil.mid": b"x"}
+    )
+    url = server.add("/lmd_full.tar.gz", data)
+    with pytest.raises(UnsafeArchiveError, match="evil.mid"):
+        fetch(params_for(url, data, tmp_path), tmp_path / "raw" / "lakh")
+    assert list((tmp_path / "raw").iterdir()) == []
+    assert not (tmp_path / "evil.mid").exists()
+
+
+def test_params_published_checksums_validation_and_registry() -> None:
+    official = from_mapping({}, Params, "lakh")
+    assert (
+        official.resolved_url
+        == URLS["lmd_full"]
+        == "http://hog.ee.columbia.edu/craffel/lmd/lmd_full.tar.gz"
+    )
+    assert official.checks() == KNOWN[URLS["lmd_full"]]
+    assert from_mapping({"variant": "clean_midi"}, Params, "lakh").checks() == (None, None)
+    mirror = from_mapping({"url": "http://mirror.example/lmd_full.tar.gz"}, Params, "lakh")
+    assert mirror.checks() == (None, None)  # a published digest belongs to its URL only
+    with pytest.raises(ParamsError, match="variant"):
+        from_mapping({"variant": "lmd_aligned"}, Params, "lakh")
+    with pytest.raises(ParamsError, match="max_files"):
+        from_mapping({"max_files": -3}, Params, "lakh")
+    with pytest.raises(ParamsError, match="train would be empty"):
+        from_mapping({"test_fraction": 0.6, "validation_fraction": 0.4}, Params, "lakh")
+    source = pipeline.sources.get("lakh")
+    assert source.params_cls is Params and source.fetch is fetch
