@@ -1,0 +1,554 @@
+"""The HTML report and the find-the-fake page: built from a real reports tree, parsed,
+and (where /usr/bin/chromium exists) opened headless and clicked through over the
+Chrome DevTools Protocol, checking that no request leaves the machine."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import select
+import subprocess
+import time
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from pipeline.evaluation import metrics, render, report
+from pipeline.io import write_json
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "midi"
+CHROMIUM = Path("/usr/bin/chromium")
+CLIP_S = 2.0
+NLL = {"rnn": 2.5, "transformer": 1.75}
+
+
+# --- a real reports tree -------------------------------------------------------------
+
+
+def _clips() -> list[Any]:
+    from pipeline.midi import parse_midi
+
+    notes = parse_midi(FIXTURES / "maestro" / "miditok_Maestro_3.mid").notes
+    windows = []
+    for k in range(4):
+        t0 = 10.0 * k
+        win = notes[(notes["start"] >= t0) & (notes["start"] < t0 + CLIP_S)].copy()
+        win["start"] -= t0
+        win["end"] = (win["end"] - t0).clip(upper=CLIP_S)
+        windows.append(win.reset_index(drop=True))
+    return windows
+
+
+@pytest.fixture(scope="module")
+def reports_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """rnn: trained, evaluated, 2 sample + 2 real clips; transformer: evaluated, 1 pair,
+    no training summary; vae: nothing (listed in params only)."""
+    root = tmp_path_factory.mktemp("reports")
+    clips = _clips()
+    fake = [c.assign(pitch=c["pitch"] + 7) for c in clips[:2]]  # "generated": a 5th up
+    comparison = metrics.compare_sets(fake, clips)
+    for model, n_pairs in (("rnn", 2), ("transformer", 1)):
+        samples = root / "samples" / model
+        for i in range(n_pairs):
+            render.render_clip(fake[i], samples / f"sample-{i}", seconds=CLIP_S, sample_rate=8000)
+            render.render_clip(clips[i], samples / f"real-{i}", seconds=CLIP_S, sample_rate=8000)
+        write_json(
+            root / "metrics" / f"{model}.json",
+            {
+                "model": {"name": model, "representation": "tuples", "n_parameters": 1234},
+                "test": {"nll": NLL[model], "baseline_nll": 3.0, "loss": NLL[model] + 0.1},
+                "train": {"nll": NLL[model] - 0.5},
+                "samples": {"n": n_pairs, "n_real": n_pairs, **comparison},
+            },
+        )
+    train = root / "train" / "rnn"
+    write_json(
+        train / "summary.json",
+        {"steps": 300, "best_val_loss": 2.4, "wall_time_s": 125.0, "n_parameters": 98765},
+    )
+    for split, offset in (("train", 0.0), ("eval", 0.3)):
+        tsv = train / "plots" / "metrics" / split / "loss.tsv"
+        tsv.parent.mkdir(parents=True)
+        lines = ["timestamp\tstep\tloss"]
+        lines += [
+            f"{1700000000000 + s}\t{s}\t{3.0 / (1 + s / 50) + offset}" for s in range(0, 300, 10)
+        ]
+        tsv.write_text("\n".join(lines) + "\n")
+    write_json(
+        root / "data" / "pianoroll.json",
+        {
+            "rows": {"train": 1000, "validation": 100, "test": 120},
+            "size_bytes": 2_500_000,
+            "pieces": 12,
+        },
+    )
+    write_json(
+        root / "validation" / "pianoroll.json",
+        {"success": True, "checks": [{"expectation": "pitch in [21, 108]", "success": True}]},
+    )
+    write_json(
+        root / "validation" / "events.json",
+        {"success": False, "checks": [{"expectation": "tokens < 391", "success": False}]},
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(reports_dir: Path) -> Path:
+    return report.build_report(reports_dir, models=["rnn", "transformer", "vae"])
+
+
+class Page(HTMLParser):
+    """Collects links, sources, table rows (by table id) and text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[tuple[str, str, str]] = []  # (tag, attribute, value)
+        self.rows: dict[str, list[list[str]]] = {}
+        self.row_models: dict[str, list[str]] = {}
+        self.text: list[str] = []
+        self.tags: list[str] = []
+        self._table: list[str] = []
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+        self.answers = ""
+        self._in_answers = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        self.tags.append(tag)
+        for key in ("src", "href"):
+            if key in a:
+                self.links.append((tag, key, a[key]))
+        if tag == "table":
+            self._table.append(a.get("id", ""))
+        elif tag == "tr" and self._table:
+            self._row = []
+            if "data-model" in a:
+                self.row_models.setdefault(self._table[-1], []).append(a["data-model"])
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+        elif tag == "script" and a.get("id") == "answers":
+            self._in_answers = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self._row is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.rows.setdefault(self._table[-1], []).append(self._row)
+            self._row = None
+        elif tag == "table" and self._table:
+            self._table.pop()
+        elif tag == "script":
+            self._in_answers = False
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._in_answers:
+            self.answers += data
+
+
+def parse(path: Path) -> Page:
+    page = Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def test_summary_table_rows_and_not_run_yet(built: Path, reports_dir: Path) -> None:
+    assert built == reports_dir / "index.html"
+    page = parse(built)
+    assert page.row_models["models"] == ["rnn", "transformer", "vae"]
+    header, *rows = page.rows["models"]
+    assert header[:4] == ["model", "representation", "test NLL", "baseline NLL"]
+    by_model = {r[0]: dict(zip(header, r, strict=True)) for r in rows}
+    assert by_model["rnn"]["test NLL"] == "2.5"
+    assert by_model["rnn"]["NLL − baseline"] == "-0.5"
+    assert by_model["rnn"]["steps"] == "300"
+    assert by_model["rnn"]["parameters"] == "98,765"  # training summary wins
+    assert by_model["rnn"]["train time"] == "2m05s"
+    assert by_model["rnn"]["samples"] == "2"
+    assert by_model["transformer"]["steps"] == report.NOT_RUN
+    assert by_model["transformer"]["parameters"] == "1,234"  # from the metrics file
+    assert by_model["vae"]["test NLL"] == report.NOT_RUN
+    assert float(by_model["rnn"]["mean OA ↑"]) > 0
+    musical_header, *musical = page.rows["musical"]
+    assert musical_header == ["model", *metrics.METRICS]
+    assert [r[0] for r in musical] == ["rnn", "transformer", "vae"]
+    assert musical[2][1] == report.NOT_RUN
+    text = " ".join(page.text)
+    assert "Training curves: not run yet" in text  # transformer, vae
+    assert "Samples: not run yet" in text  # vae
+    assert "Evaluation: not run yet" in text  # vae
+
+
+def test_every_source_exists_and_nothing_is_remote(built: Path) -> None:
+    for page_path in (built, built.with_name("fake.html")):
+        page = parse(page_path)
+        assert "link" not in page.tags  # no stylesheets to fetch
+        for tag, _, value in page.links:
+            assert not value.startswith(("http://", "https://", "//")), (page_path.name, value)
+            if value.startswith("#"):
+                continue
+            assert (page_path.parent / unquote(value)).is_file(), (page_path.name, tag, value)
+        html_text = page_path.read_text(encoding="utf-8")
+        assert "<script src" not in html_text and "@import" not in html_text
+
+
+def test_model_sections_show_clips_and_curves(built: Path) -> None:
+    page = parse(built)
+    images = [v for t, _, v in page.links if t == "img"]
+    audio = [v for t, _, v in page.links if t == "audio"]
+    assert sorted(images) == sorted(
+        f"samples/{m}/{kind}-{i}.png"
+        for m, n in (("rnn", 2), ("transformer", 1))
+        for kind in ("sample", "real")
+        for i in range(n)
+    )
+    assert len(audio) == 6 and all(a.endswith(".wav") for a in audio)
+    html_text = built.read_text(encoding="utf-8")
+    rnn = html_text[html_text.index('id="model-rnn"') : html_text.index('id="model-transformer"')]
+    assert rnn.count("<svg") == 1 and rnn.count("<polyline") == 2  # loss: train and eval
+    assert "train/loss" in rnn and "eval/loss" in rnn
+
+
+def test_data_and_validation_section(built: Path) -> None:
+    page = parse(built)
+    assert page.rows["stores"][1] == [
+        "pianoroll",
+        "12",
+        "train: 1,000, validation: 100, test: 120",
+        "2.50 MB",
+    ]
+    assert page.rows["validation"][1:] == [
+        ["events", "FAILED", "1", "1"],
+        ["pianoroll", "passed", "1", "0"],
+    ]
+    assert "tokens < 391" in " ".join(page.text)
+
+
+def test_find_the_fake_pairs(built: Path) -> None:
+    page = parse(built.with_name("fake.html"))
+    answers = json.loads(page.answers)
+    assert len(answers) == 3  # rnn 2 + transformer 1 (fake_pairs defaults to 12)
+    audio = [v for t, _, v in page.links if t == "audio"]
+    assert len(audio) == 6
+    for i, pair in enumerate(answers):
+        a, b = audio[2 * i], audio[2 * i + 1]
+        fake, real = (a, b) if pair["fake"] == "a" else (b, a)
+        assert f"/{pair['model']}/sample-" in fake and f"/{pair['model']}/real-" in real
+        assert pair[pair["fake"]]["real"] is False
+    sides = {p["fake"] for p in answers}
+    assert sides <= {"a", "b"}
+
+
+def test_fake_pairs_capped_and_reproducible(reports_dir: Path, tmp_path: Path) -> None:
+    params = report.ReportParams(fake_pairs=2, seed=5)
+    out = report.build_report(reports_dir, tmp_path / "site" / "index.html", params=params)
+    first = json.loads(parse(out.with_name("fake.html")).answers)
+    assert len(first) == 2
+    report.build_report(reports_dir, tmp_path / "site" / "index.html", params=params)
+    assert json.loads(parse(out.with_name("fake.html")).answers) == first
+    # the pages live elsewhere: links still resolve, relative to the page
+    for tag, _, value in parse(out).links:
+        if tag in ("img", "audio"):
+            assert (out.parent / unquote(value)).is_file()
+
+
+def test_empty_reports_folder_says_not_run_yet(tmp_path: Path) -> None:
+    out = report.build_report(tmp_path / "reports")
+    text = " ".join(parse(out).text)
+    assert "Models: not run yet" in text and "Validation: not run yet" in text
+    assert "No pairs" in " ".join(parse(out.with_name("fake.html")).text)
+
+
+def test_unreadable_files_are_listed_not_fatal(tmp_path: Path) -> None:
+    root = tmp_path / "reports"
+    (root / "metrics").mkdir(parents=True)
+    (root / "metrics" / "rnn.json").write_text("{not json")
+    (root / "train" / "rnn").mkdir(parents=True)
+    (root / "train" / "rnn" / "summary.json").write_text("[1, 2]")
+    page = parse(report.build_report(root))
+    assert page.row_models["models"] == ["rnn"]
+    text = " ".join(page.text)
+    assert "rnn.json: unreadable JSON" in text and "expected a JSON object" in text
+
+
+def test_report_command(reports_dir: Path, tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("models:\n  rnn: {}\n  vae: {}\nreport:\n  fake_pairs: 1\n  seed: 0\n")
+    app = typer.Typer()
+    app.command()(report.report_command)
+    out = tmp_path / "site" / "index.html"
+    args = ["--reports", str(reports_dir), "--out", str(out), "--params", str(params)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert parse(out).row_models["models"] == ["rnn", "vae"]
+    assert len(json.loads(parse(out.with_name("fake.html")).answers)) == 1
+    params.write_text("report:\n  fake_pairs: -1\n  seed: 0\n")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert "fake_pairs must be >= 0" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_dvc_plots_template_is_offline_and_complete() -> None:
+    template = Path(report.__file__).with_name("templates") / "dvc_plots.html"
+    text = template.read_text(encoding="utf-8")
+    assert "{plot_divs}" in text and "{scripts}" not in text
+    assert "<script src" not in text
+    assert all(f"<!-- {lib}@" in text for lib in ("vega", "vega-lite", "vega-embed"))
+    assert template.stat().st_size < 2_000_000
+
+
+def test_write_dvc_plots_template(tmp_path: Path) -> None:
+    js = tmp_path / "lib.js"
+    js.write_text('window.lib = "</script>";')
+    out = report.write_dvc_plots_template([js], tmp_path / "t.html", ["lib@1"], notice="MIT -- x")
+    text = out.read_text()
+    assert "<\\/script>" in text and "<!-- lib@1 (BSD-3-Clause) -->" in text
+    assert "{plot_divs}" in text and "MIT - - x" in text
+    js.write_text("var s = '{plot_divs}';")
+    with pytest.raises(ValueError, match="placeholder"):
+        report.write_dvc_plots_template([js], tmp_path / "t.html")
+
+
+# --- headless Chromium over the DevTools protocol (stdlib: --remote-debugging-pipe) -----
+
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed")
+
+
+class Browser:
+    """A headless Chromium driven over CDP through the pipe on fds 3 and 4."""
+
+    def __init__(self, profile: Path) -> None:
+        to_child_r, self._w = os.pipe()
+        self._r, from_child_w = os.pipe()
+
+        def wire_fds() -> None:  # runs in the child: CDP expects to read fd 3, write fd 4
+            a, b = os.dup(to_child_r), os.dup(from_child_w)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+            os.set_inheritable(3, True)
+            os.set_inheritable(4, True)
+
+        args = [
+            str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+            "--disable-background-networking", "--disable-component-update", "--no-first-run",
+            "--no-default-browser-check", "--disable-sync", "--mute-audio",
+            f"--user-data-dir={profile}", "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--remote-debugging-pipe", "--window-size=1200,1000", "about:blank",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            args,
+            preexec_fn=wire_fds,  # fine here: the test process starts no threads of its own
+            close_fds=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self._buffer = b""
+        self._id = 0
+        self.events: list[dict[str, Any]] = []
+
+    def _read(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("chromium: no DevTools message")
+            ready, _, _ = select.select([self._r], [], [], left)
+            if ready:
+                chunk = os.read(self._r, 1 << 16)
+                if not chunk:
+                    raise EOFError("chromium closed the DevTools pipe")
+                self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(
+        self, method: str, params: dict[str, Any] | None = None, session: str | None = None
+    ) -> dict[str, Any]:
+        self._id += 1
+        message: dict[str, Any] = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._w, json.dumps(message).encode() + b"\0")
+        while True:
+            reply = self._read(30.0)
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def wait_event(self, method: str, session: str, timeout: float = 30.0) -> dict[str, Any]:
+        for event in self.events:
+            if event.get("method") == method and event.get("sessionId") == session:
+                self.events.remove(event)
+                return event
+        deadline = time.monotonic() + timeout
+        while True:
+            event = self._read(max(0.01, deadline - time.monotonic()))
+            if event.get("method") == method and event.get("sessionId") == session:
+                return event
+            self.events.append(event)
+
+    def open(self, path: Path) -> str:
+        """Open a file in a new tab; return the CDP session id once it has loaded."""
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
+        for domain in ("Page", "Network", "Runtime"):
+            self.send(f"{domain}.enable", session=session)
+        self.send("Page.navigate", {"url": path.resolve().as_uri()}, session=session)
+        self.wait_event("Page.loadEventFired", session)
+        return session
+
+    def js(self, session: str, expression: str) -> Any:
+        result = self.send(
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "awaitPromise": True},
+            session=session,
+        )
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def screenshot(self, session: str, path: Path) -> Path:
+        data = self.send("Page.captureScreenshot", {"format": "png"}, session=session)["data"]
+        path.write_bytes(base64.b64decode(data))
+        return path
+
+    def requests(self, session: str) -> list[str]:
+        return [
+            e["params"]["request"]["url"]
+            for e in self.events
+            if e.get("method") == "Network.requestWillBeSent" and e.get("sessionId") == session
+        ]
+
+    def errors(self, session: str) -> list[Any]:
+        return [
+            e["params"]
+            for e in self.events
+            if e.get("sessionId") == session
+            and e.get("method") in ("Runtime.exceptionThrown", "Network.loadingFailed")
+        ]
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close")
+        except (OSError, EOFError, TimeoutError, RuntimeError):
+            pass
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._w)
+        os.close(self._r)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium not installed")
+    chrome = Browser(tmp_path_factory.mktemp("chromium-profile"))
+    yield chrome
+    chrome.close()
+
+
+def _local_only(urls: list[str]) -> None:
+    assert urls, "the page made no request at all"
+    remote = [u for u in urls if not u.startswith(("file://", "data:", "about:", "blob:"))]
+    assert not remote, remote
+
+
+@needs_chromium
+def test_report_renders_and_sorts_in_chromium(
+    browser: Browser, built: Path, tmp_path: Path
+) -> None:
+    session = browser.open(built)
+    first_rows = (
+        "Array.from(document.querySelectorAll('#models tbody tr')).map(r => r.dataset.model)"
+    )
+    assert browser.js(session, first_rows) == ["rnn", "transformer", "vae"]
+    header = "document.querySelectorAll('#models th')[2]"  # test NLL
+    browser.js(session, f"{header}.click()")
+    assert browser.js(session, first_rows) == ["transformer", "rnn", "vae"]  # 1.75, 2.5, missing
+    browser.js(session, f"{header}.click()")
+    assert browser.js(session, first_rows) == ["rnn", "transformer", "vae"]  # missing stays last
+    loaded = (  # the piano rolls are lazy: load them all, count those that decode
+        "Promise.all(Array.from(document.images).map(i => { i.loading = 'eager';"
+        " return i.decode().then(() => i.naturalWidth > 0, () => false); }))"
+        ".then(ok => ok.filter(Boolean).length)"
+    )
+    assert browser.js(session, loaded) == 6
+    assert browser.js(session, "document.querySelectorAll('svg.chart polyline').length") == 2
+    shot = browser.screenshot(session, tmp_path / "report.png")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _local_only(browser.requests(session))
+    assert browser.errors(session) == []
+
+
+@needs_chromium
+def test_find_the_fake_click_through_in_chromium(
+    browser: Browser, built: Path, tmp_path: Path
+) -> None:
+    fake_html = built.with_name("fake.html")
+    answers = json.loads(parse(fake_html).answers)
+    session = browser.open(fake_html)
+    # answer "A" everywhere: right exactly where the fake is on side A
+    browser.js(session, "document.querySelectorAll(\"input[value='a']\").forEach(r => r.click())")
+    browser.js(session, "document.getElementById('check').click()")
+    expected = sum(p["fake"] == "a" for p in answers)
+    score = browser.js(session, "document.getElementById('score').textContent")
+    assert score == f"You found {expected} of {len(answers)} fakes."
+    reveals = browser.js(
+        session, "Array.from(document.querySelectorAll('.reveal')).map(r => r.textContent)"
+    )
+    for pair, text in zip(answers, reveals, strict=True):
+        fake_side = "A" if pair["fake"] == "a" else "B"
+        assert f"{fake_side}: generated by {pair['model']}" in text
+        assert text.startswith("✓" if pair["fake"] == "a" else "✗")
+    marked = browser.js(session, "document.querySelectorAll('.pair.correct').length")
+    assert marked == expected
+    tally = browser.js(session, "document.querySelectorAll('#tally tbody tr').length")
+    assert tally == len({p["model"] for p in answers})
+    browser.screenshot(session, tmp_path / "fake.png")
+    assert (tmp_path / "fake.png").stat().st_size > 1000
+    _local_only(browser.requests(session))
+    assert browser.errors(session) == []
+
+
+@needs_chromium
+def test_dvc_plots_template_renders_offline(browser: Browser, tmp_path: Path) -> None:
+    from dvc_render import render_html
+    from dvc_render.vega import VegaRenderer
+
+    points = [{"step": s, "loss": 3.0 / (1 + s), "rev": "workspace", "filename": "loss.tsv",
+               "field": "loss"} for s in range(20)]  # fmt: skip
+    renderer = VegaRenderer(points, "train/loss.tsv", x="step", y="loss")
+    template = Path(report.__file__).with_name("templates") / "dvc_plots.html"
+    page = Path(render_html([renderer], tmp_path / "index.html", html_template=template))
+    assert "cdn.jsdelivr" not in page.read_text()
+    session = browser.open(page)
+    drawn = (
+        "new Promise(done => { const t0 = Date.now(); (function poll() {"
+        " const c = document.querySelector('canvas.marks, svg.marks');"
+        " if (c || Date.now() - t0 > 15000) done(!!c); else setTimeout(poll, 100); })(); })"
+    )
+    assert browser.js(session, drawn) is True
+    _local_only(browser.requests(session))
+    assert browser.errors(session) == []
