@@ -9,10 +9,11 @@ Adding a representation = one module + one `register()` line here + one section.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import pandas as pd
-import pyarrow as pa
+if TYPE_CHECKING:  # keep `etude --help` from importing pandas/pyarrow
+    import pandas as pd
+    import pyarrow as pa
 
 
 class EncodeFn(Protocol):
