@@ -70,9 +70,29 @@ def parse_midi(path: str | Path, limits: ParseLimits = ParseLimits()) -> ParsedP
     Raises:
         MidiError: the file is unreadable, has no notes, or breaks `limits`.
     """
+    arrays = parse_midi_arrays(path, limits)
+    return ParsedPiece(
+        notes=pd.DataFrame(arrays.notes),
+        pedals=pd.DataFrame(arrays.pedals),
+        ticks_per_quarter=arrays.ticks_per_quarter,
+        n_tracks=arrays.n_tracks,
+    )
+
+
+@dataclass
+class PieceArrays:
+    """`ParsedPiece` as plain numpy columns: cheap to pickle between processes."""
+
+    notes: dict[str, np.ndarray]
+    pedals: dict[str, np.ndarray]
+    ticks_per_quarter: int
+    n_tracks: int
+
+
+def parse_midi_arrays(path: str | Path, limits: ParseLimits = ParseLimits()) -> PieceArrays:
+    """`parse_midi` without pandas (ingest's hot path); notes sorted by start, pitch, track."""
     import symusic
 
-    path = Path(path)
     try:
         score = symusic.Score(str(path), ttype="second")
     except Exception as exc:  # symusic raises RuntimeError/ValueError/IndexError variants
@@ -80,24 +100,28 @@ def parse_midi(path: str | Path, limits: ParseLimits = ParseLimits()) -> ParsedP
     tpq = int(score.ticks_per_quarter)
     if tpq <= 0:
         raise MidiError(f"invalid ticks per quarter note: {tpq}")
+    tempos = score.tempos.numpy()
+    if len(tempos["mspq"]) and (tempos["mspq"] <= 0).any():
+        # symusic would give every later note zero length, silently truncating the piece
+        raise MidiError("invalid tempo: 0 microseconds per quarter note (broken tempo map)")
     note_parts: list[dict[str, np.ndarray]] = []
     pedal_parts: list[dict[str, np.ndarray]] = []
     total = 0
     for index, track in enumerate(score.tracks):
         arrays = track.notes.numpy()
-        n = len(arrays["time"])
-        if n:
+        if len(arrays["time"]):
             start = arrays["time"].astype(np.float64)
             end = start + arrays["duration"].astype(np.float64)
             keep = end > start  # policy: drop zero-length notes
-            total += int(keep.sum())
+            kept = int(keep.sum())
+            total += kept
             if total > limits.max_notes:
                 raise MidiError(f"more than {limits.max_notes} notes (ingest.max_notes)")
             note_parts.append(
                 {
-                    "track": np.full(int(keep.sum()), index, np.int16),
-                    "program": np.full(int(keep.sum()), track.program, np.int16),
-                    "is_drum": np.full(int(keep.sum()), bool(track.is_drum)),
+                    "track": np.full(kept, index, np.int16),
+                    "program": np.full(kept, track.program, np.int16),
+                    "is_drum": np.full(kept, bool(track.is_drum)),
                     "pitch": arrays["pitch"][keep].astype(np.int16),
                     "velocity": arrays["velocity"][keep].astype(np.int16),
                     "start": start[keep],
@@ -116,25 +140,27 @@ def parse_midi(path: str | Path, limits: ParseLimits = ParseLimits()) -> ParsedP
                     "end": p_end[ok],
                 }
             )
-    notes = _frame(note_parts, [c for c in NOTES.names if c != "piece_id"])
-    if notes.empty:
+    notes = _concat(note_parts, [c for c in NOTES.names if c != "piece_id"])
+    if not len(notes["pitch"]):
         raise MidiError("no notes")
-    if not np.isfinite(notes[["start", "end"]].to_numpy()).all():
+    if not (np.isfinite(notes["start"]).all() and np.isfinite(notes["end"]).all()):
         raise MidiError("non-finite note times (broken tempo map)")
-    if float(notes["end"].max()) > limits.max_duration_s:
+    last = float(notes["end"].max())
+    if last > limits.max_duration_s:
         raise MidiError(
             f"longer than {limits.max_duration_s:.0f} s (ingest.max_duration_s); "
-            f"last note ends at {float(notes['end'].max()):.0f} s"
+            f"last note ends at {last:.0f} s"
         )
-    notes = notes.sort_values(["start", "pitch", "track"], kind="stable", ignore_index=True)
-    pedals = _frame(pedal_parts, [c for c in PEDALS.names if c != "piece_id"])
-    return ParsedPiece(notes=notes, pedals=pedals, ticks_per_quarter=tpq, n_tracks=len(score.tracks))
+    order = np.lexsort((notes["track"], notes["pitch"], notes["start"]))
+    notes = {c: v[order] for c, v in notes.items()}
+    pedals = _concat(pedal_parts, [c for c in PEDALS.names if c != "piece_id"])
+    return PieceArrays(notes, pedals, tpq, len(score.tracks))
 
 
-def _frame(parts: list[dict[str, np.ndarray]], columns: list[str]) -> pd.DataFrame:
+def _concat(parts: list[dict[str, np.ndarray]], columns: list[str]) -> dict[str, np.ndarray]:
     if not parts:
-        return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in columns})
-    return pd.DataFrame({c: np.concatenate([p[c] for p in parts]) for c in columns})
+        return {c: np.empty(0, _dtype(c)) for c in columns}
+    return {c: np.concatenate([p[c] for p in parts]) for c in columns}
 
 
 def _dtype(column: str) -> str:
@@ -162,7 +188,9 @@ def notes_to_midi(notes: pd.DataFrame, path: str | Path, default_program: int = 
             df[column] = default
     midi = pretty_midi.PrettyMIDI(resolution=480, initial_tempo=120.0)
     for (track, program, is_drum), group in df.groupby(["track", "program", "is_drum"], sort=True):
-        inst = pretty_midi.Instrument(program=int(program), is_drum=bool(is_drum), name=f"track {track}")
+        inst = pretty_midi.Instrument(
+            program=int(program), is_drum=bool(is_drum), name=f"track {track}"
+        )
         for row in group.itertuples(index=False):
             start, end = float(row.start), float(row.end)
             if end <= start:
