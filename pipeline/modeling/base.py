@@ -18,6 +18,21 @@ so `fit()` stays generic):
   tensors over one split of the representation's store;
 * ``baseline(store, config)``: trivial-baseline numbers on the test split, at least
   ``{"baseline_nll": ...}`` in the same units as ``"nll"``.
+
+Optional, honoured by `pipeline.modeling.fit` and `pipeline.evaluation.evaluate`:
+
+* ``prepare(store, config)`` returns the config to build the model with (e.g.
+  ``dataclasses.replace(config, n_pitches=...)`` from the store's params); fit saves
+  that prepared config in checkpoints, so sampling needs no store;
+* a forward output ``"n_units"``: how many cells, notes or tokens the batch's means
+  cover; split means are then weighted by it (exact per-unit means), and it is not
+  logged as a term;
+* ``model.set_step(step)``: called before each training step (e.g. KL annealing);
+* ``dataset.set_epoch(epoch)``: called at each epoch; random crops should be a pure
+  function of (seed from ``torch.initial_seed()`` at construction, epoch, index), so
+  that resuming from a checkpoint replays the same batches;
+* ``model.interpolate(a_rows, b_rows, steps)``: store rows of a latent walk
+  (``etude interpolate``).
 """
 
 from __future__ import annotations

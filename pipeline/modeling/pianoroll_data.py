@@ -1,0 +1,244 @@
+"""Windows of the pianoroll store for the autoencoder and the VAE, and their baseline.
+
+The pianoroll store is sparse: one row (piece_id, frame, pitch, velocity) per active
+cell. Pieces stay sparse in memory (frame-sorted cell arrays, so memory follows the
+store, not frames x pitches), and each window is made dense only when fetched: a
+``(window_frames, n_pitches)`` 0/1 float array over pitches ``min_pitch ..
+min_pitch + n_pitches - 1``, plus a per-frame mask that is 0 past the piece's end
+(the last active frame), so padding never counts in a loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.modeling.base import StoreData
+
+log = logging.getLogger(__name__)
+
+# Per-pitch activation rates of the baseline are clipped into [EPS, 1 - EPS].
+BASELINE_EPS = 1e-4
+
+
+@dataclass
+class SparsePieces:
+    """Active cells of several pieces, grouped by piece and sorted by frame.
+
+    Attributes:
+        piece_ids: one id per piece.
+        frames: per piece, int64 frame index of each active cell (sorted).
+        pitches: per piece, int64 pitch index (0 = min_pitch) of each cell.
+        n_frames: per piece, number of frames (last active frame + 1).
+    """
+
+    piece_ids: list[str]
+    frames: list[np.ndarray]
+    pitches: list[np.ndarray]
+    n_frames: np.ndarray
+
+
+def sparse_pieces(rows: pd.DataFrame, min_pitch: int, n_pitches: int) -> SparsePieces:
+    """Group store rows by piece; cells outside the pitch range are dropped."""
+    for column in ("piece_id", "frame", "pitch"):
+        if column not in rows:
+            raise ValueError(
+                f"pianoroll rows: no '{column}' column (columns: {list(rows.columns)})"
+            )
+    pitch = rows["pitch"].to_numpy(np.int64) - min_pitch
+    frame = rows["frame"].to_numpy(np.int64)
+    keep = (pitch >= 0) & (pitch < n_pitches) & (frame >= 0)
+    dropped = int((~keep).sum())
+    if dropped:
+        log.debug(
+            "pianoroll: %d cells outside pitches %d..%d dropped",
+            dropped,
+            min_pitch,
+            min_pitch + n_pitches - 1,
+        )
+    ids = rows["piece_id"].to_numpy()[keep]
+    pitch, frame = pitch[keep], frame[keep]
+    if len(ids) == 0:
+        return SparsePieces([], [], [], np.zeros(0, np.int64))
+    codes, uniques = pd.factorize(ids, sort=True)
+    order = np.lexsort((pitch, frame, codes))
+    codes, frame, pitch = codes[order], frame[order], pitch[order]
+    bounds = np.flatnonzero(np.diff(codes)) + 1
+    frames = np.split(frame, bounds)
+    pitches = np.split(pitch, bounds)
+    n_frames = np.array([int(f[-1]) + 1 for f in frames], dtype=np.int64)
+    return SparsePieces([str(u) for u in uniques], frames, pitches, n_frames)
+
+
+def dense_window(
+    frames: np.ndarray, pitches: np.ndarray, n_frames: int, start: int, length: int, n_pitches: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dense 0/1 window of one piece and its frame mask.
+
+    Returns:
+        roll (length, n_pitches) float32 and mask (length,) float32.
+    """
+    roll = np.zeros((length, n_pitches), dtype=np.float32)
+    lo, hi = np.searchsorted(frames, [start, start + length])
+    roll[frames[lo:hi] - start, pitches[lo:hi]] = 1.0
+    mask = np.zeros(length, dtype=np.float32)
+    mask[: max(0, min(length, n_frames - start))] = 1.0
+    return roll, mask
+
+
+def roll_to_rows(
+    roll: np.ndarray, piece_id: str, min_pitch: int, velocity: int, frame_offset: int = 0
+) -> pd.DataFrame:
+    """Active cells of a dense (frames, pitches) 0/1 array as pianoroll store rows."""
+    frame, pitch = np.nonzero(roll > 0.5)
+    return pd.DataFrame(
+        {
+            "piece_id": pd.Series([piece_id] * len(frame), dtype="str"),
+            "frame": (frame + frame_offset).astype(np.int32),
+            "pitch": (pitch + min_pitch).astype(np.int16),
+            "velocity": np.full(len(frame), velocity, dtype=np.int16),
+        }
+    )
+
+
+def rows_to_roll(rows: pd.DataFrame, min_pitch: int, n_pitches: int) -> np.ndarray:
+    """Dense (frames, pitches) 0/1 float32 array of one piece's store rows (frame 0 first)."""
+    pieces = sparse_pieces(rows, min_pitch, n_pitches)
+    if not pieces.piece_ids:
+        return np.zeros((0, n_pitches), dtype=np.float32)
+    frames = np.concatenate(pieces.frames)
+    pitches = np.concatenate(pieces.pitches)
+    n = int(frames.max()) + 1
+    roll = np.zeros((n, n_pitches), dtype=np.float32)
+    roll[frames, pitches] = 1.0
+    return roll
+
+
+class PianorollWindows(Dataset):
+    """Windows of ``window_frames`` frames: items {"roll": (T, P), "mask": (T,)}.
+
+    Training (``random_offsets=True``): an epoch has ``ceil(n_frames / T)`` items per
+    piece (longer pieces count more); item i of epoch e starts at an offset drawn from
+    a generator seeded by (seed, e, i), so an epoch's windows are a pure function of
+    the seed, the epoch and the index (what resuming from a checkpoint relies on).
+    Evaluation: consecutive windows every T frames, covering each piece once.
+    """
+
+    def __init__(
+        self,
+        pieces: SparsePieces,
+        window_frames: int,
+        n_pitches: int,
+        random_offsets: bool,
+        seed: int = 0,
+    ):
+        self.pieces = pieces
+        self.window_frames = window_frames
+        self.n_pitches = n_pitches
+        self.random_offsets = random_offsets
+        self.seed = seed
+        self.epoch = 0
+        per_piece = np.array(
+            [max(1, math.ceil(int(n) / window_frames)) for n in pieces.n_frames], dtype=np.int64
+        )
+        self._ends = np.cumsum(per_piece)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's random offsets (fit calls this at each epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        piece = int(np.searchsorted(self._ends, index, side="right"))
+        n_frames = int(self.pieces.n_frames[piece])
+        if self.random_offsets:
+            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+            start = int(rng.integers(0, max(0, n_frames - self.window_frames) + 1))
+        else:
+            first = int(self._ends[piece - 1]) if piece else 0
+            start = (int(index) - first) * self.window_frames
+        roll, mask = dense_window(
+            self.pieces.frames[piece],
+            self.pieces.pitches[piece],
+            n_frames,
+            start,
+            self.window_frames,
+            self.n_pitches,
+        )
+        return {"roll": torch.from_numpy(roll), "mask": torch.from_numpy(mask)}
+
+
+def split_pieces(store: StoreData, split: str, min_pitch: int, n_pitches: int) -> SparsePieces:
+    """The sparse pieces of one split of a pianoroll store."""
+    if split not in store.rows:
+        raise KeyError(f"pianoroll store {store.path or ''}: no '{split}' split")
+    return sparse_pieces(store.rows[split], min_pitch, n_pitches)
+
+
+def make_windows(
+    store: StoreData, window_frames: int, min_pitch: int, n_pitches: int, split: str
+) -> PianorollWindows:
+    """Random-offset windows for train, covering windows otherwise.
+
+    The training offsets are seeded from ``torch.initial_seed()`` at construction, so
+    the loop's seed (``train.seed``) fixes them.
+    """
+    pieces = split_pieces(store, split, min_pitch, n_pitches)
+    if split == "train":
+        seed = int(torch.initial_seed() % (2**63))
+        return PianorollWindows(pieces, window_frames, n_pitches, random_offsets=True, seed=seed)
+    return PianorollWindows(pieces, window_frames, n_pitches, random_offsets=False)
+
+
+def pitch_rates(pieces: SparsePieces, n_pitches: int) -> np.ndarray:
+    """Fraction of frames in which each pitch is active, over all pieces."""
+    counts = np.zeros(n_pitches, dtype=np.float64)
+    for pitches in pieces.pitches:
+        counts += np.bincount(pitches, minlength=n_pitches)
+    total = float(pieces.n_frames.sum())
+    return counts / total if total else np.full(n_pitches, np.nan)
+
+
+def bernoulli_baseline(store: StoreData, min_pitch: int, n_pitches: int) -> dict[str, float]:
+    """Per-pitch Bernoulli baseline: BCE (nats per cell) of train activation rates on test.
+
+    Each pitch is predicted active in every test frame with the probability it is
+    active in a train frame (clipped into [BASELINE_EPS, 1 - BASELINE_EPS]); the mean
+    BCE over all test cells (frames up to each piece's last active frame, as the
+    evaluation windows' masks count them) is ``baseline_nll``.
+    """
+    train = split_pieces(store, "train", min_pitch, n_pitches)
+    test = split_pieces(store, "test", min_pitch, n_pitches)
+    n_cells = float(test.n_frames.sum()) * n_pitches
+    if not train.piece_ids or n_cells == 0:
+        log.warning("pianoroll baseline: empty train or test split; returning NaN")
+        return {"baseline_nll": float("nan"), "baseline_density": float("nan")}
+    p = np.clip(pitch_rates(train, n_pitches), BASELINE_EPS, 1 - BASELINE_EPS)
+    active = np.zeros(n_pitches, dtype=np.float64)
+    for pitches in test.pitches:
+        active += np.bincount(pitches, minlength=n_pitches)
+    inactive = test.n_frames.sum() - active
+    bce = -(active * np.log(p) + inactive * np.log1p(-p)).sum() / n_cells
+    return {"baseline_nll": float(bce), "baseline_density": float(active.sum() / n_cells)}
+
+
+def store_pitch_range(store: StoreData) -> tuple[int, int, float]:
+    """(min_pitch, n_pitches, frame_ms) from the pianoroll store's params."""
+    params = store.params
+    try:
+        min_pitch, max_pitch = int(params.min_pitch), int(params.max_pitch)
+        frame_ms = float(params.frame_ms)
+    except AttributeError as exc:
+        raise ValueError(
+            f"pianoroll store {store.path or ''}: params lack {exc.name!r} "
+            "(need min_pitch, max_pitch, frame_ms)"
+        ) from exc
+    return min_pitch, max_pitch - min_pitch + 1, frame_ms

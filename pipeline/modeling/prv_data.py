@@ -1,0 +1,339 @@
+"""Windows of the prv (play/replay/volume) store for biaxial and poph, and their baseline.
+
+The prv store is sparse: one row (piece_id, step, pitch, replay, volume) per played
+cell, pitch an index ``0 .. n_pitches - 1`` above the store's ``min_pitch``. Pieces
+stay sparse in memory (step-sorted cell arrays, so memory follows the store, not
+steps x pitches: a dense MAESTRO would need gigabytes) and a window is made dense only
+when fetched: a ``(steps, n_pitches, 3)`` float array whose channels are
+
+* ``PLAY`` (0): 1 where the pitch sounds at that step;
+* ``REPLAY`` (1): 1 where it is (re)struck at that step (DeepJ's "replay");
+* ``VOLUME`` (2): velocity / 127 of the sounding note, 0 where silent.
+
+A piece lasts ``n_steps`` = its last played step + 1. Dataset items hold
+``seq_len + 1`` steps: ``x[0]`` is the step *before* the window (zeros before a
+piece's first step), the model's input for predicting ``x[1]``; ``x[1:]`` are the
+``seq_len`` predicted steps, and ``mask`` (seq_len,) is 0 for those past the piece's
+end, so padding never counts in a loss.
+
+Styles (DeepJ's composer conditioning) come from the ``style`` column of the store's
+``pieces.parquet`` (the composer for MAESTRO and the corpus, the source name
+otherwise). The vocabulary is ``["<unk>", *sorted styles of the train pieces]``;
+any other style (a composer seen only in test) maps to index 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.modeling.base import StoreData
+
+log = logging.getLogger(__name__)
+
+PLAY, REPLAY, VOLUME = 0, 1, 2
+UNKNOWN_STYLE = "<unk>"
+# Baseline probabilities are clipped into [BASELINE_EPS, 1 - BASELINE_EPS].
+BASELINE_EPS = 1e-4
+PRV_COLUMNS = ("piece_id", "step", "pitch", "replay", "volume")
+
+
+@dataclass
+class PrvPieces:
+    """Played cells of several pieces, grouped by piece and sorted by (step, pitch).
+
+    Attributes:
+        piece_ids: one id per piece.
+        steps, pitches: per piece, int64 step and pitch index of each played cell.
+        replay, volume: per piece, float32 replay flag (0/1) and volume of each cell.
+        n_steps: per piece, last played step + 1.
+    """
+
+    piece_ids: list[str]
+    steps: list[np.ndarray]
+    pitches: list[np.ndarray]
+    replay: list[np.ndarray]
+    volume: list[np.ndarray]
+    n_steps: np.ndarray
+
+
+def check_columns(rows: pd.DataFrame, where: str = "prv rows") -> None:
+    """Raise ValueError naming the first missing prv column."""
+    for column in PRV_COLUMNS:
+        if column not in rows:
+            raise ValueError(f"{where}: no '{column}' column (columns: {list(rows.columns)})")
+
+
+def sparse_pieces(rows: pd.DataFrame, n_pitches: int) -> PrvPieces:
+    """Group prv rows by piece (sorted ids); cells outside ``0..n_pitches-1`` are dropped."""
+    check_columns(rows)
+    pitch = rows["pitch"].to_numpy(np.int64)
+    step = rows["step"].to_numpy(np.int64)
+    keep = (pitch >= 0) & (pitch < n_pitches) & (step >= 0)
+    dropped = int((~keep).sum())
+    if dropped:
+        log.debug(
+            "prv: %d cells outside pitches 0..%d or before step 0 dropped", dropped, n_pitches - 1
+        )
+    ids = rows["piece_id"].to_numpy()[keep]
+    if len(ids) == 0:
+        return PrvPieces([], [], [], [], [], np.zeros(0, np.int64))
+    pitch, step = pitch[keep], step[keep]
+    replay = rows["replay"].to_numpy(bool)[keep].astype(np.float32)
+    volume = np.clip(rows["volume"].to_numpy(np.float32)[keep], 0.0, 1.0)
+    codes, uniques = pd.factorize(ids, sort=True)
+    order = np.lexsort((pitch, step, codes))
+    codes, step, pitch = codes[order], step[order], pitch[order]
+    replay, volume = replay[order], volume[order]
+    bounds = np.flatnonzero(np.diff(codes)) + 1
+    steps = np.split(step, bounds)
+    n_steps = np.array([int(s[-1]) + 1 for s in steps], dtype=np.int64)
+    return PrvPieces(
+        [str(u) for u in uniques],
+        steps,
+        np.split(pitch, bounds),
+        np.split(replay, bounds),
+        np.split(volume, bounds),
+        n_steps,
+    )
+
+
+def dense_steps(
+    pieces: PrvPieces, piece: int, start: int, length: int, n_pitches: int
+) -> np.ndarray:
+    """Dense ``(length, n_pitches, 3)`` play/replay/volume of steps ``start..start+length-1``.
+
+    ``start`` may be negative (steps before the piece are silent).
+    """
+    out = np.zeros((length, n_pitches, 3), dtype=np.float32)
+    steps = pieces.steps[piece]
+    lo, hi = np.searchsorted(steps, [start, start + length])
+    t = steps[lo:hi] - start
+    p = pieces.pitches[piece][lo:hi]
+    out[t, p, PLAY] = 1.0
+    out[t, p, REPLAY] = pieces.replay[piece][lo:hi]
+    out[t, p, VOLUME] = pieces.volume[piece][lo:hi]
+    return out
+
+
+def rows_to_dense(rows: pd.DataFrame, n_pitches: int) -> np.ndarray:
+    """Dense ``(n_steps, n_pitches, 3)`` array of one piece's prv rows, from step 0."""
+    pieces = sparse_pieces(rows, n_pitches)
+    if not pieces.piece_ids:
+        return np.zeros((0, n_pitches, 3), dtype=np.float32)
+    if len(pieces.piece_ids) > 1:
+        raise ValueError(f"prv rows: expected one piece, got {len(pieces.piece_ids)}")
+    return dense_steps(pieces, 0, 0, int(pieces.n_steps[0]), n_pitches)
+
+
+def dense_to_rows(x: np.ndarray, piece_id: str, step_offset: int = 0) -> pd.DataFrame:
+    """Played cells of a dense ``(steps, pitches, 3)`` array as prv store rows."""
+    step, pitch = np.nonzero(x[..., PLAY] > 0.5)
+    return pd.DataFrame(
+        {
+            "piece_id": pd.Series([piece_id] * len(step), dtype=object),
+            "step": (step + step_offset).astype(np.int32),
+            "pitch": pitch.astype(np.int16),
+            "replay": x[step, pitch, REPLAY] > 0.5,
+            "volume": np.clip(x[step, pitch, VOLUME], 0.0, 1.0).astype(np.float32),
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Styles
+
+
+def piece_styles(store: StoreData) -> dict[str, str | None]:
+    """piece_id -> style from the store's pieces table (None where missing)."""
+    pieces = store.pieces
+    if "style" not in pieces:
+        raise ValueError(
+            f"prv store {store.path or ''}: pieces.parquet has no 'style' column "
+            f"(columns: {list(pieces.columns)})"
+        )
+    styles: dict[str, str | None] = {}
+    for pid, style in zip(pieces["piece_id"].astype(str), pieces["style"], strict=True):
+        styles[pid] = str(style) if isinstance(style, str) and style else None
+    return styles
+
+
+def style_vocabulary(store: StoreData) -> list[str]:
+    """``["<unk>", *sorted distinct styles of the train pieces]``.
+
+    The train pieces are those with rows in the train split (falling back to the
+    pieces table's ``split`` column when the rows lack a train split).
+    """
+    by_piece = piece_styles(store)
+    if "train" in store.rows:
+        ids = set(store.rows["train"]["piece_id"].astype(str).unique())
+    elif "split" in store.pieces:
+        ids = set(store.pieces.loc[store.pieces["split"] == "train", "piece_id"].astype(str))
+    else:
+        raise ValueError(f"prv store {store.path or ''}: no train split to take styles from")
+    found = {by_piece.get(pid) for pid in ids} - {None, UNKNOWN_STYLE}
+    return [UNKNOWN_STYLE, *sorted(str(s) for s in found)]
+
+
+def style_index(styles: Sequence[str], style: str | None) -> int:
+    """Index of `style` in the vocabulary; 0 (``<unk>``) for None or an unknown style."""
+    if style is None:
+        return 0
+    try:
+        return list(styles).index(style)
+    except ValueError:
+        return 0
+
+
+# --------------------------------------------------------------------------------------
+# Dataset
+
+
+class PrvWindows(Dataset):
+    """Items ``{"x": (seq_len + 1, P, 3), "mask": (seq_len,), "style": int64 scalar}``.
+
+    Training (``random_offsets=True``): an epoch has ``ceil(n_steps / seq_len)`` items
+    per piece (longer pieces count more); item i of epoch e starts at an offset drawn
+    from a generator seeded by (seed, e, i), so an epoch's windows are a pure function
+    of the seed, the epoch and the index. Evaluation: consecutive windows every
+    ``seq_len`` steps, so each step of each piece is predicted exactly once.
+    """
+
+    def __init__(
+        self,
+        pieces: PrvPieces,
+        style_ids: np.ndarray,
+        seq_len: int,
+        n_pitches: int,
+        random_offsets: bool,
+        seed: int = 0,
+    ):
+        self.pieces = pieces
+        self.style_ids = style_ids
+        self.seq_len = seq_len
+        self.n_pitches = n_pitches
+        self.random_offsets = random_offsets
+        self.seed = seed
+        self.epoch = 0
+        per_piece = np.array(
+            [max(1, math.ceil(int(n) / seq_len)) for n in pieces.n_steps], dtype=np.int64
+        )
+        self._ends = np.cumsum(per_piece)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's random offsets (fit calls this at each epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        piece = int(np.searchsorted(self._ends, index, side="right"))
+        n_steps = int(self.pieces.n_steps[piece])
+        if self.random_offsets:
+            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+            start = int(rng.integers(0, max(0, n_steps - self.seq_len) + 1))
+        else:
+            first = int(self._ends[piece - 1]) if piece else 0
+            start = (int(index) - first) * self.seq_len
+        x = dense_steps(self.pieces, piece, start - 1, self.seq_len + 1, self.n_pitches)
+        mask = np.zeros(self.seq_len, dtype=np.float32)
+        mask[: max(0, min(self.seq_len, n_steps - start))] = 1.0
+        return {
+            "x": torch.from_numpy(x),
+            "mask": torch.from_numpy(mask),
+            "style": torch.tensor(int(self.style_ids[piece]), dtype=torch.long),
+        }
+
+
+def split_pieces(store: StoreData, split: str, n_pitches: int) -> PrvPieces:
+    """The sparse pieces of one split of a prv store."""
+    if split not in store.rows:
+        raise KeyError(f"prv store {store.path or ''}: no '{split}' split")
+    return sparse_pieces(store.rows[split], n_pitches)
+
+
+def make_windows(
+    store: StoreData, seq_len: int, n_pitches: int, styles: Sequence[str], split: str
+) -> PrvWindows:
+    """Random-offset windows for train, covering windows otherwise.
+
+    The training offsets are seeded from ``torch.initial_seed()`` at construction, so
+    the loop's seed (``train.seed``) fixes them.
+    """
+    pieces = split_pieces(store, split, n_pitches)
+    by_piece = piece_styles(store)
+    style_ids = np.array(
+        [style_index(styles, by_piece.get(pid)) for pid in pieces.piece_ids], dtype=np.int64
+    )
+    if split == "train":
+        seed = int(torch.initial_seed() % (2**63))
+        return PrvWindows(pieces, style_ids, seq_len, n_pitches, random_offsets=True, seed=seed)
+    return PrvWindows(pieces, style_ids, seq_len, n_pitches, random_offsets=False)
+
+
+# --------------------------------------------------------------------------------------
+# Baseline
+
+
+def prv_baseline(store: StoreData, n_pitches: int) -> dict[str, float]:
+    """Trivial baseline in the units of the biaxial/poph loss terms, on the test split.
+
+    * ``baseline_nll``: each pitch is played at every test step with the probability
+      it is played at a train step (clipped into [BASELINE_EPS, 1 - BASELINE_EPS]);
+      mean BCE (nats) over all test pitch-steps up to each piece's last played step
+      (the cells the models' ``nll`` averages over).
+    * ``baseline_replay``: BCE of the train replay rate among played cells, on the
+      test played cells (the models' replay term is masked by play the same way).
+    * ``baseline_dynamics``: MSE of the train mean volume on the test played cells.
+    """
+    nan = float("nan")
+    train = split_pieces(store, "train", n_pitches)
+    test = split_pieces(store, "test", n_pitches)
+    n_cells = float(test.n_steps.sum()) * n_pitches
+    if not train.piece_ids or n_cells == 0:
+        log.warning("prv baseline: empty train or test split; returning NaN")
+        return {"baseline_nll": nan, "baseline_replay": nan, "baseline_dynamics": nan}
+    played = np.zeros(n_pitches, dtype=np.float64)
+    for pitches in train.pitches:
+        played += np.bincount(pitches, minlength=n_pitches)
+    p = np.clip(played / float(train.n_steps.sum()), BASELINE_EPS, 1 - BASELINE_EPS)
+    test_played = np.zeros(n_pitches, dtype=np.float64)
+    for pitches in test.pitches:
+        test_played += np.bincount(pitches, minlength=n_pitches)
+    silent = test.n_steps.sum() - test_played
+    nll = -(test_played * np.log(p) + silent * np.log1p(-p)).sum() / n_cells
+
+    train_replay = np.concatenate(train.replay).astype(np.float64)
+    train_volume = np.concatenate(train.volume).astype(np.float64)
+    test_replay = np.concatenate(test.replay).astype(np.float64)
+    test_volume = np.concatenate(test.volume).astype(np.float64)
+    r = float(np.clip(train_replay.mean(), BASELINE_EPS, 1 - BASELINE_EPS))
+    replay_bce = -(test_replay * math.log(r) + (1 - test_replay) * math.log1p(-r)).mean()
+    dynamics_mse = ((test_volume - train_volume.mean()) ** 2).mean()
+    return {
+        "baseline_nll": float(nll),
+        "baseline_replay": float(replay_bce),
+        "baseline_dynamics": float(dynamics_mse),
+    }
+
+
+def store_prv_params(store: StoreData) -> tuple[int, int, float]:
+    """(min_pitch, n_pitches, steps_per_second) from the prv store's params."""
+    params = store.params
+    try:
+        min_pitch, n_pitches = int(params.min_pitch), int(params.n_pitches)
+        steps_per_second = float(params.steps_per_second)
+    except AttributeError as exc:
+        raise ValueError(
+            f"prv store {store.path or ''}: params lack {exc.name!r} "
+            "(need min_pitch, n_pitches, steps_per_second)"
+        ) from exc
+    return min_pitch, n_pitches, steps_per_second

@@ -1,0 +1,243 @@
+"""The evaluate stage: whole-split means, baselines, samples and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import typer
+import yaml
+from torch.utils.data import DataLoader
+from typer.testing import CliRunner
+
+from pipeline.evaluation.evaluate import (
+    EvaluateParams,
+    cut,
+    evaluate,
+    evaluate_command,
+    real_piece_ids,
+)
+from pipeline.ingest import DEFAULT_PARAMS, ingest_dir
+from pipeline.midi import parse_midi
+from pipeline.modeling import base
+from pipeline.modeling.fit import fit
+from pipeline.params import from_mapping
+from pipeline.representations import get as get_representation
+from pipeline.representations.stage import build_store, load_store
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "midi"
+PIECES = {
+    "train": [
+        FIXTURES
+        / "maestro"
+        / ("giantmidi_eval_MIDI-Unprocessed_11_R1_2011_MID--AUDIO_R1-D4_07_Track07_wav.mid")
+    ],
+    "validation": [FIXTURES / "other" / "symusic_1.midi"],
+    "test": [
+        FIXTURES / "other" / "miditoolkit_1390.mid",
+        FIXTURES
+        / "maestro"
+        / (
+            "giantmidi_eval_MIDI-Unprocessed_09_R3_2008_01-07_ORIG_MID--AUDIO_09_R3_2008_wav--2.mid"
+        ),
+    ],
+}
+SMALL_EVAL = EvaluateParams(
+    n_samples=2, seconds=3.0, n_real=2, batch_size=16, train_batches=3, render=False
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Processed tuples and pianoroll stores from real fixture files via ingest + represent."""
+    root = tmp_path_factory.mktemp("stores")
+    raw = root / "raw"
+    raw.mkdir()
+    with (raw / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "split", "composer", "title"])
+        for split, paths in PIECES.items():
+            for path in paths:
+                shutil.copy(path, raw / path.name)
+                writer.writerow([path.name, split, "", ""])
+    ingest_dir(
+        raw,
+        root / "interim",
+        source="fixtures",
+        params=dataclasses.replace(DEFAULT_PARAMS, workers=1),
+        progress=False,
+    )
+    for name in ("tuples", "pianoroll"):
+        params = get_representation(name).params_cls()
+        if name == "pianoroll":
+            params = dataclasses.replace(params, max_frames_per_piece=200)
+        build_store(name, [root / "interim"], root / "processed" / name, params, progress=False)
+    return root / "processed"
+
+
+def tiny_model(name: str, store: base.StoreData) -> torch.nn.Module:
+    spec = base.get(name)
+    kw = {
+        "rnn": {"seq_len": 8, "hidden_size": 16},
+        "autoencoder": {"window_frames": 16, "filters": (4, 8)},
+        "vae": {"window_frames": 16, "filters": (4, 8), "latent_dim": 4},
+    }[name]
+    config = spec.config_cls(**kw)
+    if spec.prepare is not None:
+        config = spec.prepare(store, config)
+    torch.manual_seed(0)
+    return spec.model_cls(config).eval()
+
+
+def test_params_defaults_and_validation() -> None:
+    params = from_mapping({}, EvaluateParams, "evaluate")
+    assert (params.n_samples, params.seconds) == (4, 30.0)
+    with pytest.raises(ValueError, match="top_p"):
+        from_mapping({"top_p": 0.0}, EvaluateParams, "evaluate")
+
+
+def test_test_terms_are_unit_weighted_means_over_the_whole_split(stores: Path) -> None:
+    store = load_store(stores / "tuples", "tuples")
+    spec = base.get("rnn")
+    model = tiny_model("rnn", store)
+    result = evaluate(spec, model, store, SMALL_EVAL)
+    # by hand: every test window, each batch weighted by its number of notes
+    data = spec.make_dataset(store, model.config, "test")
+    total = notes = 0.0
+    with torch.no_grad():
+        for batch in DataLoader(data, batch_size=7):
+            out = model(batch)
+            total += float(out["nll"]) * float(out["n_units"])
+            notes += float(out["n_units"])
+    assert notes == len(store.rows["test"])
+    assert result["test"]["nll"] == pytest.approx(total / notes, rel=1e-5)
+    assert {"loss", "step_mse", "duration_mse", "baseline_nll", "baseline_step_mse"} <= set(
+        result["test"]
+    )
+    assert "n_units" not in result["test"]
+    assert set(result["train"]) == {"loss", "nll", "step_mse", "duration_mse"}
+    samples = result["samples"]
+    assert samples["n"] == 2 and samples["n_real"] == 2
+    assert samples["mean_notes"] > 0 and 0 < samples["mean_seconds"] <= 3.0 + 10.0
+    assert len(samples["real_pieces"]) == 2
+    assert "metrics" in samples and "oa_mean" in samples  # from metrics.compare_sets
+
+
+@pytest.mark.parametrize("name", ["autoencoder", "vae"])
+def test_pianoroll_models_write_samples_and_real_clips(
+    stores: Path, tmp_path: Path, name: str
+) -> None:
+    store = load_store(stores / "pianoroll", "pianoroll")
+    model = tiny_model(name, store)
+    out = tmp_path / "samples"
+    render = name == "autoencoder"  # rendering is slow (matplotlib): check it once
+    params = dataclasses.replace(SMALL_EVAL, render=render)
+    result = evaluate(base.get(name), model, store, params, samples_dir=out)
+    assert result["test"]["nll"] > 0 and result["test"]["baseline_nll"] > 0
+    names = {p.name for p in out.iterdir()}
+    for stem in ("sample-0", "sample-1", "real-0", "real-1"):
+        assert f"{stem}.mid" in names
+        assert ({f"{stem}.wav", f"{stem}.png"} <= names) is render  # render.render_clip
+    real = parse_midi(out / "real-0.mid").notes
+    assert real["end"].max() <= 3.0 + 1e-3  # real clips are cut to `seconds`
+    json.dumps(result, allow_nan=False)  # NaN written as null
+
+
+def test_real_clips_are_reproducible_and_cut() -> None:
+    rows = pd.DataFrame({"piece_id": ["c", "a", "b", "a"]})
+    store = base.StoreData(rows={"test": rows}, pieces=pd.DataFrame(), params=None)
+    assert real_piece_ids(store, 2, 0) == real_piece_ids(store, 2, 0)
+    assert real_piece_ids(store, 5, 0) == ["a", "b", "c"]
+    notes = pd.DataFrame(
+        {
+            "pitch": [60, 61, 62],
+            "velocity": [80] * 3,
+            "start": [0.0, 2.5, 3.5],
+            "end": [1.0, 4.0, 5.0],
+        }
+    )
+    clip = cut(notes, 3.0)
+    assert clip["pitch"].tolist() == [60, 61] and clip["end"].tolist() == [1.0, 3.0]
+
+
+def test_evaluate_command_writes_metrics_and_samples(stores: Path, tmp_path: Path) -> None:
+    store = load_store(stores / "tuples", "tuples")
+    spec = base.get("rnn")
+    train = base.TrainParams(
+        seed=0,
+        device="cpu",
+        batch_size=4,
+        max_steps=2,
+        learning_rate=1e-3,
+        warmup_steps=0,
+        weight_decay=0.0,
+        grad_clip=1.0,
+        eval_every=2,
+        eval_batches=1,
+        patience=0,
+        checkpoint_every=2,
+        num_threads=1,
+    )
+    fit(
+        spec,
+        spec.config_cls(seq_len=8, hidden_size=16),
+        train,
+        store,
+        tmp_path / "m",
+        tmp_path / "live",
+    )
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"evaluate": dataclasses.asdict(SMALL_EVAL)}))
+    app = typer.Typer()
+    app.command()(evaluate_command)
+    metrics = tmp_path / "reports" / "metrics" / "rnn.json"
+    samples = tmp_path / "reports" / "samples" / "rnn"
+    args = [
+        "rnn",
+        "--store",
+        str(stores / "tuples"),
+        "--model-dir",
+        str(tmp_path / "m"),
+        "--metrics",
+        str(metrics),
+        "--samples",
+        str(samples),
+        "--params",
+        str(params),
+        "--device",
+        "cpu",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(metrics.read_text())
+    assert data["model"] == {
+        "name": "rnn",
+        "representation": "tuples",
+        "step": 2,
+        "n_parameters": data["model"]["n_parameters"],
+    }
+    assert math.isfinite(data["test"]["nll"]) and math.isfinite(data["test"]["baseline_nll"])
+    assert {p.name for p in samples.glob("*.mid")} == {
+        "sample-0.mid",
+        "sample-1.mid",
+        "real-0.mid",
+        "real-1.mid",
+    }
+    assert not list(samples.parent.glob("*.tmp*"))  # the folder appeared atomically
+    # errors: a model folder without model.pt is one line and exit code 1
+    args[4] = str(tmp_path / "nothing")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "checkpoint not found" in result.output

@@ -1,0 +1,318 @@
+"""The one training loop: checkpoints, exact resume, early stopping, dvclive, DDP."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import representations
+from pipeline.midi import parse_midi
+from pipeline.modeling import base
+from pipeline.modeling.base import CHECKPOINT_VERSION, StoreData, TrainParams
+from pipeline.modeling.checkpoint import CheckpointError, load_checkpoint, load_model
+from pipeline.modeling.fit import FitError, _lr_lambda, fit
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "midi"
+SMALL = (
+    FIXTURES
+    / "maestro"
+    / ("giantmidi_eval_MIDI-Unprocessed_11_R1_2011_MID--AUDIO_R1-D4_07_Track07_wav.mid")
+)
+SMALL_2 = FIXTURES / "other" / "symusic_1.midi"
+SMALL_3 = FIXTURES / "other" / "miditoolkit_1390.mid"
+
+TINY = {
+    "rnn": {"seq_len": 8, "hidden_size": 16},
+    "autoencoder": {"window_frames": 16, "filters": (4, 8)},
+    "vae": {"window_frames": 16, "filters": (4, 8), "latent_dim": 4, "kl_anneal_steps": 6},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)  # nothing may be written relative to the checkout
+
+
+def fixture_store(representation: str) -> StoreData:
+    """Test helper: an in-memory store (train/validation/test: one real piece each)."""
+    rep = representations.get(representation)
+    params = rep.params_cls()
+    if representation == "pianoroll":
+        params = dataclasses.replace(params, max_frames_per_piece=300)
+    rows = {}
+    for split, path in (("train", SMALL), ("validation", SMALL_2), ("test", SMALL_3)):
+        parsed = parse_midi(path)
+        pid = f"{split}:{path.name}"
+        rows[split] = rep.encode(
+            parsed.notes.assign(piece_id=pid), parsed.pedals.assign(piece_id=pid), params
+        )
+    return StoreData(rows=rows, pieces=pd.DataFrame(), params=params)
+
+
+_STORES: dict[str, StoreData] = {}
+
+
+def store_for(name: str) -> StoreData:
+    representation = base.get(name).representation
+    if representation not in _STORES:
+        _STORES[representation] = fixture_store(representation)
+    return _STORES[representation]
+
+
+def train_params(**kw: object) -> TrainParams:
+    values = dict(
+        seed=0,
+        device="cpu",
+        batch_size=4,
+        max_steps=12,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        weight_decay=0.01,
+        grad_clip=1.0,
+        eval_every=4,
+        eval_batches=2,
+        patience=0,
+        checkpoint_every=4,
+        num_threads=1,
+    )
+    return TrainParams(**{**values, **kw})  # type: ignore[arg-type]
+
+
+def config_for(name: str) -> object:
+    return base.get(name).config_cls(**TINY[name])
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_at(step: int):  # noqa: ANN201
+    def hook(s: int) -> None:
+        if s == step:
+            raise Interrupt
+
+    return hook
+
+
+def test_fit_writes_checkpoints_curves_and_summary(tmp_path: Path) -> None:
+    spec = base.get("rnn")
+    summary = fit(
+        spec, config_for("rnn"), train_params(), store_for("rnn"), tmp_path / "m", tmp_path / "live"
+    )
+    assert summary["steps"] == 12 and summary["resumed_from"] is None
+    assert summary["n_parameters"] == sum(
+        p.numel() for p in spec.model_cls(config_for("rnn")).parameters()
+    )
+    assert summary["best_step"] in (4, 8, 12) and math.isfinite(summary["best_val_loss"])
+    best = load_checkpoint(tmp_path / "m" / "model.pt", "rnn")
+    assert best["representation"] == "tuples" and best["checkpoint_version"] == CHECKPOINT_VERSION
+    assert best["config"]["seq_len"] == 8 and best["repr_params"] == {"sustain": True}
+    assert best["step"] == summary["best_step"]
+    assert best["val_loss"] == pytest.approx(summary["best_val_loss"])
+    last = load_checkpoint(tmp_path / "m" / "last.pt", "rnn")
+    assert last["step"] == 12 and last["finished"] is True
+    assert {"optimizer", "scheduler", "rng"} <= set(last)
+    # dvclive wrote its files only (no dvc.yaml, no git)
+    metrics = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert metrics["step"] == 12 and "loss" in metrics["val"] and "nll" in metrics["train"]
+    curve = (tmp_path / "live" / "plots" / "metrics" / "val" / "loss.tsv").read_text().split()
+    assert curve[:2] == ["step", "loss"] and [int(x) for x in curve[2::2]] == [4, 8, 12]
+    assert not (tmp_path / "live" / "dvc.yaml").exists() and not (tmp_path / ".dvc").exists()
+    # model.pt rebuilds the model from its config alone
+    model, _, _ = load_model(tmp_path / "m" / "model.pt", "rnn")
+    assert model.config == config_for("rnn")
+
+
+@pytest.mark.parametrize("name", ["rnn", "autoencoder", "vae"])
+def test_resume_after_interruption_equals_uninterrupted(tmp_path: Path, name: str) -> None:
+    spec, store, params = base.get(name), store_for(name), train_params()
+    whole = fit(spec, config_for(name), params, store, tmp_path / "a", tmp_path / "la")
+    with pytest.raises(Interrupt):
+        fit(
+            spec,
+            config_for(name),
+            params,
+            store,
+            tmp_path / "b",
+            tmp_path / "lb",
+            on_step=interrupt_at(7),
+        )  # last.pt holds step 4; steps 5-7 are lost
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 4
+    resumed = fit(spec, config_for(name), params, store, tmp_path / "b", tmp_path / "lb")
+    assert resumed["resumed_from"] == 4 and resumed["steps"] == 12
+    assert resumed["best_val_loss"] == pytest.approx(whole["best_val_loss"], abs=0, rel=0)
+    a = load_checkpoint(tmp_path / "a" / "last.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "b" / "last.pt")["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the resumed curve has each evaluation once
+    curve = (tmp_path / "lb" / "plots" / "metrics" / "val" / "loss.tsv").read_text().split()
+    assert [int(x) for x in curve[2::2]] == [4, 8, 12]
+
+
+def test_finished_run_is_not_retrained_but_other_params_are(tmp_path: Path) -> None:
+    spec, store = base.get("rnn"), store_for("rnn")
+    fit(spec, config_for("rnn"), train_params(), store, tmp_path / "m", tmp_path / "l")
+    before = (tmp_path / "m" / "last.pt").stat().st_mtime_ns
+    again = fit(
+        spec, config_for("rnn"), train_params(num_threads=2), store, tmp_path / "m", tmp_path / "l"
+    )
+    assert again["resumed_from"] == 12  # num_threads does not change the result
+    assert (tmp_path / "m" / "last.pt").stat().st_mtime_ns == before
+    other = fit(
+        spec,
+        config_for("rnn"),
+        train_params(learning_rate=1e-3),
+        store,
+        tmp_path / "m",
+        tmp_path / "l",
+    )
+    assert other["resumed_from"] is None and other["steps"] == 12
+    fresh = fit(
+        spec,
+        config_for("rnn"),
+        train_params(learning_rate=1e-3),
+        store,
+        tmp_path / "m",
+        tmp_path / "l",
+        resume=False,
+    )
+    assert fresh["resumed_from"] is None
+
+
+def test_checkpoint_version_and_name_are_checked(tmp_path: Path) -> None:
+    spec, store = base.get("rnn"), store_for("rnn")
+    fit(spec, config_for("rnn"), train_params(max_steps=4), store, tmp_path / "m", tmp_path / "l")
+    path = tmp_path / "m" / "model.pt"
+    ckpt = torch.load(path, weights_only=True)
+    with pytest.raises(CheckpointError, match="holds model 'rnn', expected 'vae'"):
+        load_checkpoint(path, "vae")
+    ckpt["checkpoint_version"] = CHECKPOINT_VERSION + 1
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=f"checkpoint version {CHECKPOINT_VERSION + 1}"):
+        load_checkpoint(path, "rnn")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nothing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    # a tampered last.pt is not resumed: training starts over
+    last = torch.load(tmp_path / "m" / "last.pt", weights_only=True)
+    last["checkpoint_version"] = 0
+    torch.save(last, tmp_path / "m" / "last.pt")
+    summary = fit(
+        spec, config_for("rnn"), train_params(max_steps=4), store, tmp_path / "m", tmp_path / "l"
+    )
+    assert summary["resumed_from"] is None
+
+
+def test_early_stopping_after_patience(tmp_path: Path) -> None:
+    # a learning rate far below float32 resolution leaves the weights, and so the
+    # (fixed-seed) validation loss, unchanged: no evaluation improves on the first
+    params = train_params(learning_rate=1e-20, weight_decay=0.0, patience=2, max_steps=40)
+    summary = fit(
+        base.get("rnn"), config_for("rnn"), params, store_for("rnn"), tmp_path / "m", tmp_path / "l"
+    )
+    assert summary["stopped_early"] is True
+    assert summary["steps"] == 12 and summary["best_step"] == 4
+    assert load_checkpoint(tmp_path / "m" / "last.pt")["finished"] is True
+
+
+def test_learning_rate_schedule() -> None:
+    factor = _lr_lambda(train_params(warmup_steps=4, max_steps=104))
+    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert factor(4) == pytest.approx(1.0)
+    assert factor(54) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert factor(104) == pytest.approx(0.1)
+
+
+def test_errors_are_named(tmp_path: Path) -> None:
+    store = store_for("rnn")
+    empty = StoreData(
+        rows={**store.rows, "train": store.rows["train"].iloc[:0]},
+        pieces=store.pieces,
+        params=store.params,
+    )
+    with pytest.raises(FitError, match="train split"):
+        fit(
+            base.get("rnn"),
+            config_for("rnn"),
+            train_params(),
+            empty,
+            tmp_path / "m",
+            tmp_path / "l",
+        )
+    if not torch.cuda.is_available():
+        with pytest.raises(FitError, match="no CUDA"):
+            fit(
+                base.get("rnn"),
+                config_for("rnn"),
+                train_params(device="cuda"),
+                store,
+                tmp_path / "m",
+                tmp_path / "l",
+            )
+
+
+DDP_SCRIPT = """
+import os, pickle, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from pipeline.modeling import base
+from pipeline.modeling.fit import fit_model
+store = pickle.loads(Path(sys.argv[1]).read_bytes())
+out = Path(sys.argv[2])
+spec = base.get("rnn")
+params = base.TrainParams(seed=0, device="cpu", batch_size=4, max_steps=6, learning_rate=3e-3,
+    warmup_steps=1, weight_decay=0.01, grad_clip=1.0, eval_every=3, eval_batches=2, patience=0,
+    checkpoint_every=3, num_threads=1)
+summary, model = fit_model(spec, spec.config_cls(seq_len=8, hidden_size=16), params, store,
+                           out / "m", out / "live")
+torch.save(model.state_dict(), out / f"rank{os.environ['RANK']}.pt")
+"""
+
+
+def test_ddp_two_cpu_ranks_end_with_identical_weights(tmp_path: Path) -> None:
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT)
+    store_file = tmp_path / "store.pkl"
+    store_file.write_bytes(pickle.dumps(store_for("rnn")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(script),
+            str(store_file),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    last = load_checkpoint(tmp_path / "m" / "last.pt", "rnn")
+    assert last["step"] == 6 and len(last["rng"]) == 2  # one RNG state per rank
+    assert all(torch.equal(last["state_dict"][k], w0[k]) for k in w0)
+    initial = base.get("rnn").model_cls(base.get("rnn").config_cls(seq_len=8, hidden_size=16))
+    assert not all(torch.equal(initial.state_dict()[k], w0[k]) for k in w0)  # it trained

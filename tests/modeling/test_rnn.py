@@ -1,0 +1,246 @@
+"""The LSTM-on-tuples model: windows, loss terms, baseline, overfitting, generation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline import representations
+from pipeline.midi import parse_midi
+from pipeline.modeling import base
+from pipeline.modeling.base import StoreData
+from pipeline.modeling.rnn import (
+    MIN_DURATION_S,
+    Config,
+    NoteLSTM,
+    TupleWindows,
+    baseline,
+    filter_logits,
+    make_dataset,
+    positive_pressure,
+)
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "midi"
+SMALL = (
+    FIXTURES
+    / "maestro"
+    / ("giantmidi_eval_MIDI-Unprocessed_11_R1_2011_MID--AUDIO_R1-D4_07_Track07_wav.mid")
+)
+SMALL_2 = FIXTURES / "other" / "symusic_1.midi"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def tuples_store(split_files: dict[str, list[Path]]) -> StoreData:
+    """Test helper: an in-memory tuples store encoded from real fixture files."""
+    rep = representations.get("tuples")
+    params = rep.params_cls()
+    rows = {}
+    for split, files in split_files.items():
+        parts = []
+        for path in files:
+            parsed = parse_midi(path)
+            pid = f"{split}:{path.name}"
+            parts.append(
+                rep.encode(
+                    parsed.notes.assign(piece_id=pid), parsed.pedals.assign(piece_id=pid), params
+                )
+            )
+        rows[split] = pd.concat(parts, ignore_index=True)
+    return StoreData(rows=rows, pieces=pd.DataFrame(), params=params)
+
+
+def toy_rows(
+    piece_id: str, pitch: list[int], step: list[float], duration: list[float]
+) -> pd.DataFrame:
+    n = len(pitch)
+    return pd.DataFrame(
+        {
+            "piece_id": [piece_id] * n,
+            "index": np.arange(n, dtype=np.int32),
+            "pitch": np.array(pitch, np.int16),
+            "step": np.array(step, np.float32),
+            "duration": np.array(duration, np.float32),
+            "velocity": np.full(n, 64, np.int16),
+        }
+    )
+
+
+def test_registered_on_tuples() -> None:
+    spec = base.get("rnn")
+    assert spec.representation == "tuples"
+    assert spec.config_cls is Config
+
+
+def test_windows_start_token_targets_and_masks() -> None:
+    rows = toy_rows("p", [60, 62, 64, 65, 67], [0.0, 0.5, 0.5, 0.25, 0.25], [0.4] * 5)
+    store = StoreData(rows={"train": rows, "test": rows}, pieces=pd.DataFrame(), params=None)
+    config = Config(seq_len=3)
+    train = make_dataset(store, config, "train")
+    assert len(train) == 3  # a window starts at every note with a full window left
+    first = train[0]
+    # the start tuple, then notes 0 and 1 as inputs; targets are notes 0..2
+    np.testing.assert_allclose(
+        first["inputs"].numpy(),
+        [[0.0, 0.0, 0.0], [60 / 128, 0.0, 0.4], [62 / 128, 0.5, 0.4]],
+        rtol=1e-6,
+    )
+    assert first["pitch"].tolist() == [60, 62, 64]
+    assert first["mask"].tolist() == [1.0, 1.0, 1.0]
+    assert train[2]["pitch"].tolist() == [64, 65, 67]
+
+    test = make_dataset(store, config, "test")
+    assert len(test) == 2  # tiles: notes 0-2, then notes 3-4 (+ one padded position)
+    assert test[1]["pitch"].tolist() == [65, 67, 0]
+    assert test[1]["mask"].tolist() == [1.0, 1.0, 0.0]
+    targets = sum(int(test[i]["mask"].sum()) for i in range(len(test)))
+    assert targets == 5  # every note predicted exactly once
+
+
+def test_short_piece_gives_one_padded_window() -> None:
+    windows = TupleWindows(
+        [
+            {
+                "pitch": np.array([60, 61]),
+                "step": np.zeros(2, np.float32),
+                "duration": np.ones(2, np.float32),
+            }
+        ],
+        seq_len=4,
+        stride=1,
+    )
+    assert len(windows) == 1
+    assert windows[0]["mask"].tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_positive_pressure_is_mean_of_negative_parts() -> None:
+    pred = torch.tensor([[-1.0, 2.0, -3.0, -5.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # the last position is padding
+    assert float(positive_pressure(pred, mask)) == pytest.approx((1.0 + 3.0) / 3)
+
+
+def test_loss_weights_combine_terms() -> None:
+    torch.manual_seed(0)
+    model = NoteLSTM(Config(seq_len=4, hidden_size=8))
+    rows = toy_rows("p", [60, 62, 64, 65, 67], [0.0, 0.5, 0.5, 0.25, 0.25], [0.4] * 5)
+    store = StoreData(rows={"train": rows}, pieces=pd.DataFrame(), params=None)
+    batch = next(iter(DataLoader(make_dataset(store, model.config, "train"), batch_size=2)))
+    out = model(batch)
+    with torch.no_grad():
+        logits, step, duration = model.heads(batch["inputs"])
+    mask = batch["mask"]
+    ce = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), batch["pitch"].flatten(), reduction="none"
+    )
+    expected_ce = float((ce * mask.flatten()).sum() / mask.sum())
+    assert float(out["nll"]) == pytest.approx(expected_ce, rel=1e-5)
+    step_term = float(out["step_mse"]) + 10 * float(positive_pressure(step, mask))
+    dur_term = float(out["duration_mse"]) + 10 * float(positive_pressure(duration, mask))
+    expected = 0.05 * expected_ce + step_term + dur_term
+    assert float(out["loss"].detach()) == pytest.approx(expected, rel=1e-5)
+    assert float(out["n_units"]) == float(mask.sum())
+
+
+def test_baseline_literal() -> None:
+    train = toy_rows("a", [60, 60, 62], [0.0, 1.0, 2.0], [1.0, 1.0, 1.0])
+    test = toy_rows("b", [60, 64], [0.0, 1.0], [2.0, 1.0])
+    store = StoreData(rows={"train": train, "test": test}, pieces=pd.DataFrame(), params=None)
+    result = baseline(store, Config())
+    # add-one unigram over 128 pitches: P(60) = 3/131, P(64) = 1/131
+    expected = -(math.log(3 / 131) + math.log(1 / 131)) / 2
+    assert result["baseline_nll"] == pytest.approx(expected)
+    # train means: step 1.0, duration 1.0
+    assert result["baseline_step_mse"] == pytest.approx((1.0 + 0.0) / 2)
+    assert result["baseline_duration_mse"] == pytest.approx((1.0 + 0.0) / 2)
+
+
+def test_filter_logits_top_k_and_top_p() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    top2 = filter_logits(logits, top_k=2)
+    assert torch.isinf(top2[0, 2:]).all() and torch.isfinite(top2[0, :2]).all()
+    nucleus = filter_logits(logits, top_p=0.7)  # 0.5 alone < 0.7, 0.5 + 0.3 >= 0.7
+    assert torch.isfinite(nucleus[0, :2]).all() and torch.isinf(nucleus[0, 2:]).all()
+
+
+def test_overfits_one_batch() -> None:
+    torch.manual_seed(0)
+    store = tuples_store({"train": [SMALL]})
+    config = Config(seq_len=8, hidden_size=32)
+    data = make_dataset(store, config, "train")
+    batch = next(
+        iter(
+            DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+        )
+    )
+    model = NoteLSTM(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = last = 0.0
+    for i in range(80):
+        loss = model(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        first = float(loss.detach()) if i == 0 else first
+        last = float(loss.detach())
+    assert last < 0.4 * first
+
+
+def test_generate_rows_decode_to_valid_notes() -> None:
+    torch.manual_seed(0)
+    model = NoteLSTM(Config(seq_len=8, hidden_size=16))
+    samples = model.generate(
+        3, generator=torch.Generator().manual_seed(1), seconds=2.0, temperature=1.0, top_k=20
+    )
+    rep = representations.get("tuples")
+    assert len(samples) == 3
+    for i, rows in enumerate(samples):
+        assert list(rows.columns) == rep.schema.names
+        assert (rows["piece_id"] == f"sample-{i}").all()
+        assert rows["index"].tolist() == list(range(len(rows)))
+        assert len(rows) > 0
+        assert (rows["duration"] >= MIN_DURATION_S).all() and (rows["step"] >= 0).all()
+        notes = rep.decode(rows, rep.params_cls())
+        assert (notes["end"] > notes["start"]).all()
+        assert notes["pitch"].between(0, 127).all()
+
+
+def test_generate_length_and_primer() -> None:
+    torch.manual_seed(0)
+    model = NoteLSTM(Config(seq_len=4, hidden_size=16))
+    primer = toy_rows("x", [60, 64, 67], [0.0, 0.5, 0.5], [0.5, 0.5, 0.5])
+    (rows,) = model.generate(1, generator=torch.Generator().manual_seed(0), primer=primer, length=5)
+    assert len(rows) == 3 + 5
+    assert rows["pitch"].tolist()[:3] == [60, 64, 67]
+    assert rows["velocity"].tolist()[:3] == [64, 64, 64]
+    assert (rows["velocity"].iloc[3:] == model.config.velocity).all()
+
+
+def test_generate_is_reproducible_and_greedy_ignores_seed() -> None:
+    torch.manual_seed(0)
+    model = NoteLSTM(Config(seq_len=4, hidden_size=16))
+    a = model.generate(2, generator=torch.Generator().manual_seed(5), length=6)
+    b = model.generate(2, generator=torch.Generator().manual_seed(5), length=6)
+    for x, y in zip(a, b, strict=True):
+        pd.testing.assert_frame_equal(x, y)
+    g1 = model.generate(1, generator=torch.Generator().manual_seed(1), length=6, temperature=0)
+    g2 = model.generate(1, generator=torch.Generator().manual_seed(2), length=6, temperature=0)
+    pd.testing.assert_frame_equal(g1[0], g2[0])
+
+
+def test_real_store_windows_cover_test_notes() -> None:
+    store = tuples_store({"train": [SMALL], "test": [SMALL_2]})
+    config = Config(seq_len=25)
+    test = make_dataset(store, config, "test")
+    loader = DataLoader(test, batch_size=64)
+    assert sum(float(b["mask"].sum()) for b in loader) == len(store.rows["test"])
+    result = baseline(store, config)
+    assert 0 < result["baseline_nll"] < math.log(128) + 1

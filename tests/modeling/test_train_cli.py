@@ -1,0 +1,300 @@
+"""The train stage and the generate / interpolate tools, through typer's CliRunner."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from pipeline.ingest import DEFAULT_PARAMS, ingest_dir
+from pipeline.midi import parse_midi
+from pipeline.modeling.train import (
+    generate_command,
+    interpolate_command,
+    load_train_params,
+    train_command,
+)
+from pipeline.params import ParamsError
+from pipeline.representations import get as get_representation
+from pipeline.representations.stage import build_store
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "midi"
+PIECES = {
+    "train": FIXTURES
+    / "maestro"
+    / ("giantmidi_eval_MIDI-Unprocessed_11_R1_2011_MID--AUDIO_R1-D4_07_Track07_wav.mid"),
+    "validation": FIXTURES / "other" / "symusic_1.midi",
+    "test": FIXTURES / "other" / "miditoolkit_1390.mid",
+}
+
+PARAMS = {
+    "train": {
+        "seed": 0,
+        "device": "cpu",
+        "batch_size": 4,
+        "max_steps": 50,
+        "learning_rate": 0.003,
+        "warmup_steps": 1,
+        "weight_decay": 0.01,
+        "grad_clip": 1.0,
+        "eval_every": 2,
+        "eval_batches": 2,
+        "patience": 0,
+        "checkpoint_every": 2,
+        "num_threads": 1,
+    },
+    "models": {
+        "rnn": {"seq_len": 8, "hidden_size": 16, "train": {"max_steps": 4}},
+        "vae": {
+            "window_frames": 16,
+            "filters": [4, 8],
+            "latent_dim": 4,
+            "kl_anneal_steps": 2,
+            "train": {"max_steps": 2},
+        },
+    },
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Processed tuples and pianoroll stores built by the real ingest and represent code
+    from three real fixture files, one per split (fixed by a manifest)."""
+    root = tmp_path_factory.mktemp("stores")
+    raw = root / "raw"
+    raw.mkdir()
+    with (raw / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "split", "composer", "title"])
+        for split, path in PIECES.items():
+            shutil.copy(path, raw / path.name)
+            writer.writerow([path.name, split, "", ""])
+    ingest_dir(
+        raw,
+        root / "interim",
+        source="fixtures",
+        params=dataclasses.replace(DEFAULT_PARAMS, workers=1),
+        progress=False,
+    )
+    for name in ("tuples", "pianoroll"):
+        params = get_representation(name).params_cls()
+        if name == "pianoroll":
+            params = dataclasses.replace(params, max_frames_per_piece=200)
+        build_store(name, [root / "interim"], root / "processed" / name, params, progress=False)
+    return root / "processed"
+
+
+def write_params(path: Path, data: dict = PARAMS) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def app() -> typer.Typer:
+    cli = typer.Typer()
+    cli.command("train")(train_command)
+    cli.command("generate")(generate_command)
+    cli.command("interpolate")(interpolate_command)
+    return cli
+
+
+def run(*args: str):  # noqa: ANN201
+    return CliRunner().invoke(app(), [str(a) for a in args])
+
+
+def test_model_sections_override_train_keys(tmp_path: Path) -> None:
+    config, train = load_train_params("rnn", write_params(tmp_path / "p.yaml"))
+    config_rnn = config
+    assert (config.seq_len, config.hidden_size) == (8, 16)
+    assert train.max_steps == 4 and train.batch_size == 4  # override, then shared value
+    config, _ = load_train_params("vae", tmp_path / "p.yaml")
+    assert config.filters == (4, 8)
+    declared = json.loads(json.dumps(PARAMS))
+    declared["models"]["rnn"]["representation"] = "tuples"  # dvc.yaml's foreach key
+    assert load_train_params("rnn", write_params(tmp_path / "d.yaml", declared))[0] == config_rnn
+    declared["models"]["rnn"]["representation"] = "events"
+    with pytest.raises(ParamsError, match="models.rnn.representation"):
+        load_train_params("rnn", write_params(tmp_path / "d.yaml", declared))
+    bad = json.loads(json.dumps(PARAMS))
+    bad["models"]["rnn"]["train"] = {"max_step": 3}
+    with pytest.raises(ParamsError, match="models.rnn.train.max_step"):
+        load_train_params("rnn", write_params(tmp_path / "bad.yaml", bad))
+    bad["models"]["rnn"] = {"seq_len": 0}
+    with pytest.raises(ParamsError, match="seq_len"):
+        load_train_params("rnn", write_params(tmp_path / "bad.yaml", bad))
+    with pytest.raises(ParamsError, match="unknown model 'gan'"):
+        load_train_params("gan", tmp_path / "p.yaml")
+
+
+def test_train_then_generate_rnn(tmp_path: Path, stores: Path) -> None:
+    params = write_params(tmp_path / "params.yaml")
+    result = run(
+        "train",
+        "rnn",
+        "--store",
+        stores / "tuples",
+        "--out",
+        tmp_path / "models/rnn",
+        "--live",
+        tmp_path / "reports/rnn",
+        "--params",
+        params,
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "models/rnn/model.pt").exists()
+    assert (tmp_path / "models/rnn/last.pt").exists()
+    summary = json.loads((tmp_path / "reports/rnn/summary.json").read_text())
+    assert summary["steps"] == 4 and summary["n_parameters"] > 0
+    assert summary["best_val_loss"] > 0 and summary["wall_time_s"] > 0
+
+    result = run(
+        "generate",
+        "rnn",
+        "--model-dir",
+        tmp_path / "models/rnn",
+        "--out",
+        tmp_path / "samples",
+        "--n",
+        2,
+        "--seconds",
+        2,
+        "--top-k",
+        10,
+    )
+    assert result.exit_code == 0, result.output
+    for i in range(2):
+        notes = parse_midi(tmp_path / "samples" / f"sample-{i}.mid").notes
+        assert len(notes) > 0 and notes["pitch"].between(0, 127).all()
+
+    primer = PIECES["validation"]
+    result = run(
+        "generate",
+        "rnn",
+        "--model-dir",
+        tmp_path / "models/rnn",
+        "--out",
+        tmp_path / "primed",
+        "--n",
+        1,
+        "--seconds",
+        1,
+        "--primer",
+        primer,
+    )
+    assert result.exit_code == 0, result.output
+    primed = parse_midi(tmp_path / "primed" / "sample-0.mid").notes
+    original = parse_midi(primer).notes
+    assert len(primed) > len(original[~original["is_drum"]]) - 5  # the primer, then more
+
+
+def test_train_then_interpolate_vae(tmp_path: Path, stores: Path) -> None:
+    params = write_params(tmp_path / "params.yaml")
+    result = run(
+        "train",
+        "vae",
+        "--store",
+        stores / "pianoroll",
+        "--out",
+        tmp_path / "models/vae",
+        "--live",
+        tmp_path / "reports/vae",
+        "--params",
+        params,
+    )
+    assert result.exit_code == 0, result.output
+    result = run(
+        "interpolate",
+        "vae",
+        PIECES["validation"],
+        PIECES["test"],
+        "--steps",
+        3,
+        "--out",
+        tmp_path / "interp",
+        "--model-dir",
+        tmp_path / "models/vae",
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "interp").iterdir()) == [
+        "interp-0.mid",
+        "interp-1.mid",
+        "interp-2.mid",
+    ]
+    result = run(
+        "generate",
+        "vae",
+        "--model-dir",
+        tmp_path / "models/vae",
+        "--out",
+        tmp_path / "vae-samples",
+        "--n",
+        1,
+        "--seconds",
+        2,
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "vae-samples" / "sample-0.mid").exists()
+
+
+def test_errors_are_one_line_exit_1(tmp_path: Path, stores: Path) -> None:
+    params = write_params(tmp_path / "params.yaml")
+    result = run("train", "gan", "--store", stores / "tuples", "--params", params)
+    assert result.exit_code == 1 and "unknown model 'gan'" in result.output
+    assert "Traceback" not in result.output
+    result = run(
+        "train",
+        "rnn",
+        "--store",
+        tmp_path / "nowhere",
+        "--out",
+        tmp_path / "m",
+        "--live",
+        tmp_path / "l",
+        "--params",
+        params,
+    )
+    assert result.exit_code == 1 and "nowhere" in result.output
+    result = run("generate", "rnn", "--model-dir", tmp_path / "empty", "--out", tmp_path / "s")
+    assert result.exit_code == 1 and "checkpoint not found" in result.output
+    assert "Traceback" not in result.output
+    assert (
+        run(
+            "train",
+            "rnn",
+            "--store",
+            stores / "tuples",
+            "--out",
+            tmp_path / "m",
+            "--live",
+            tmp_path / "l",
+            "--params",
+            params,
+        ).exit_code
+        == 0
+    )
+    result = run(
+        "interpolate",
+        "rnn",
+        PIECES["validation"],
+        PIECES["test"],
+        "--out",
+        tmp_path / "i",
+        "--model-dir",
+        tmp_path / "m",
+    )
+    assert result.exit_code == 1 and "no latent space" in result.output
+    result = run("generate", "vae", "--model-dir", tmp_path / "m", "--out", tmp_path / "s")
+    assert result.exit_code == 1 and "holds model 'rnn', expected 'vae'" in result.output
