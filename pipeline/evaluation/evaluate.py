@@ -167,6 +167,10 @@ def sample_and_compare(
     metrics = _optional("pipeline.evaluation.metrics")
     if metrics is not None and generated and real:
         summary.update(metrics.compare_sets(generated, real))
+        summary["pitch_class_profile"] = {
+            "generated": metrics.pitch_class_profile(generated),
+            "real": metrics.pitch_class_profile(real),
+        }
     elif metrics is None:
         log.info("pipeline.evaluation.metrics not available: no musical metrics")
     if samples_dir is not None:

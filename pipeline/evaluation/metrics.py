@@ -111,6 +111,21 @@ def pitch_class_entropy(notes: pd.DataFrame) -> float:
     return _entropy(counts.astype(np.float64))
 
 
+def pitch_class_profile(notes_list: list[pd.DataFrame]) -> list[float]:
+    """Share of notes on each pitch class C..B over a set of pieces (sums to 1).
+
+    One count per (non-drum) note, pooled over the pieces; NaN x 12 if there is no
+    note. Used to show whether PopH's harmony loss moved its samples' pitch-class
+    profile away from biaxial's.
+    """
+    counts = np.zeros(12, np.float64)
+    for notes in notes_list:
+        pitched = _pitched(notes)
+        counts += np.bincount(pitched["pitch"].to_numpy().astype(np.int64) % 12, minlength=12)
+    total = counts.sum()
+    return [float("nan")] * 12 if total == 0 else (counts / total).tolist()
+
+
 def pitch_entropy(notes: pd.DataFrame) -> float:
     """Shannon entropy (bits) of the 128-pitch note histogram (MusPy ``pitch_entropy``).
 

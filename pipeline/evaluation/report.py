@@ -376,6 +376,51 @@ def _musical_table(models: list[ModelReport]) -> str:
     return _table("musical", ["model", *names], rows)
 
 
+PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+
+
+def _pitch_class_table(models: list[ModelReport]) -> str:
+    """Pitch-class profile of each model's samples beside the real clips' profile.
+
+    Comparing the `poph` row with the `biaxial` row shows what PopH's harmony loss
+    changed; "max key share" is the largest share of notes inside one major or
+    natural-minor scale (1.0 = every note in one key).
+    """
+    rows = []
+    for m in models:
+        profile = _get(m.metrics or {}, "samples", "pitch_class_profile")
+        if not isinstance(profile, dict):
+            continue
+        for label, values in (("generated", profile.get("generated")), ("real", profile.get("real"))):
+            if not isinstance(values, list) or len(values) != 12:
+                continue
+            cells = [f'<td data-v="{_esc(m.name)}">{_esc(m.name)}</td>', f"<td>{label}</td>"]
+            cells += [_td(_number(v)) for v in values]
+            cells.append(_td(_max_key_share(values)))
+            rows.append(f'<tr data-model="{_esc(m.name)}">' + "".join(cells) + "</tr>")
+    if not rows:
+        return f'<p class="missing">Pitch-class profiles: {NOT_RUN}.</p>'
+    return (
+        '<h2 id="pitch-classes">Pitch-class profiles</h2><p>Share of notes per pitch class '
+        "in each model's samples and in the real clips it was compared with; compare "
+        "<code>poph</code> (harmony loss) with <code>biaxial</code> (none).</p>"
+        + _table("pitch-classes", ["model", "clips", *PITCH_CLASSES, "max key share"], rows)
+    )
+
+
+def _max_key_share(profile: list[float]) -> float | None:
+    values = [_number(v) for v in profile]
+    if any(v is None for v in values):
+        return None
+    major = (0, 2, 4, 5, 7, 9, 11)
+    minor = (0, 2, 3, 5, 7, 8, 10)
+    return max(
+        sum(values[(root + step) % 12] for step in scale)  # type: ignore[misc]
+        for root in range(12)
+        for scale in (major, minor)
+    )
+
+
 def _model_metrics(model: ModelReport) -> str:
     if model.metrics is None:
         return f'<p class="missing">Evaluation: {NOT_RUN}.</p>'
@@ -610,6 +655,29 @@ def fake_pairs(models: list[ModelReport], params: ReportParams) -> list[FakePair
     return pairs
 
 
+def blind_copies(pairs: list[FakePair], folder: Path) -> list[FakePair]:
+    """Copy each pair's clips to `folder/pair-NN-{a,b}.wav`, so that the audio file
+    names on the page (``sample-0.wav`` vs ``real-0.wav``) do not give the answer away.
+
+    The folder is replaced atomically; the returned pairs point at the copies.
+    """
+    import shutil
+
+    from pipeline.io import atomic_dir
+
+    blinded = []
+    with atomic_dir(folder) as tmp:
+        for i, pair in enumerate(pairs):
+            sides = {}
+            for side, clip in (("a", pair.a), ("b", pair.b)):
+                name = f"pair-{i:02d}-{side}.wav"
+                if clip.wav is not None:
+                    shutil.copyfile(clip.wav, tmp / name)
+                sides[side] = Clip(clip.stem, folder / name if clip.wav else None, None)
+            blinded.append(FakePair(a=sides["a"], b=sides["b"], fake=pair.fake, model=pair.model))
+    return blinded
+
+
 def _wav_seconds(path: Path | None) -> float | None:
     if path is None:
         return None
@@ -698,7 +766,7 @@ def build_report(
     problems: list[str] = []
     names = list(models) if models is not None else discover_models(reports_dir)
     reports = collect(reports_dir, names, problems)
-    pairs = fake_pairs(reports, params)
+    pairs = blind_copies(fake_pairs(reports, params), page_dir / "fake")
     fake_path = page_dir / "fake.html"
 
     sections = [
@@ -716,6 +784,7 @@ def build_report(
         "as much as real ones differ among themselves) of the generated-vs-real distance "
         "distribution with the real-vs-real one (Yang &amp; Lerch 2018).</p>",
         _musical_table(reports),
+        _pitch_class_table(reports),
         *(_model_section(m, page_dir) for m in reports),
         _data_section(reports_dir, problems),
     ]

@@ -264,3 +264,11 @@ def test_compare_sets_nan_safe(real_clips: list[pd.DataFrame]) -> None:
     # an empty generated clip: NaN metrics are dropped, the rest still compare
     mixed = M.compare_sets([EMPTY, *real_clips[:3]], real_clips[:4])
     assert math.isfinite(mixed["metrics"]["pitch_range"]["oa"])
+
+
+def test_pitch_class_profile_pools_notes_over_pieces() -> None:
+    a = pd.DataFrame({"pitch": [60, 62, 72], "velocity": 80, "start": [0.0, 1.0, 2.0], "end": [1.0, 2.0, 3.0]})
+    b = pd.DataFrame({"pitch": [61], "velocity": 80, "start": [0.0], "end": [1.0]})
+    profile = M.pitch_class_profile([a, b])
+    assert profile == [0.5, 0.25, 0.25] + [0.0] * 9
+    assert all(math.isnan(v) for v in M.pitch_class_profile([a.iloc[:0]]))

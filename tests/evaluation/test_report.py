@@ -242,10 +242,19 @@ def test_find_the_fake_pairs(built: Path) -> None:
     assert len(answers) == 3  # rnn 2 + transformer 1 (fake_pairs defaults to 12)
     audio = [v for t, _, v in page.links if t == "audio"]
     assert len(audio) == 6
+    samples = built.parent / "samples"
     for i, pair in enumerate(answers):
         a, b = audio[2 * i], audio[2 * i + 1]
+        # neutral names: the file name must not tell real from generated
+        assert (a, b) == (f"fake/pair-{i:02d}-a.wav", f"fake/pair-{i:02d}-b.wav")
         fake, real = (a, b) if pair["fake"] == "a" else (b, a)
-        assert f"/{pair['model']}/sample-" in fake and f"/{pair['model']}/real-" in real
+        fake_bytes = (built.parent / fake).read_bytes()
+        real_bytes = (built.parent / real).read_bytes()
+        model_dir = samples / pair["model"]
+        assert fake_bytes == (model_dir / f"{pair[pair['fake']]['name']}.wav").read_bytes()
+        real_side = "b" if pair["fake"] == "a" else "a"
+        assert pair[real_side]["name"].startswith("real-")
+        assert real_bytes == (model_dir / f"{pair[real_side]['name']}.wav").read_bytes()
         assert pair[pair["fake"]]["real"] is False
     sides = {p["fake"] for p in answers}
     assert sides <= {"a", "b"}
@@ -552,3 +561,21 @@ def test_dvc_plots_template_renders_offline(browser: Browser, tmp_path: Path) ->
     assert browser.js(session, drawn) is True
     _local_only(browser.requests(session))
     assert browser.errors(session) == []
+
+
+def test_pitch_class_profiles_compare_poph_with_biaxial(tmp_path: Path) -> None:
+    c_major = [1 / 7 if pc in (0, 2, 4, 5, 7, 9, 11) else 0.0 for pc in range(12)]
+    chromatic = [1 / 12] * 12
+    for name, generated in (("biaxial", chromatic), ("poph", c_major)):
+        path = tmp_path / "metrics" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        profile = {"generated": generated, "real": c_major}
+        path.write_text(json.dumps({"test": {"nll": 1.0}, "samples": {"pitch_class_profile": profile}}))
+    page = parse(report.build_report(tmp_path, models=["biaxial", "poph"]))
+    rows = page.rows["pitch-classes"][1:]
+    assert [r[:2] for r in rows] == [
+        ["biaxial", "generated"], ["biaxial", "real"], ["poph", "generated"], ["poph", "real"]
+    ]
+    key_share = {tuple(r[:2]): float(r[-1]) for r in rows}
+    assert key_share[("poph", "generated")] == pytest.approx(1.0)
+    assert key_share[("biaxial", "generated")] == pytest.approx(7 / 12, abs=1e-4)  # shown to 4 places
