@@ -55,7 +55,9 @@ def fetch(
 
 @app.command()
 def ingest(
-    in_dir: Annotated[Path, typer.Argument(help="Folder of .mid/.midi files (searched recursively).")],
+    in_dir: Annotated[
+        Path, typer.Argument(help="Folder of .mid/.midi files (searched recursively).")
+    ],
     out: Annotated[Path, typer.Option(help="Output folder for the notes store.")],
     source: Annotated[str, typer.Option(help="Source name recorded in the store.")] = "",
     shard: Annotated[str, typer.Option(help="Only shard I of N, as I/N (stable hash).")] = "",
@@ -66,7 +68,9 @@ def ingest(
     from pipeline.params import load_params
 
     with user_errors(IngestError):
-        settings = load_params("ingest", IngestParams, params) if params.exists() else DEFAULT_PARAMS
+        settings = (
+            load_params("ingest", IngestParams, params) if params.exists() else DEFAULT_PARAMS
+        )
         summary = ingest_dir(
             in_dir, out, source=source or in_dir.name, params=settings, shard=_parse_shard(shard)
         )

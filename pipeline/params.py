@@ -66,7 +66,9 @@ def load_list(key: str, allowed: typing.Iterable[str], path: str | Path = PARAMS
         raise ParamsError(f"params.yaml: '{key}' must be a non-empty list of {allowed}")
     for item in value:
         if item not in allowed:
-            raise ParamsError(f"params.yaml: '{key}' has unknown entry {item!r}; allowed: {allowed}")
+            raise ParamsError(
+                f"params.yaml: '{key}' has unknown entry {item!r}; allowed: {allowed}"
+            )
     return value
 
 

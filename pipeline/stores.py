@@ -73,7 +73,9 @@ def with_meta(schema: pa.Schema, kind: str) -> pa.Schema:
     return schema.with_metadata({"etude_schema": kind, "etude_version": str(SCHEMA_VERSION)})
 
 
-def write_store(df: pd.DataFrame | pa.Table, path: str | Path, kind: str, schema: pa.Schema) -> None:
+def write_store(
+    df: pd.DataFrame | pa.Table, path: str | Path, kind: str, schema: pa.Schema
+) -> None:
     """Write `df` with exactly `schema` (cast, column order enforced), atomically."""
     if isinstance(df, pd.DataFrame):
         table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)

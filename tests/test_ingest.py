@@ -99,13 +99,21 @@ def test_shards_concatenate_to_the_unsharded_result(corpus_dir, tmp_path):
         for i in range(3):
             shard_dir = tmp_path / f"shard{i}"
             if not shard_dir.exists():
-                ingest_dir(corpus_dir, shard_dir, source="s", params=lenient(), shard=(i, 3), progress=False)
+                ingest_dir(
+                    corpus_dir,
+                    shard_dir,
+                    source="s",
+                    params=lenient(),
+                    shard=(i, 3),
+                    progress=False,
+                )
             parts.append(read_store(shard_dir / f"{kind}.parquet", kind))
         merged = pd.concat(parts, ignore_index=True)
         whole = read_store(full / f"{kind}.parquet", kind)
         order = key or ["piece_id", "start", "pitch", "track", "end"]
         pd.testing.assert_frame_equal(
-            merged.sort_values(order, ignore_index=True), whole.sort_values(order, ignore_index=True)
+            merged.sort_values(order, ignore_index=True),
+            whole.sort_values(order, ignore_index=True),
         )
     sizes = [len(read_store(tmp_path / f"shard{i}" / "pieces.parquet", "pieces")) for i in range(3)]
     assert all(sizes), f"a shard is empty: {sizes}"
@@ -152,7 +160,9 @@ runner = CliRunner()
 
 def test_cli_ingest_writes_the_store(tmp_path, fixtures_dir):
     out = tmp_path / "out"
-    result = runner.invoke(app, ["ingest", str(fixtures_dir / "other"), "--out", str(out), "--source", "other"])
+    result = runner.invoke(
+        app, ["ingest", str(fixtures_dir / "other"), "--out", str(out), "--source", "other"]
+    )
     assert result.exit_code == 0, result.output
     assert "12 pieces, 0 rejected" in result.output
     assert read_store(out / "pieces.parquet", "pieces")["source"].unique().tolist() == ["other"]
@@ -164,8 +174,17 @@ def test_cli_ingest_bad_params_one_line(tmp_path, fixtures_dir):
         "ingest: {workers: -1, max_reject_rate: 0.1, max_notes: 10, max_duration_s: 1.0,"
         " file_timeout_s: 0, validation_fraction: 0.1, test_fraction: 0.1}\n"
     )
-    result = runner.invoke(app, ["ingest", str(fixtures_dir / "other"), "--out", str(tmp_path / "o"),
-                                 "--params", str(params)])
+    result = runner.invoke(
+        app,
+        [
+            "ingest",
+            str(fixtures_dir / "other"),
+            "--out",
+            str(tmp_path / "o"),
+            "--params",
+            str(params),
+        ],
+    )
     assert result.exit_code == 1
     assert "workers must be >= 0" in result.output
     assert "Traceback" not in result.output

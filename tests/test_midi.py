@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pretty_midi
 import pytest
-
 from conftest import MIDI_FILES
+
 from pipeline.midi import MidiError, notes_to_midi, parse_midi
 
 
@@ -26,7 +26,7 @@ def reference_notes(path: Path) -> pd.DataFrame:
     pm.get_end_time()
     tick_to_time = pm._PrettyMIDI__tick_to_time  # pretty_midi's own precomputed tempo map
     rows = []
-    for track_index, track in enumerate(midi.tracks):
+    for track in midi.tracks:
         tick = 0
         open_notes: dict[tuple[int, int], deque] = defaultdict(deque)
         for msg in track:
@@ -57,7 +57,7 @@ def sorted_notes(df: pd.DataFrame) -> pd.DataFrame:
     return df.loc[order].reset_index(drop=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pretty(path: Path) -> pretty_midi.PrettyMIDI:
     return pretty_midi.PrettyMIDI(str(path))
 
@@ -100,15 +100,26 @@ def test_parse_follows_policy(path):
 # Known-hard files: notes of one pitch overlap, so pretty_midi's close-all and the
 # FIFO policy legitimately differ; the mido reference test above covers them.
 OVERLAPPING = {
-    "miditok_Aicha.mid", "miditok_All_The_Small_Things.mid", "miditok_Funkytown.mid",
-    "miditok_Girls_Just_Want_to_Have_Fun.mid", "miditok_I_Gotta_Feeling.mid",
-    "miditok_In_Too_Deep.mid", "miditok_Les_Yeux_Revolvers.mid", "miditok_Mr._Blue_Sky.mid",
-    "miditok_Shut_Up.mid", "giantmidi_preview_Chopin__Frédéric__Études__Op.10__g0hoN6_HDVU.mid",
+    "miditok_Aicha.mid",
+    "miditok_All_The_Small_Things.mid",
+    "miditok_Funkytown.mid",
+    "miditok_Girls_Just_Want_to_Have_Fun.mid",
+    "miditok_I_Gotta_Feeling.mid",
+    "miditok_In_Too_Deep.mid",
+    "miditok_Les_Yeux_Revolvers.mid",
+    "miditok_Mr._Blue_Sky.mid",
+    "miditok_Shut_Up.mid",
+    "giantmidi_preview_Chopin__Frédéric__Études__Op.10__g0hoN6_HDVU.mid",
     "giantmidi_preview_Handel__George_Frideric__Air_in_E_major__HWV_425__bNzVz5byPqk.mid",
     "giantmidi_preview_Liszt__Franz__Hungarian_Rhapsody_No.2__S.244_2__LdH1hSWGFGU.mid",
-    "giantmidi_preview_Ravel__Maurice__Jeux_d'eau__v-QmwrhO3ec.mid", "miditok_POP909_008.mid",
-    "miditok_POP909_010.mid", "miditok_POP909_022.mid", "miditok_POP909_191.mid",
-    "miditoolkit_1390.mid", "noteseq_example_complex.mid", "symusic_1.midi",
+    "giantmidi_preview_Ravel__Maurice__Jeux_d'eau__v-QmwrhO3ec.mid",
+    "miditok_POP909_008.mid",
+    "miditok_POP909_010.mid",
+    "miditok_POP909_022.mid",
+    "miditok_POP909_191.mid",
+    "miditoolkit_1390.mid",
+    "noteseq_example_complex.mid",
+    "symusic_1.midi",
 }
 
 
@@ -123,7 +134,12 @@ def test_against_pretty_midi(path):
     """Where no notes of one pitch overlap, pretty_midi is the reference, note for note."""
     pm = pretty(path)
     ref = pd.DataFrame(
-        [(n.pitch, n.velocity, n.start, n.end) for i in pm.instruments for n in i.notes if n.end > n.start],
+        [
+            (n.pitch, n.velocity, n.start, n.end)
+            for i in pm.instruments
+            for n in i.notes
+            if n.end > n.start
+        ],
         columns=["pitch", "velocity", "start", "end"],
     )
     assert_same_notes(sorted_notes(parse_midi(path).notes), sorted_notes(ref), 1e-3)
@@ -154,7 +170,11 @@ def test_overlap_zero_length_and_unreleased_policy(tmp_path):
 
 @pytest.mark.parametrize(
     ("content", "reason"),
-    [(b"", "unreadable"), (b"\x00" * 100, "unreadable"), (b"MThd\x00\x00\x00\x06\x00\x01", "unreadable")],
+    [
+        (b"", "unreadable"),
+        (b"\x00" * 100, "unreadable"),
+        (b"MThd\x00\x00\x00\x06\x00\x01", "unreadable"),
+    ],
 )
 def test_junk_bytes_raise_midi_error(tmp_path, content, reason):
     path = tmp_path / "junk.mid"

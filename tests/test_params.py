@@ -63,7 +63,9 @@ def test_missing_key_is_named():
 
 def test_load_params_reads_dotted_sections(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text("models:\n  rnn:\n    name: x\n    count: 1\n    rate: 0.5\n    mode: b\n    flags: []\n")
+    path.write_text(
+        "models:\n  rnn:\n    name: x\n    count: 1\n    rate: 0.5\n    mode: b\n    flags: []\n"
+    )
     assert load_params("models.rnn", Example, path).mode == "b"
     with pytest.raises(ParamsError, match="missing key 'models.vae'"):
         load_params("models.vae", Example, path)

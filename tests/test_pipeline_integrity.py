@@ -43,7 +43,9 @@ def test_every_stage_runs_a_registered_command():
         argv = shlex.split(stage.cmd)
         assert argv[0] == "etude", name
         assert argv[1] in commands, f"{name}: `etude {argv[1]}` is not a CLI command"
-        assert argv[1] == name.split("@")[0].split("_")[0], f"{name}: stage and command names differ"
+        assert argv[1] == name.split("@")[0].split("_")[0], (
+            f"{name}: stage and command names differ"
+        )
 
 
 @pytest.mark.parametrize("source", PARAMS["sources"])

@@ -17,9 +17,7 @@ if TYPE_CHECKING:  # keep `etude --help` from importing pandas/pyarrow
 
 
 class EncodeFn(Protocol):
-    def __call__(
-        self, notes: pd.DataFrame, pedals: pd.DataFrame, params: Any
-    ) -> pd.DataFrame: ...
+    def __call__(self, notes: pd.DataFrame, pedals: pd.DataFrame, params: Any) -> pd.DataFrame: ...
 
 
 @dataclass(frozen=True)

@@ -100,11 +100,16 @@ def fetch(params: Params, out_dir: Path) -> None:
         workers = params.workers or mp.cpu_count()
         with mp.get_context("forkserver").Pool(workers) as pool:
             results = list(
-                tqdm(pool.imap(_export, tasks, chunksize=4), total=len(tasks), desc="export corpus", unit="score")
+                tqdm(
+                    pool.imap(_export, tasks, chunksize=4),
+                    total=len(tasks),
+                    desc="export corpus",
+                    unit="score",
+                )
             )
         seen: set[str] = set()
         rows = []
-        for (collection, path), (rel, digest, error) in zip(scores, results):
+        for (collection, path), (rel, digest, error) in zip(scores, results, strict=True):
             if digest is None:
                 log.warning("corpus: %s: not exported (%s)", path.name, error)
                 continue
@@ -112,7 +117,9 @@ def fetch(params: Params, out_dir: Path) -> None:
                 (tmp / rel).unlink()
                 continue
             seen.add(digest)
-            rows.append({"path": rel, "split": "", "composer": COMPOSERS[collection], "title": path.stem})
+            rows.append(
+                {"path": rel, "split": "", "composer": COMPOSERS[collection], "title": path.stem}
+            )
         with (tmp / MANIFEST).open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
             writer.writeheader()
