@@ -48,7 +48,9 @@ def fetch(
 
     with user_errors(DownloadError, OSError):
         if source not in sources.names():
-            raise ParamsError(f"unknown source {source!r}; allowed: {sources.names()}")
+            raise ParamsError(
+                f"params.yaml: 'sources' has unknown entry {source!r}; allowed: {sources.names()}"
+            )
         spec = sources.get(source)
         spec.fetch(load_params(source, spec.params_cls, params), out)
 

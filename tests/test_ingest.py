@@ -194,10 +194,3 @@ def test_cli_ingest_missing_folder(tmp_path):
     result = runner.invoke(app, ["ingest", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1
     assert "input folder not found" in result.output
-
-
-def test_cli_help_lists_stages():
-    result = runner.invoke(app, ["--help"])
-    assert result.exit_code == 0
-    for command in ("fetch", "ingest"):
-        assert command in result.output
