@@ -11,7 +11,6 @@ min_pitch + n_pitches - 1``, plus a per-frame mask that is 0 past the piece's en
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.modeling.base import StoreData
+from pipeline.modeling.windows import WindowIndex
 
 log = logging.getLogger(__name__)
 
@@ -141,30 +141,18 @@ class PianorollWindows(Dataset):
         self.pieces = pieces
         self.window_frames = window_frames
         self.n_pitches = n_pitches
-        self.random_offsets = random_offsets
-        self.seed = seed
-        self.epoch = 0
-        per_piece = np.array(
-            [max(1, math.ceil(int(n) / window_frames)) for n in pieces.n_frames], dtype=np.int64
-        )
-        self._ends = np.cumsum(per_piece)
+        self.index = WindowIndex(pieces.n_frames, window_frames, random_offsets, seed)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's random offsets (fit calls this at each epoch)."""
-        self.epoch = epoch
+        self.index.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return int(self._ends[-1]) if len(self._ends) else 0
+        return len(self.index)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        piece = int(np.searchsorted(self._ends, index, side="right"))
-        n_frames = int(self.pieces.n_frames[piece])
-        if self.random_offsets:
-            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-            start = int(rng.integers(0, max(0, n_frames - self.window_frames) + 1))
-        else:
-            first = int(self._ends[piece - 1]) if piece else 0
-            start = (int(index) - first) * self.window_frames
+        piece, start = self.index.locate(index)
+        n_frames = self.index.lengths[piece]
         roll, mask = dense_window(
             self.pieces.frames[piece],
             self.pieces.pitches[piece],

@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.modeling.base import StoreData
+from pipeline.modeling.windows import WindowIndex
 
 log = logging.getLogger(__name__)
 
@@ -219,30 +220,18 @@ class PrvWindows(Dataset):
         self.style_ids = style_ids
         self.seq_len = seq_len
         self.n_pitches = n_pitches
-        self.random_offsets = random_offsets
-        self.seed = seed
-        self.epoch = 0
-        per_piece = np.array(
-            [max(1, math.ceil(int(n) / seq_len)) for n in pieces.n_steps], dtype=np.int64
-        )
-        self._ends = np.cumsum(per_piece)
+        self.index = WindowIndex(pieces.n_steps, seq_len, random_offsets, seed)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's random offsets (fit calls this at each epoch)."""
-        self.epoch = epoch
+        self.index.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return int(self._ends[-1]) if len(self._ends) else 0
+        return len(self.index)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        piece = int(np.searchsorted(self._ends, index, side="right"))
-        n_steps = int(self.pieces.n_steps[piece])
-        if self.random_offsets:
-            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-            start = int(rng.integers(0, max(0, n_steps - self.seq_len) + 1))
-        else:
-            first = int(self._ends[piece - 1]) if piece else 0
-            start = (int(index) - first) * self.seq_len
+        piece, start = self.index.locate(index)
+        n_steps = self.index.lengths[piece]
         x = dense_steps(self.pieces, piece, start - 1, self.seq_len + 1, self.n_pitches)
         mask = np.zeros(self.seq_len, dtype=np.float32)
         mask[: max(0, min(self.seq_len, n_steps - start))] = 1.0

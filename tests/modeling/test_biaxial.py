@@ -168,8 +168,8 @@ def test_validation_windows_tile_each_piece_once(store: StoreData) -> None:
         item = data[i]
         x, mask = item["x"].numpy(), item["mask"].numpy()
         assert x.shape == (17, 48, 3) and mask.shape == (16,)
-        piece = int(np.searchsorted(data._ends, i, side="right"))
-        first_of_piece = i == 0 or piece != int(np.searchsorted(data._ends, i - 1, side="right"))
+        piece = data.index.locate(i)[0]
+        first_of_piece = i == 0 or piece != data.index.locate(i - 1)[0]
         if first_of_piece:
             assert not x[0].any()  # nothing before a piece's first step
         else:
@@ -187,7 +187,7 @@ def test_styles_in_items(store: StoreData) -> None:
     data = make_dataset(store, config, "test")
     by_piece = {}
     for i in range(len(data)):
-        piece = data.pieces.piece_ids[int(np.searchsorted(data._ends, i, side="right"))]
+        piece = data.pieces.piece_ids[data.index.locate(i)[0]]
         by_piece[piece] = int(data[i]["style"])
     chopin = config.styles.index("Chopin")
     assert sorted(by_piece.values()) == [0, chopin]  # Liszt unseen in train -> <unk>
