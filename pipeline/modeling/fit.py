@@ -185,7 +185,7 @@ def _fit(
         "repr_params": describe(store.params),
         "train_params": dataclasses.asdict(tp),
     }
-    fingerprint = _fingerprint(header)
+    fingerprint = {**_fingerprint(header), "code": code_digest(), "data": store_digest(store)}
 
     state = _resumable(out_dir / "last.pt", spec.name, fingerprint) if resume else None
     step, best, best_step, bad_evals, elapsed_before, finished = 0, math.inf, 0, 0, 0.0, False
@@ -557,6 +557,27 @@ def _fingerprint(header: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def code_digest() -> str:
+    """SHA-1 of the model code (pipeline/modeling/*.py).
+
+    last.pt persists across `dvc repro` runs so that a killed run resumes; a change
+    of the model code (which makes DVC rerun the stage) must train from scratch
+    instead of reusing a checkpoint that the old code produced.
+    """
+    import hashlib
+
+    digest = hashlib.sha1()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def store_digest(store: StoreData) -> dict[str, int]:
+    """Row counts per split: new data under unchanged params must not resume."""
+    return {split: int(len(rows)) for split, rows in sorted(store.rows.items())}
+
+
 def _resumable(path: Path, name: str, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
     if not path.exists():
         return None
@@ -566,7 +587,7 @@ def _resumable(path: Path, name: str, fingerprint: dict[str, Any]) -> dict[str, 
         log.warning("%s; training from scratch", exc)
         return None
     if state.get("fingerprint") != fingerprint:
-        log.info("%s: made with other params; training from scratch", path)
+        log.info("%s: made with other params, code or data; training from scratch", path)
         return None
     return state
 

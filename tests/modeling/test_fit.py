@@ -316,3 +316,20 @@ def test_ddp_two_cpu_ranks_end_with_identical_weights(tmp_path: Path) -> None:
     assert all(torch.equal(last["state_dict"][k], w0[k]) for k in w0)
     initial = base.get("rnn").model_cls(base.get("rnn").config_cls(seq_len=8, hidden_size=16))
     assert not all(torch.equal(initial.state_dict()[k], w0[k]) for k in w0)  # it trained
+
+
+def test_finished_checkpoint_is_not_reused_after_a_code_or_data_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """models/<m> persists across `dvc repro` for resume; a change of the model code
+    or of the store's rows (which makes DVC rerun the stage) must retrain."""
+    from pipeline.modeling import fit as fit_module
+
+    spec, store = base.get("rnn"), store_for("rnn")
+    fit(spec, config_for("rnn"), train_params(), store, tmp_path / "m", tmp_path / "l")
+    monkeypatch.setattr(fit_module, "code_digest", lambda: "edited")
+    edited = fit(spec, config_for("rnn"), train_params(), store, tmp_path / "m", tmp_path / "l")
+    assert edited["resumed_from"] is None and edited["steps"] == 12
+    smaller = dataclasses.replace(store, rows={**store.rows, "train": store.rows["train"].iloc[:-5]})
+    again = fit(spec, config_for("rnn"), train_params(), smaller, tmp_path / "m", tmp_path / "l")
+    assert again["resumed_from"] is None
