@@ -330,6 +330,7 @@ def test_finished_checkpoint_is_not_reused_after_a_code_or_data_change(
     monkeypatch.setattr(fit_module, "code_digest", lambda: "edited")
     edited = fit(spec, config_for("rnn"), train_params(), store, tmp_path / "m", tmp_path / "l")
     assert edited["resumed_from"] is None and edited["steps"] == 12
-    smaller = dataclasses.replace(store, rows={**store.rows, "train": store.rows["train"].iloc[:-5]})
+    fewer_rows = {**store.rows, "train": store.rows["train"].iloc[:-5]}
+    smaller = dataclasses.replace(store, rows=fewer_rows)
     again = fit(spec, config_for("rnn"), train_params(), smaller, tmp_path / "m", tmp_path / "l")
     assert again["resumed_from"] is None
