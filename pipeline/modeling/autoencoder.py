@@ -344,14 +344,17 @@ class PianorollAutoencoder(nn.Module):
         return torch.from_numpy(roll).to(device)
 
 
-def make_dataset(store: StoreData, config: Config, split: str) -> prd.PianorollWindows:
-    """Windows of one split (random offsets for train); see `pianoroll_data`."""
+def make_dataset(store: StoreData, config: Any, split: str) -> prd.PianorollWindows:
+    """Windows of one split (random offsets for train); see `pianoroll_data`.
+
+    Shared with the VAE: any prepared config with window_frames/min_pitch/n_pitches.
+    """
     check_prepared(config)
     return prd.make_windows(store, config.window_frames, config.min_pitch, config.n_pitches, split)
 
 
-def baseline(store: StoreData, config: Config) -> dict[str, float]:
-    """Per-pitch Bernoulli baseline (train activation rates), BCE per test cell."""
+def baseline(store: StoreData, config: Any) -> dict[str, float]:
+    """Per-pitch Bernoulli baseline (train activation rates), BCE per test cell (also the VAE's)."""
     min_pitch, n_pitches, _ = prd.store_pitch_range(store)
     return prd.bernoulli_baseline(store, min_pitch, n_pitches)
 

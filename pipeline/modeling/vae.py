@@ -54,15 +54,17 @@ from pipeline.modeling import pianoroll_data as prd
 from pipeline.modeling.autoencoder import (
     ConvDecoder,
     ConvEncoder,
+    baseline,
     binarize,
     check_prepared,
+    make_dataset,
     masked_bce,
     pad_pitches,
     padded_pitches,
     prepare,
     validate_backbone,
 )
-from pipeline.modeling.base import ModelSpec, StoreData, register
+from pipeline.modeling.base import ModelSpec, register
 from pipeline.params import require
 
 
@@ -260,18 +262,6 @@ class PianorollVAE(nn.Module):
             prd.roll_to_rows(cells[i], f"interp-{i}", cfg.min_pitch, cfg.velocity)
             for i in range(steps)
         ]
-
-
-def make_dataset(store: StoreData, config: Config, split: str) -> prd.PianorollWindows:
-    """Windows of one split (random offsets for train); see `pianoroll_data`."""
-    check_prepared(config)
-    return prd.make_windows(store, config.window_frames, config.min_pitch, config.n_pitches, split)
-
-
-def baseline(store: StoreData, config: Config) -> dict[str, float]:
-    """Per-pitch Bernoulli baseline (train activation rates), BCE per test cell."""
-    min_pitch, n_pitches, _ = prd.store_pitch_range(store)
-    return prd.bernoulli_baseline(store, min_pitch, n_pitches)
 
 
 SPEC = register(
