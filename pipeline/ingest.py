@@ -2,13 +2,16 @@
 
 Every input file ends up in exactly one of `pieces` or `rejects` (with a reason).
 Files are parsed in a process pool (symusic, see `pipeline.midi` for the note
-policy), streamed to Parquet in input order so memory stays bounded by the largest
-piece, and the output folder appears atomically only when complete.
+policy) that sends plain numpy columns back; one parent streams them to Parquet in
+input order. Nothing is held per file (the file list is walked lazily), so memory
+stays flat with the number of files, and the output folder appears atomically only
+when complete.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import multiprocessing as mp
 import os
@@ -16,6 +19,8 @@ import signal
 import threading
 from collections import Counter, deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +34,15 @@ from pipeline.midi import MidiError, ParseLimits, file_md5, parse_midi_arrays
 from pipeline.params import require
 from pipeline.sources import MANIFEST
 from pipeline.splits import stable_shard, stable_split
-from pipeline.stores import NOTES, PEDALS, PIECES, REJECTS, with_meta, write_store
+from pipeline.stores import (
+    NOTES,
+    PEDALS,
+    PIECES,
+    REJECTS,
+    dictionary_ids,
+    parquet_options,
+    with_meta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,23 +108,64 @@ class _Job:
     title: str
 
 
+def iter_midi_files(root: Path) -> Iterator[str]:
+    """Relative '/'-paths of the MIDI files below `root`, streamed in sorted order.
+
+    The order equals sorting all relative paths as strings (a directory sorts as its
+    name plus '/'), without holding the list: memory stays flat at Lakh's 180k files.
+    Symlinked directories are not followed (no loops, nothing outside `root`).
+    """
+
+    def walk(folder: Path, prefix: str) -> Iterator[str]:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            raise IngestError(f"{folder}: cannot list folder ({exc.strerror})") from exc
+        keyed = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                keyed.append((entry.name + "/", entry))
+            elif entry.name.lower().endswith(MIDI_SUFFIXES) and entry.is_file():
+                keyed.append((entry.name, entry))
+        del entries
+        for key, entry in sorted(keyed, key=lambda item: item[0]):
+            if key.endswith("/"):
+                yield from walk(Path(entry.path), prefix + key)
+            else:
+                yield prefix + key
+
+    yield from walk(root, "")
+
+
 def find_midi_files(root: Path) -> list[Path]:
     """All MIDI files below `root`, sorted by relative path (deterministic order)."""
-    files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MIDI_SUFFIXES]
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+    return [root / rel for rel in iter_midi_files(root)]
 
 
-def read_manifest(root: Path) -> dict[str, dict[str, str]]:
-    """Read `root/manifest.csv` (path, split, composer, title) if present."""
+Manifest = dict[str, tuple[str, str, str]]  # rel path -> (split, composer, title)
+
+
+def read_manifest(root: Path) -> Manifest:
+    """Read `root/manifest.csv` (path, split[, composer, title]) if present; check splits."""
     path = root / MANIFEST
     if not path.exists():
         return {}
+    out: Manifest = {}
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         missing = {"path", "split"} - set(reader.fieldnames or [])
         if missing:
             raise IngestError(f"{path}: manifest lacks column(s) {sorted(missing)}")
-        return {row["path"]: row for row in reader}
+        for row in reader:
+            split = (row.get("split") or "").strip()
+            if split and split not in SPLITS:
+                raise IngestError(f"{path}: {row['path']}: unknown split {split!r}")
+            composer = (row.get("composer") or "").strip()
+            out[row["path"]] = (split, composer, (row.get("title") or "").strip())
+    return out
+
+
+SPLITS = ("train", "validation", "test")
 
 
 def ingest_dir(
@@ -144,147 +198,136 @@ def ingest_dir(
     if not in_dir.is_dir():
         raise IngestError(f"{in_dir}: input folder not found")
     manifest = read_manifest(in_dir)
-    jobs = _plan(in_dir, manifest, params, shard)
+
+    def jobs() -> Iterator[_Job]:
+        for rel in iter_midi_files(in_dir):
+            if shard is None or stable_shard(rel, shard[1]) == shard[0]:
+                split, composer, title = manifest.get(rel, ("", "", ""))
+                yield _Job(str(in_dir / rel), rel, split, composer, title)
+
+    total = sum(1 for _ in jobs())  # a cheap first walk, for the progress bar
+    if total == 0:
+        raise IngestError(f"{in_dir}: no MIDI files found ({', '.join(MIDI_SUFFIXES)})")
     fractions = (params.validation_fraction, params.test_fraction)
     limits = ParseLimits(max_notes=params.max_notes, max_duration_s=params.max_duration_s)
 
-    rejects: list[dict[str, str]] = []
+    reasons: Counter[str] = Counter()
     n_pieces = n_notes = 0
     with atomic_dir(out_dir) as tmp:
-        notes_out = _BufferedWriter(tmp / "notes.parquet", NOTES, "notes")
-        pedals_out = _BufferedWriter(tmp / "pedals.parquet", PEDALS, "pedals")
-        pieces_out = _BufferedWriter(tmp / "pieces.parquet", PIECES, "pieces")
+        notes_out = _ColumnWriter(tmp / "notes.parquet", NOTES, "notes")
+        pedals_out = _ColumnWriter(tmp / "pedals.parquet", PEDALS, "pedals")
+        pieces_out = _RowWriter(tmp / "pieces.parquet", PIECES, "pieces")
+        rejects_out = _RowWriter(tmp / "rejects.parquet", REJECTS, "rejects")
         try:
-            results = _parse_all(jobs, source, limits, params)
+            results = _parse_all(jobs(), total, source, limits, params)
             bar = tqdm(
-                results,
-                total=len(jobs),
-                desc=f"ingest {source}",
-                unit="file",
-                disable=not progress or None,
+                total=total, desc=f"ingest {source}", unit="file", disable=not progress or None
             )
-            for job, outcome in zip(jobs, bar, strict=True):
-                if isinstance(outcome, str):
-                    rejects.append({"path": job.rel, "reason": outcome})
-                    continue
-                notes_out.write(outcome["notes"])
-                if outcome["pedals"] is not None:
-                    pedals_out.write(outcome["pedals"])
-                n_pieces += 1
-                n_notes += outcome["n_notes"]
-                pieces_out.write_row(
-                    {
-                        "piece_id": _piece_id(source, job.rel),
-                        "source": source,
-                        "split": job.split or stable_split(outcome["md5"], *fractions),
-                        "path": job.rel,
-                        "md5": outcome["md5"],
-                        "composer": job.composer,
-                        "title": job.title or Path(job.rel).stem,
-                        "style": job.composer or source,
-                        "duration": outcome["duration"],
-                        "n_notes": outcome["n_notes"],
-                        "n_tracks": outcome["n_tracks"],
-                        "ticks_per_quarter": outcome["ticks_per_quarter"],
-                    }
-                )
+            with bar:
+                for job, outcome in results:
+                    bar.update()
+                    if isinstance(outcome, str):
+                        rejects_out.write({"path": job.rel, "reason": outcome})
+                        reasons[_reason_kind(outcome)] += 1
+                        continue
+                    piece_id = _piece_id(source, job.rel)
+                    notes_out.write(piece_id, outcome.notes)
+                    pedals_out.write(piece_id, outcome.pedals)
+                    n_pieces += 1
+                    n_notes += outcome.n_notes
+                    pieces_out.write(
+                        {
+                            "piece_id": piece_id,
+                            "source": source,
+                            "split": job.split or stable_split(outcome.md5, *fractions),
+                            "path": job.rel,
+                            "md5": outcome.md5,
+                            "composer": job.composer,
+                            "title": job.title or Path(job.rel).stem,
+                            "style": job.composer or source,
+                            "duration": outcome.duration,
+                            "n_notes": outcome.n_notes,
+                            "n_tracks": outcome.n_tracks,
+                            "ticks_per_quarter": outcome.ticks_per_quarter,
+                        }
+                    )
         finally:
-            for writer in (notes_out, pedals_out, pieces_out):
+            for writer in (notes_out, pedals_out, pieces_out, rejects_out):
                 writer.close()
-        import pandas as pd
-
-        write_store(
-            pd.DataFrame(rejects, columns=REJECTS.names),
-            tmp / "rejects.parquet",
-            "rejects",
-            REJECTS,
-        )
-        reasons = Counter(_reason_kind(r["reason"]) for r in rejects)
-        total = len(jobs)
-        rate = len(rejects) / total if total else 0.0
-        if total == 0:
-            raise IngestError(f"{in_dir}: no MIDI files found ({', '.join(MIDI_SUFFIXES)})")
+        n_rejects = sum(reasons.values())
+        if n_pieces + n_rejects != total:
+            raise IngestError(f"{in_dir}: {total} files found, {n_pieces + n_rejects} ingested")
+        rate = n_rejects / total
         if rate > params.max_reject_rate:
             top = ", ".join(f"{k}: {v}" for k, v in reasons.most_common(3))
             raise IngestError(
-                f"{in_dir}: {len(rejects)} of {total} files rejected ({rate:.1%}) > "
+                f"{in_dir}: {n_rejects} of {total} files rejected ({rate:.1%}) > "
                 f"ingest.max_reject_rate={params.max_reject_rate:.1%}; top reasons: {top}"
             )
-    summary = IngestSummary(total, n_pieces, len(rejects), n_notes, dict(reasons))
+    summary = IngestSummary(total, n_pieces, n_rejects, n_notes, dict(reasons))
     log.info("ingest %s: %s", source, asdict(summary))
     return summary
-
-
-def _plan(
-    in_dir: Path,
-    manifest: dict[str, dict[str, str]],
-    params: IngestParams,
-    shard: tuple[int, int] | None,
-) -> list[_Job]:
-    jobs = []
-    for path in find_midi_files(in_dir):
-        rel = path.relative_to(in_dir).as_posix()
-        if shard is not None and stable_shard(rel, shard[1]) != shard[0]:
-            continue
-        row = manifest.get(rel, {})
-        split = (row.get("split") or "").strip()
-        if split and split not in ("train", "validation", "test"):
-            raise IngestError(f"{in_dir / MANIFEST}: {rel}: unknown split {split!r}")
-        jobs.append(
-            _Job(
-                str(path),
-                rel,
-                split,
-                (row.get("composer") or "").strip(),
-                (row.get("title") or "").strip(),
-            )
-        )
-    return jobs
 
 
 def _piece_id(source: str, rel: str) -> str:
     return f"{source}:{rel}"
 
 
+def _reason_kind(reason: str) -> str:
+    return reason.split(":")[0]
+
+
+# --- the single writing parent ----------------------------------------------------
+
 ROW_GROUP_ROWS = 1 << 20  # one Parquet row group per ~1M rows, not one per piece
 
 
-class _BufferedWriter:
-    """Stream tables (or rows) into one Parquet file in large row groups.
+class _ColumnWriter:
+    """Stream per-piece numpy columns into one Parquet file in ~1M-row row groups.
 
-    Per-piece row groups would cost ~7 KB of footer metadata each (measured 6.9 MiB
-    per 1,000 pieces), so memory would grow with the number of files.
+    Workers send plain numpy arrays; the piece_id column is written dictionary-encoded
+    from (id, count) runs (see `stores.dictionary_ids`), so no per-piece Arrow table or
+    per-note string is ever made, pickled or kept.
+    Per-piece row groups would cost ~7 KB of footer each (memory growing with files).
     """
 
     def __init__(self, path: Path, schema: pa.Schema, kind: str) -> None:
-        self.schema = schema
-        self.writer = pq.ParquetWriter(path, with_meta(schema, kind), compression="zstd")
-        self.tables: list[pa.Table] = []
-        self.rows: list[dict[str, Any]] = []
-        self.buffered = 0
+        self.schema = dictionary_ids(schema)
+        self.writer = pq.ParquetWriter(
+            path, with_meta(self.schema, kind), **parquet_options(self.schema)
+        )
+        self.names = [name for name in schema.names if name != "piece_id"]
+        self._reset()
 
-    def write(self, table: pa.Table) -> None:
-        self.tables.append(table)
-        self.buffered += table.num_rows
-        if self.buffered >= ROW_GROUP_ROWS:
-            self.flush()
-        elif len(self.tables) >= 256:
-            # thousands of tiny per-piece tables cost more in buffers and metadata than
-            # their rows (measured ~150 MiB per 10k small files): compact them
-            self.tables = [pa.concat_tables(self.tables).combine_chunks()]
+    def _reset(self) -> None:
+        self.parts: dict[str, list[np.ndarray]] = {name: [] for name in self.names}
+        self.ids: list[str] = []
+        self.counts: list[int] = []
+        self.rows = 0
 
-    def write_row(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        if len(self.rows) >= 10_000:
+    def write(self, piece_id: str, columns: dict[str, np.ndarray]) -> None:
+        n = len(columns[self.names[0]])
+        if n == 0:
+            return
+        for name in self.names:
+            self.parts[name].append(columns[name])
+        self.ids.append(piece_id)
+        self.counts.append(n)
+        self.rows += n
+        if self.rows >= ROW_GROUP_ROWS:
             self.flush()
 
     def flush(self) -> None:
-        if self.rows:
-            self.tables.append(pa.Table.from_pylist(self.rows, schema=self.schema))
-            self.rows = []
-        if self.tables:
-            self.writer.write_table(pa.concat_tables(self.tables).cast(self.schema))
-            self.tables, self.buffered = [], 0
+        if not self.rows:
+            return
+        runs = np.repeat(np.arange(len(self.ids), dtype=np.int32), self.counts)
+        ids = pa.DictionaryArray.from_arrays(pa.array(runs), pa.array(self.ids, pa.string()))
+        arrays = [ids] + [
+            pa.array(np.concatenate(self.parts[name]), self.schema.field(name).type)
+            for name in self.names
+        ]
+        self.writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
+        self._reset()
 
     def close(self) -> None:
         try:
@@ -293,35 +336,62 @@ class _BufferedWriter:
             self.writer.close()
 
 
-def _arrays_table(arrays: dict[str, np.ndarray], piece_id: str, schema: pa.Schema) -> pa.Table:
-    n = len(next(iter(arrays.values())))
-    ids = pa.array([piece_id], pa.string()).take(pa.array(np.zeros(n, np.int32)))
-    columns = [ids] + [pa.array(arrays[f.name], f.type) for f in schema if f.name != "piece_id"]
-    return pa.Table.from_arrays(columns, schema=schema)
+class _RowWriter:
+    """Stream dict rows (pieces, rejects) into one Parquet file, 10k rows per row group."""
 
+    def __init__(self, path: Path, schema: pa.Schema, kind: str) -> None:
+        self.schema = schema
+        self.writer = pq.ParquetWriter(path, with_meta(schema, kind), **parquet_options(schema))
+        self.rows: list[dict[str, Any]] = []
 
-def _reason_kind(reason: str) -> str:
-    return reason.split(":")[0]
+    def write(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= 10_000:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows = []
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self.writer.close()
 
 
 # --- worker side -----------------------------------------------------------------
 
+
+@dataclass(frozen=True)
+class _Parsed:
+    """What a worker sends back for one good file: numpy columns and piece metadata."""
+
+    notes: dict[str, np.ndarray]
+    pedals: dict[str, np.ndarray]
+    md5: str
+    n_notes: int
+    duration: float
+    n_tracks: int
+    ticks_per_quarter: int
+
+
 _LIMITS: ParseLimits | None = None
 _TIMEOUT_S = 0
-_SOURCE = ""
 
 
 class _Timeout(Exception):
     pass
 
 
-def _configure(source: str, limits: ParseLimits, timeout_s: int) -> None:
-    global _LIMITS, _TIMEOUT_S, _SOURCE
-    _SOURCE, _LIMITS, _TIMEOUT_S = source, limits, timeout_s
+def _configure(limits: ParseLimits, timeout_s: int) -> None:
+    global _LIMITS, _TIMEOUT_S
+    _LIMITS, _TIMEOUT_S = limits, timeout_s
 
 
-def _init_worker(source: str, limits: ParseLimits, timeout_s: int) -> None:
-    _configure(source, limits, timeout_s)
+def _init_worker(limits: ParseLimits, timeout_s: int) -> None:
+    _configure(limits, timeout_s)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
 
 
@@ -329,14 +399,9 @@ def _alarm(signum: int, frame: Any) -> None:
     raise _Timeout
 
 
-def _parse_one(job: tuple[str, str]) -> dict[str, Any] | str:
-    """Parse one file (path, rel) in a worker; return Arrow tables or a reject reason.
-
-    The tables are built here, in parallel, so the single writing parent only
-    concatenates them.
-    """
+def _parse_one(path: str) -> _Parsed | str:
+    """Parse one file; return its columns or a one-line reject reason."""
     assert _LIMITS is not None
-    path, rel = job
     use_alarm = _TIMEOUT_S > 0 and hasattr(signal, "SIGALRM")
     if use_alarm:
         signal.signal(signal.SIGALRM, _alarm)
@@ -361,49 +426,136 @@ def _parse_one(job: tuple[str, str]) -> dict[str, Any] | str:
     finally:
         if use_alarm:
             signal.alarm(0)
-    piece_id = _piece_id(_SOURCE, rel)
-    n_pedals = len(parsed.pedals["start"])
-    return {
-        "notes": _arrays_table(parsed.notes, piece_id, NOTES),
-        "pedals": _arrays_table(parsed.pedals, piece_id, PEDALS) if n_pedals else None,
-        "md5": md5,
-        "n_notes": len(parsed.notes["pitch"]),
-        "duration": float(parsed.notes["end"].max()),
-        "n_tracks": parsed.n_tracks,
-        "ticks_per_quarter": parsed.ticks_per_quarter,
-    }
+    return _Parsed(
+        notes=parsed.notes,
+        pedals=parsed.pedals,
+        md5=md5,
+        n_notes=len(parsed.notes["pitch"]),
+        duration=float(parsed.notes["end"].max()),
+        n_tracks=parsed.n_tracks,
+        ticks_per_quarter=parsed.ticks_per_quarter,
+    )
+
+
+def _parse_chunk(paths: list[str]) -> list[_Parsed | str]:
+    return [_parse_one(path) for path in paths]
+
+
+# --- the pool --------------------------------------------------------------------
+
+CRASHED = "parser crashed: its process died (segfault or out of memory) on this file"
+MAX_CONSECUTIVE_CRASHES = 5
 
 
 def _parse_all(
-    jobs: list[_Job], source: str, limits: ParseLimits, params: IngestParams
-) -> Iterator[dict[str, Any] | str]:
-    """Yield parse outcomes in job order, from a process pool when it pays off.
+    jobs: Iterator[_Job], total: int, source: str, limits: ParseLimits, params: IngestParams
+) -> Iterator[tuple[_Job, _Parsed | str]]:
+    """Yield (job, outcome) in job order, from a process pool when it pays off.
 
-    At most a few chunks per worker are in flight, so a slow writer makes the
-    workers wait instead of piling results up in memory.
+    At most a few chunks per worker are in flight, so a slow writer makes the workers
+    wait instead of piling results up in memory. A worker that dies (a parser
+    segfault, the OOM killer) breaks the pool; the files it may have held are then
+    re-parsed one at a time in a fresh process, and the one that kills it again is
+    rejected, so a single hostile file can neither hang nor abort the ingest.
     """
     workers = params.workers or os.cpu_count() or 1
-    tasks = [(j.path, j.rel) for j in jobs]
-    if workers == 1 or len(tasks) < 8:
-        in_main = threading.current_thread() is threading.main_thread()
-        _configure(source, limits, params.file_timeout_s if in_main else 0)
-        old = signal.getsignal(signal.SIGALRM) if in_main and hasattr(signal, "SIGALRM") else None
-        try:
-            yield from map(_parse_one, tasks)
-        finally:
-            if old is not None:
-                signal.signal(signal.SIGALRM, old)
+    if workers == 1 or total < 8:
+        yield from _parse_in_process(jobs, limits, params.file_timeout_s)
         return
+    chunk = max(1, min(32, total // (workers * 8)))
+    chunks = _batched(jobs, chunk)
+    pending: deque[tuple[list[_Job], Future[list[_Parsed | str]]]] = deque()
+    pool = _pool(workers, limits, params.file_timeout_s)
+    try:
+        while True:
+            while len(pending) < 4 * workers:
+                batch = next(chunks, None)
+                if batch is None:
+                    break
+                pending.append((batch, pool.submit(_parse_chunk, [j.path for j in batch])))
+            if not pending:
+                return
+            batch, future = pending.popleft()
+            try:
+                outcomes = future.result()
+            except BrokenProcessPool:
+                lost = [(batch, future), *pending]
+                pending.clear()
+                _stop(pool)
+                log.warning(
+                    "ingest %s: a parser process died; retrying its files one by one", source
+                )
+                yield from _isolate(lost, limits, params.file_timeout_s)
+                pool = _pool(workers, limits, params.file_timeout_s)
+                continue
+            yield from zip(batch, outcomes, strict=True)
+    finally:
+        _stop(pool)
+
+
+def _parse_in_process(
+    jobs: Iterator[_Job], limits: ParseLimits, timeout_s: int
+) -> Iterator[tuple[_Job, _Parsed | str]]:
+    in_main = threading.current_thread() is threading.main_thread()
+    _configure(limits, timeout_s if in_main else 0)  # SIGALRM only works in the main thread
+    old = signal.getsignal(signal.SIGALRM) if in_main and hasattr(signal, "SIGALRM") else None
+    try:
+        for job in jobs:
+            yield job, _parse_one(job.path)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGALRM, old)
+
+
+def _isolate(
+    lost: list[tuple[list[_Job], Future[list[_Parsed | str]]]], limits: ParseLimits, timeout_s: int
+) -> Iterator[tuple[_Job, _Parsed | str]]:
+    """Outcomes of the chunks a broken pool held: finished ones as they are, the rest
+    re-parsed file by file in a one-process pool that is replaced after each crash."""
+    pool = _pool(1, limits, timeout_s)
+    crashes = 0
+    try:
+        for batch, future in lost:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                yield from zip(batch, future.result(), strict=True)
+                continue
+            for job in batch:
+                try:
+                    outcome = pool.submit(_parse_chunk, [job.path]).result()[0]
+                    crashes = 0
+                except BrokenProcessPool:
+                    crashes += 1
+                    if crashes >= MAX_CONSECUTIVE_CRASHES:
+                        raise IngestError(
+                            f"parser processes died on {crashes} files in a row (last: "
+                            f"{job.path}); is the machine out of memory?"
+                        ) from None
+                    _stop(pool)
+                    pool = _pool(1, limits, timeout_s)
+                    outcome = CRASHED
+                yield job, outcome
+    finally:
+        _stop(pool)
+
+
+def _pool(workers: int, limits: ParseLimits, timeout_s: int) -> ProcessPoolExecutor:
     ctx = mp.get_context("forkserver" if hasattr(os, "fork") else "spawn")
-    chunk = max(1, min(32, len(tasks) // (workers * 8)))
-    chunks = [tasks[i : i + chunk] for i in range(0, len(tasks), chunk)]
-    with ctx.Pool(
-        workers, initializer=_init_worker, initargs=(source, limits, params.file_timeout_s)
-    ) as pool:
-        pending: deque[Any] = deque()
-        next_chunk = 0
-        while pending or next_chunk < len(chunks):
-            while next_chunk < len(chunks) and len(pending) < 4 * workers:
-                pending.append(pool.map_async(_parse_one, chunks[next_chunk]))
-                next_chunk += 1
-            yield from pending.popleft().get()
+    return ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(limits, timeout_s)
+    )
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Shut a pool down without waiting on files still being parsed (Ctrl-C, errors)."""
+    procs = dict(getattr(pool, "_processes", None) or {})  # private, hence the getattr
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs.values():
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs.values():
+        proc.join(timeout=5)
+
+
+def _batched(items: Iterator[_Job], size: int) -> Iterator[list[_Job]]:
+    while batch := list(itertools.islice(items, size)):
+        yield batch

@@ -81,7 +81,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def write_parquet(table: pa.Table, path: str | os.PathLike[str]) -> None:
-    """Write a pyarrow table as zstd Parquet, atomically."""
+def write_parquet(table: pa.Table, path: str | os.PathLike[str], **options: Any) -> None:
+    """Write a pyarrow table as Parquet (zstd unless `options` say otherwise), atomically."""
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, **{"compression": "zstd", **options})

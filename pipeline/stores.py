@@ -73,6 +73,23 @@ def with_meta(schema: pa.Schema, kind: str) -> pa.Schema:
     return schema.with_metadata({"etude_schema": kind, "etude_version": str(SCHEMA_VERSION)})
 
 
+def parquet_options(schema: pa.Schema) -> dict[str, object]:
+    """ParquetWriter options for a store: zstd, float columns BYTE_STREAM_SPLIT, no statistics.
+
+    Dictionary-encoding float times only fails over to plain after trying; byte-stream
+    split makes them smaller and the notes store measured 1.7x faster to write.
+    """
+    floats = [f.name for f in schema if pa.types.is_floating(f.type)]
+    return {
+        "compression": "zstd",
+        "use_dictionary": [f.name for f in schema if f.name not in floats],
+        "column_encoding": {name: "BYTE_STREAM_SPLIT" for name in floats},
+        # row-group min/max serve filtered reads, which Etude never does; they cost
+        # 15% of writing the notes store
+        "write_statistics": False,
+    }
+
+
 def write_store(
     df: pd.DataFrame | pa.Table, path: str | Path, kind: str, schema: pa.Schema
 ) -> None:
@@ -81,7 +98,8 @@ def write_store(
         table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
     else:
         table = df.select(schema.names).cast(schema)
-    write_parquet(table.replace_schema_metadata(with_meta(schema, kind).metadata), path)
+    table = table.replace_schema_metadata(with_meta(schema, kind).metadata)
+    write_parquet(table, path, **parquet_options(schema))
 
 
 def read_store(path: str | Path, kind: str, columns: list[str] | None = None) -> pd.DataFrame:
@@ -107,7 +125,29 @@ def read_table(path: str | Path, kind: str, columns: list[str] | None = None) ->
             f"{path}: store schema version {version}, this Etude reads version "
             f"{SCHEMA_VERSION}; rebuild it with `dvc repro`"
         )
-    return pq.read_table(path, columns=columns)
+    return decode_dictionaries(pq.read_table(path, columns=columns))
+
+
+def dictionary_ids(schema: pa.Schema) -> pa.Schema:
+    """`schema` with piece_id stored dictionary-encoded (how ingest writes notes/pedals).
+
+    Ingest knows each piece's id once per piece; handing Parquet (id, run) pairs instead
+    of one string per note saves building and hashing ~50 bytes per note (measured
+    0.5 s per 3.3M notes, a fifth of ingest's CPU). Readers get plain strings back.
+    """
+    index = schema.get_field_index("piece_id")
+    return schema.set(index, pa.field("piece_id", pa.dictionary(pa.int32(), pa.string())))
+
+
+def decode_dictionaries(table: pa.Table) -> pa.Table:
+    """Cast dictionary-encoded columns back to their value type (see `dictionary_ids`)."""
+    if not any(pa.types.is_dictionary(f.type) for f in table.schema):
+        return table
+    plain = [
+        f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
+        for f in table.schema
+    ]
+    return table.cast(pa.schema(plain, metadata=table.schema.metadata))
 
 
 def read_interim(dirs: Iterable[str | Path], kind: str) -> pd.DataFrame:

@@ -194,3 +194,64 @@ def test_cli_ingest_missing_folder(tmp_path):
     result = runner.invoke(app, ["ingest", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1
     assert "input folder not found" in result.output
+
+
+def test_walk_order_is_the_sorted_relative_paths(tmp_path):
+    """The streamed walk must give the order a full sort would (outputs are ordered by it)."""
+    names = [
+        "a-c.mid",
+        "a/b.mid",
+        "a/z/y.MID",
+        "a.b/c.midi",
+        "B.mid",
+        "b/a.kar",
+        "ab.mid",
+        "a/0.txt",
+    ]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "loop").symlink_to(tmp_path, target_is_directory=True)  # not followed
+    expected = sorted(n for n in names if not n.endswith(".txt"))
+    assert list(ingest_mod.iter_midi_files(tmp_path)) == expected
+    assert ingest_mod.find_midi_files(tmp_path) == [tmp_path / n for n in expected]
+
+
+def test_notes_read_back_with_plain_string_ids(corpus_dir, tmp_path):
+    """piece_id is stored dictionary-encoded; readers must still see plain strings."""
+    out = tmp_path / "out"
+    ingest_dir(corpus_dir, out, source="t", params=lenient(), progress=False)
+    notes = read_store(out / "notes.parquet", "notes")
+    assert not isinstance(notes["piece_id"].dtype, pd.CategoricalDtype)
+    assert pd.api.types.is_string_dtype(notes["piece_id"])
+
+
+def test_a_worker_that_dies_costs_only_its_file(corpus_dir, tmp_path, monkeypatch):
+    """A parser segfault / OOM kill must neither hang the pool nor abort the ingest."""
+    from crashers import crash_on_marker
+
+    good = tmp_path / "good"
+    ingest_dir(corpus_dir, good, source="t", params=lenient(), progress=False)
+    shutil.copy(corpus_dir / "other" / "symusic_1.midi", corpus_dir / "other" / "CRASH.mid")
+    monkeypatch.setattr(ingest_mod, "_parse_chunk", crash_on_marker)
+    out = tmp_path / "out"
+    summary = ingest_dir(corpus_dir, out, source="t", params=lenient(), progress=False)
+    rejects = read_store(out / "rejects.parquet", "rejects").set_index("path")
+    assert rejects.loc["other/CRASH.mid", "reason"] == ingest_mod.CRASHED
+    assert summary.rejects == 4 and summary.pieces == 24
+    for kind in ("notes", "pieces", "pedals"):
+        pd.testing.assert_frame_equal(
+            read_store(out / f"{kind}.parquet", kind), read_store(good / f"{kind}.parquet", kind)
+        )
+
+
+def test_workers_that_always_die_stop_the_ingest_with_a_message(corpus_dir, tmp_path, monkeypatch):
+    from crashers import always_crash
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "previous.txt").write_text("keep me")
+    monkeypatch.setattr(ingest_mod, "_parse_chunk", always_crash)
+    with pytest.raises(IngestError, match="parser processes died on 5 files in a row"):
+        ingest_dir(corpus_dir, out, source="t", params=lenient(), progress=False)
+    assert (out / "previous.txt").read_text() == "keep me"

@@ -155,7 +155,7 @@ def _chunks(dirs: list[Path], chunk_pieces: int) -> Iterator[tuple[Any, Any]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.stores import read_store, read_table
+    from pipeline.stores import decode_dictionaries, read_store, read_table
 
     for folder in dirs:
         path = folder / "notes.parquet"
@@ -169,7 +169,7 @@ def _chunks(dirs: list[Path], chunk_pieces: int) -> Iterator[tuple[Any, Any]]:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS):
             if batch.num_rows == 0:
                 continue
-            table = pa.Table.from_batches([batch])
+            table = decode_dictionaries(pa.Table.from_batches([batch]))
             ids = table.column("piece_id").to_numpy(zero_copy_only=False)
             starts = [0, *((ids[1:] != ids[:-1]).nonzero()[0] + 1).tolist()]
             for lo, hi in zip(starts, [*starts[1:], len(ids)], strict=True):

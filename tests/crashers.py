@@ -1,0 +1,25 @@
+"""Parser stand-ins that kill their own process, imported by ingest's pool workers.
+
+They live in an importable module (tests/ is on sys.path, which forkserver workers
+inherit) because a pool pickles functions by qualified name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from pipeline import ingest
+
+
+def crash_on_marker(paths: list[str]) -> list[object]:
+    """Parse like ingest, but die (SIGKILL, as the OOM killer would) on files named CRASH*."""
+    if any(os.path.basename(p).startswith("CRASH") for p in paths):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return ingest._parse_chunk(paths)
+
+
+def always_crash(paths: list[str]) -> list[object]:
+    """A parser process that dies on every file (e.g. a broken install)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    return []
