@@ -11,6 +11,7 @@ when complete.
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import logging
 import multiprocessing as mp
@@ -30,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io import atomic_dir
-from pipeline.midi import MidiError, ParseLimits, file_md5, parse_midi_arrays
+from pipeline.midi import MidiError, ParseLimits, parse_midi_arrays
 from pipeline.params import require
 from pipeline.sources import MANIFEST
 from pipeline.splits import stable_shard, stable_split
@@ -408,13 +409,14 @@ def _parse_one(path: str) -> _Parsed | str:
         signal.alarm(_TIMEOUT_S)
     try:
         try:
-            size = os.path.getsize(path)
+            with open(path, "rb") as fh:
+                data = fh.read()
         except OSError as exc:
             return f"unreadable: {exc.strerror}"
-        if size == 0:
+        if not data:
             return "empty file"
-        parsed = parse_midi_arrays(path, _LIMITS)
-        md5 = file_md5(path)
+        md5 = hashlib.md5(data).hexdigest()
+        parsed = parse_midi_arrays(data, _LIMITS)
     except MidiError as exc:
         return str(exc)
     except _Timeout:

@@ -391,7 +391,10 @@ def _pitch_class_table(models: list[ModelReport]) -> str:
         profile = _get(m.metrics or {}, "samples", "pitch_class_profile")
         if not isinstance(profile, dict):
             continue
-        for label, values in (("generated", profile.get("generated")), ("real", profile.get("real"))):
+        for label, values in (
+            ("generated", profile.get("generated")),
+            ("real", profile.get("real")),
+        ):
             if not isinstance(values, list) or len(values) != 12:
                 continue
             cells = [f'<td data-v="{_esc(m.name)}">{_esc(m.name)}</td>', f"<td>{label}</td>"]

@@ -267,7 +267,9 @@ def test_compare_sets_nan_safe(real_clips: list[pd.DataFrame]) -> None:
 
 
 def test_pitch_class_profile_pools_notes_over_pieces() -> None:
-    a = pd.DataFrame({"pitch": [60, 62, 72], "velocity": 80, "start": [0.0, 1.0, 2.0], "end": [1.0, 2.0, 3.0]})
+    a = pd.DataFrame(
+        {"pitch": [60, 62, 72], "velocity": 80, "start": [0.0, 1.0, 2.0], "end": [1.0, 2.0, 3.0]}
+    )
     b = pd.DataFrame({"pitch": [61], "velocity": 80, "start": [0.0], "end": [1.0]})
     profile = M.pitch_class_profile([a, b])
     assert profile == [0.5, 0.25, 0.25] + [0.0] * 9

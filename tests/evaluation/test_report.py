@@ -570,12 +570,19 @@ def test_pitch_class_profiles_compare_poph_with_biaxial(tmp_path: Path) -> None:
         path = tmp_path / "metrics" / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         profile = {"generated": generated, "real": c_major}
-        path.write_text(json.dumps({"test": {"nll": 1.0}, "samples": {"pitch_class_profile": profile}}))
+        path.write_text(
+            json.dumps({"test": {"nll": 1.0}, "samples": {"pitch_class_profile": profile}})
+        )
     page = parse(report.build_report(tmp_path, models=["biaxial", "poph"]))
     rows = page.rows["pitch-classes"][1:]
     assert [r[:2] for r in rows] == [
-        ["biaxial", "generated"], ["biaxial", "real"], ["poph", "generated"], ["poph", "real"]
+        ["biaxial", "generated"],
+        ["biaxial", "real"],
+        ["poph", "generated"],
+        ["poph", "real"],
     ]
     key_share = {tuple(r[:2]): float(r[-1]) for r in rows}
     assert key_share[("poph", "generated")] == pytest.approx(1.0)
-    assert key_share[("biaxial", "generated")] == pytest.approx(7 / 12, abs=1e-4)  # shown to 4 places
+    assert key_share[("biaxial", "generated")] == pytest.approx(
+        7 / 12, abs=1e-4
+    )  # shown to 4 places
