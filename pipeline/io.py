@@ -1,8 +1,12 @@
 """Atomic writes: nothing half-written may ever look complete.
 
-Every output is first written to a temporary sibling (`<name>.tmp` or `<dir>.tmp/`)
-and renamed into place only once complete; on failure the temporary is removed and
-any previous output is left untouched.
+Every output is first written to a temporary sibling (`<name>.tmp<pid>`, a file or a
+folder) and renamed into place only once complete; on failure the temporary is
+removed and any previous output is left untouched. A process killed outright
+(SIGKILL, power loss) cannot clean up, so the next write of the same output first
+removes the temporaries of writers that are no longer alive, and puts back a previous
+output it finds moved aside (`<name>.old<pid>`) by a writer killed mid-swap: a stale
+partial store must not sit beside the real one, where a folder dependency would hash it.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +28,43 @@ def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp{os.getpid()}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def reap_stale(path: Path) -> list[Path]:
+    """Clean what killed writers of `path` left beside it; return what was removed or restored.
+
+    Only leftovers of dead processes are touched, so a concurrent live writer keeps its
+    temporary.
+    """
+    pattern = re.compile(re.escape(path.name) + r"\.(tmp|old)(\d+)")
+    try:
+        entries = [e for e in os.scandir(path.parent) if e.name.startswith(path.name + ".")]
+    except FileNotFoundError:
+        return []
+    done = []
+    for entry in sorted(entries, key=lambda e: e.name):
+        match = pattern.fullmatch(entry.name)
+        if not match or _alive(int(match.group(2))):
+            continue
+        leftover = Path(entry.path)
+        if match.group(1) == "old" and not os.path.lexists(path):
+            os.replace(leftover, path)  # killed between moving the old output aside and the swap
+        elif leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
+        done.append(leftover)
+    return done
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary file path that replaces `path` on success.
@@ -32,6 +74,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    reap_stale(path)
     tmp = _tmp_sibling(path)
     try:
         yield tmp
@@ -46,6 +89,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary directory that replaces directory `path` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    reap_stale(path)
     tmp = _tmp_sibling(path)
     if tmp.exists():
         shutil.rmtree(tmp)
