@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io import atomic_dir
-from pipeline.midi import MidiError, ParseLimits, parse_midi_arrays
+from pipeline.midi import MidiError, ParseLimits, PieceArrays, parse_midi_arrays
 from pipeline.params import require
 from pipeline.sources import MANIFEST
 from pipeline.splits import stable_shard, stable_split
@@ -40,8 +40,8 @@ from pipeline.stores import (
     PEDALS,
     PIECES,
     REJECTS,
-    dictionary_ids,
     parquet_options,
+    storage_schema,
     with_meta,
 )
 
@@ -225,33 +225,39 @@ def ingest_dir(
                 total=total, desc=f"ingest {source}", unit="file", disable=not progress or None
             )
             with bar:
-                for job, outcome in results:
-                    bar.update()
-                    if isinstance(outcome, str):
-                        rejects_out.write({"path": job.rel, "reason": outcome})
-                        reasons[_reason_kind(outcome)] += 1
-                        continue
-                    piece_id = _piece_id(source, job.rel)
-                    notes_out.write(piece_id, outcome.notes)
-                    pedals_out.write(piece_id, outcome.pedals)
-                    n_pieces += 1
-                    n_notes += outcome.n_notes
-                    pieces_out.write(
-                        {
-                            "piece_id": piece_id,
-                            "source": source,
-                            "split": job.split or stable_split(outcome.md5, *fractions),
-                            "path": job.rel,
-                            "md5": outcome.md5,
-                            "composer": job.composer,
-                            "title": job.title or Path(job.rel).stem,
-                            "style": job.composer or source,
-                            "duration": outcome.duration,
-                            "n_notes": outcome.n_notes,
-                            "n_tracks": outcome.n_tracks,
-                            "ticks_per_quarter": outcome.ticks_per_quarter,
-                        }
-                    )
+                for batch, chunk in results:
+                    bar.update(len(batch))
+                    note_runs: list[tuple[str, int]] = []
+                    pedal_runs: list[tuple[str, int]] = []
+                    for job, outcome in zip(batch, chunk.outcomes, strict=True):
+                        if isinstance(outcome, str):
+                            rejects_out.write({"path": job.rel, "reason": outcome})
+                            reasons[_reason_kind(outcome)] += 1
+                            continue
+                        piece_id = _piece_id(source, job.rel)
+                        note_runs.append((piece_id, outcome.n_notes))
+                        if outcome.n_pedals:
+                            pedal_runs.append((piece_id, outcome.n_pedals))
+                        n_pieces += 1
+                        n_notes += outcome.n_notes
+                        pieces_out.write(
+                            {
+                                "piece_id": piece_id,
+                                "source": source,
+                                "split": job.split or stable_split(outcome.md5, *fractions),
+                                "path": job.rel,
+                                "md5": outcome.md5,
+                                "composer": job.composer,
+                                "title": job.title or Path(job.rel).stem,
+                                "style": job.composer or source,
+                                "duration": outcome.duration,
+                                "n_notes": outcome.n_notes,
+                                "n_tracks": outcome.n_tracks,
+                                "ticks_per_quarter": outcome.ticks_per_quarter,
+                            }
+                        )
+                    notes_out.write(note_runs, chunk.notes)
+                    pedals_out.write(pedal_runs, chunk.pedals)
         finally:
             for writer in (notes_out, pedals_out, pieces_out, rejects_out):
                 writer.close()
@@ -286,14 +292,14 @@ ROW_GROUP_ROWS = 1 << 20  # one Parquet row group per ~1M rows, not one per piec
 class _ColumnWriter:
     """Stream per-piece numpy columns into one Parquet file in ~1M-row row groups.
 
-    Workers send plain numpy arrays; the piece_id column is written dictionary-encoded
-    from (id, count) runs (see `stores.dictionary_ids`), so no per-piece Arrow table or
-    per-note string is ever made, pickled or kept.
+    Workers send each chunk's notes as one block of numpy columns; the piece_id column
+    is written dictionary-encoded from (id, count) runs (see `stores.storage_schema`), so
+    no per-piece Arrow table or per-note string is ever made, pickled or kept.
     Per-piece row groups would cost ~7 KB of footer each (memory growing with files).
     """
 
     def __init__(self, path: Path, schema: pa.Schema, kind: str) -> None:
-        self.schema = dictionary_ids(schema)
+        self.schema = storage_schema(schema)
         self.writer = pq.ParquetWriter(
             path, with_meta(self.schema, kind), **parquet_options(self.schema)
         )
@@ -306,14 +312,18 @@ class _ColumnWriter:
         self.counts: list[int] = []
         self.rows = 0
 
-    def write(self, piece_id: str, columns: dict[str, np.ndarray]) -> None:
+    def write(self, runs: list[tuple[str, int]], columns: dict[str, np.ndarray]) -> None:
+        """Append a block of rows: `runs` gives each piece's id and row count, in order."""
         n = len(columns[self.names[0]])
+        if sum(count for _, count in runs) != n:
+            raise IngestError(f"internal: {n} rows for runs {runs[:3]}...")
         if n == 0:
             return
         for name in self.names:
             self.parts[name].append(columns[name])
-        self.ids.append(piece_id)
-        self.counts.append(n)
+        for piece_id, count in runs:
+            self.ids.append(piece_id)
+            self.counts.append(count)
         self.rows += n
         if self.rows >= ROW_GROUP_ROWS:
             self.flush()
@@ -366,16 +376,26 @@ class _RowWriter:
 
 
 @dataclass(frozen=True)
-class _Parsed:
-    """What a worker sends back for one good file: numpy columns and piece metadata."""
+class _Piece:
+    """What the parent needs to know of one good file besides its rows."""
 
-    notes: dict[str, np.ndarray]
-    pedals: dict[str, np.ndarray]
     md5: str
     n_notes: int
+    n_pedals: int
     duration: float
     n_tracks: int
     ticks_per_quarter: int
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """A worker's answer for a list of files: one outcome per file (a piece or a reject
+    reason) and the good pieces' notes and pedals as single concatenated column blocks,
+    so the parent handles a few arrays per chunk instead of seven per file."""
+
+    outcomes: list[_Piece | str]
+    notes: dict[str, np.ndarray]
+    pedals: dict[str, np.ndarray]
 
 
 _LIMITS: ParseLimits | None = None
@@ -400,7 +420,7 @@ def _alarm(signum: int, frame: Any) -> None:
     raise _Timeout
 
 
-def _parse_one(path: str) -> _Parsed | str:
+def _parse_one(path: str) -> tuple[_Piece, PieceArrays] | str:
     """Parse one file; return its columns or a one-line reject reason."""
     assert _LIMITS is not None
     use_alarm = _TIMEOUT_S > 0 and hasattr(signal, "SIGALRM")
@@ -428,19 +448,40 @@ def _parse_one(path: str) -> _Parsed | str:
     finally:
         if use_alarm:
             signal.alarm(0)
-    return _Parsed(
-        notes=parsed.notes,
-        pedals=parsed.pedals,
+    piece = _Piece(
         md5=md5,
         n_notes=len(parsed.notes["pitch"]),
+        n_pedals=len(parsed.pedals["start"]),
         duration=float(parsed.notes["end"].max()),
         n_tracks=parsed.n_tracks,
         ticks_per_quarter=parsed.ticks_per_quarter,
     )
+    return piece, parsed
 
 
-def _parse_chunk(paths: list[str]) -> list[_Parsed | str]:
-    return [_parse_one(path) for path in paths]
+def _parse_chunk(paths: list[str]) -> _Chunk:
+    outcomes: list[_Piece | str] = []
+    notes: list[dict[str, np.ndarray]] = []
+    pedals: list[dict[str, np.ndarray]] = []
+    for path in paths:
+        result = _parse_one(path)
+        if isinstance(result, str):
+            outcomes.append(result)
+            continue
+        piece, arrays = result
+        outcomes.append(piece)
+        notes.append(arrays.notes)
+        pedals.append(arrays.pedals)
+    return _Chunk(outcomes, _concat(notes, NOTES), _concat(pedals, PEDALS))
+
+
+def _concat(parts: list[dict[str, np.ndarray]], schema: pa.Schema) -> dict[str, np.ndarray]:
+    names = [name for name in schema.names if name != "piece_id"]
+    if not parts:
+        return {name: np.empty(0, schema.field(name).type.to_pandas_dtype()) for name in names}
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in names}
 
 
 # --- the pool --------------------------------------------------------------------
@@ -451,8 +492,8 @@ MAX_CONSECUTIVE_CRASHES = 5
 
 def _parse_all(
     jobs: Iterator[_Job], total: int, source: str, limits: ParseLimits, params: IngestParams
-) -> Iterator[tuple[_Job, _Parsed | str]]:
-    """Yield (job, outcome) in job order, from a process pool when it pays off.
+) -> Iterator[tuple[list[_Job], _Chunk]]:
+    """Yield (jobs, chunk) in job order, from a process pool when it pays off.
 
     At most a few chunks per worker are in flight, so a slow writer makes the workers
     wait instead of piling results up in memory. A worker that dies (a parser
@@ -466,7 +507,7 @@ def _parse_all(
         return
     chunk = max(1, min(32, total // (workers * 8)))
     chunks = _batched(jobs, chunk)
-    pending: deque[tuple[list[_Job], Future[list[_Parsed | str]]]] = deque()
+    pending: deque[tuple[list[_Job], Future[_Chunk]]] = deque()
     pool = _pool(workers, limits, params.file_timeout_s)
     try:
         while True:
@@ -479,7 +520,7 @@ def _parse_all(
                 return
             batch, future = pending.popleft()
             try:
-                outcomes = future.result()
+                chunk_result = future.result()
             except BrokenProcessPool:
                 lost = [(batch, future), *pending]
                 pending.clear()
@@ -490,28 +531,28 @@ def _parse_all(
                 yield from _isolate(lost, limits, params.file_timeout_s)
                 pool = _pool(workers, limits, params.file_timeout_s)
                 continue
-            yield from zip(batch, outcomes, strict=True)
+            yield batch, chunk_result
     finally:
         _stop(pool)
 
 
 def _parse_in_process(
     jobs: Iterator[_Job], limits: ParseLimits, timeout_s: int
-) -> Iterator[tuple[_Job, _Parsed | str]]:
+) -> Iterator[tuple[list[_Job], _Chunk]]:
     in_main = threading.current_thread() is threading.main_thread()
     _configure(limits, timeout_s if in_main else 0)  # SIGALRM only works in the main thread
     old = signal.getsignal(signal.SIGALRM) if in_main and hasattr(signal, "SIGALRM") else None
     try:
-        for job in jobs:
-            yield job, _parse_one(job.path)
+        for batch in _batched(jobs, 32):
+            yield batch, _parse_chunk([job.path for job in batch])
     finally:
         if old is not None:
             signal.signal(signal.SIGALRM, old)
 
 
 def _isolate(
-    lost: list[tuple[list[_Job], Future[list[_Parsed | str]]]], limits: ParseLimits, timeout_s: int
-) -> Iterator[tuple[_Job, _Parsed | str]]:
+    lost: list[tuple[list[_Job], Future[_Chunk]]], limits: ParseLimits, timeout_s: int
+) -> Iterator[tuple[list[_Job], _Chunk]]:
     """Outcomes of the chunks a broken pool held: finished ones as they are, the rest
     re-parsed file by file in a one-process pool that is replaced after each crash."""
     pool = _pool(1, limits, timeout_s)
@@ -519,11 +560,11 @@ def _isolate(
     try:
         for batch, future in lost:
             if future.done() and not future.cancelled() and future.exception() is None:
-                yield from zip(batch, future.result(), strict=True)
+                yield batch, future.result()
                 continue
             for job in batch:
                 try:
-                    outcome = pool.submit(_parse_chunk, [job.path]).result()[0]
+                    outcome = pool.submit(_parse_chunk, [job.path]).result()
                     crashes = 0
                 except BrokenProcessPool:
                     crashes += 1
@@ -534,8 +575,8 @@ def _isolate(
                         ) from None
                     _stop(pool)
                     pool = _pool(1, limits, timeout_s)
-                    outcome = CRASHED
-                yield job, outcome
+                    outcome = _Chunk([CRASHED], _concat([], NOTES), _concat([], PEDALS))
+                yield [job], outcome
     finally:
         _stop(pool)
 

@@ -121,9 +121,10 @@ def parse_midi_arrays(
     kept = np.flatnonzero(keep) if n < len(keep) else None
     if kept is not None:
         start, end, time32 = start[kept], end[kept], time32[kept]
-    if not (np.isfinite(start).all() and np.isfinite(end).all()):
-        raise MidiError("non-finite note times (broken tempo map)")
+    # a NaN or infinite onset gives end > start == False, so only ends can be non-finite
     last = float(end.max())
+    if not np.isfinite(last):
+        raise MidiError("non-finite note times (broken tempo map)")
     if last > limits.max_duration_s:
         raise MidiError(
             f"longer than {limits.max_duration_s:.0f} s (ingest.max_duration_s); "
@@ -135,10 +136,11 @@ def parse_midi_arrays(
         track, pitch = track[kept], pitch[kept]
     order = _onset_order(time32, pitch, track)
     source = order if kept is None else kept[order]  # one gather per column
+    track = track[order]
     notes = {
-        "track": track[order],
-        "program": np.repeat(np.array([t.program for t in tracks], np.int16), counts)[source],
-        "is_drum": np.repeat(np.array([t.is_drum for t in tracks], bool), counts)[source],
+        "track": track,
+        "program": np.array([t.program for t in tracks], np.int16)[track],
+        "is_drum": np.array([t.is_drum for t in tracks], bool)[track],
         "pitch": pitch[order].astype(np.int16),
         "velocity": _cat(per_track, "velocity", np.int8)[source].astype(np.int16),
         "start": start[order],

@@ -128,19 +128,22 @@ def read_table(path: str | Path, kind: str, columns: list[str] | None = None) ->
     return decode_dictionaries(pq.read_table(path, columns=columns))
 
 
-def dictionary_ids(schema: pa.Schema) -> pa.Schema:
-    """`schema` with piece_id stored dictionary-encoded (how ingest writes notes/pedals).
+def storage_schema(schema: pa.Schema) -> pa.Schema:
+    """How ingest writes notes/pedals: piece_id dictionary-encoded, every column required.
 
     Ingest knows each piece's id once per piece; handing Parquet (id, run) pairs instead
     of one string per note saves building and hashing ~50 bytes per note (measured
-    0.5 s per 3.3M notes, a fifth of ingest's CPU). Readers get plain strings back.
+    0.5 s per 3.3M notes, a fifth of ingest's CPU), and required columns need no
+    definition levels (12% faster to write). Readers get plain strings back.
     """
+    fields = [f.with_nullable(False) for f in schema]
     index = schema.get_field_index("piece_id")
-    return schema.set(index, pa.field("piece_id", pa.dictionary(pa.int32(), pa.string())))
+    fields[index] = pa.field("piece_id", pa.dictionary(pa.int32(), pa.string()), nullable=False)
+    return pa.schema(fields, metadata=schema.metadata)
 
 
 def decode_dictionaries(table: pa.Table) -> pa.Table:
-    """Cast dictionary-encoded columns back to their value type (see `dictionary_ids`)."""
+    """Cast dictionary-encoded columns back to their value type (see `storage_schema`)."""
     if not any(pa.types.is_dictionary(f.type) for f in table.schema):
         return table
     plain = [
