@@ -487,7 +487,9 @@ def _concat(parts: list[dict[str, np.ndarray]], schema: pa.Schema) -> dict[str, 
 # --- the pool --------------------------------------------------------------------
 
 CRASHED = "parser crashed: its process died (segfault or out of memory) on this file"
+HUNG = "timeout: the parser hung and was killed"
 MAX_CONSECUTIVE_CRASHES = 5
+HANG_SLACK_S = 10.0  # beyond file_timeout_s before a chunk counts as hung (pool start-up)
 
 
 def _parse_all(
@@ -497,9 +499,12 @@ def _parse_all(
 
     At most a few chunks per worker are in flight, so a slow writer makes the workers
     wait instead of piling results up in memory. A worker that dies (a parser
-    segfault, the OOM killer) breaks the pool; the files it may have held are then
-    re-parsed one at a time in a fresh process, and the one that kills it again is
-    rejected, so a single hostile file can neither hang nor abort the ingest.
+    segfault, the OOM killer) breaks the pool, and one stuck where SIGALRM cannot
+    reach it (inside symusic's C++) is noticed when its chunk overruns
+    `file_timeout_s` + HANG_SLACK_S and killed; either way the files the pool may
+    have held are re-parsed one at a time in a fresh process, and the one that kills
+    or hangs it again is rejected, so a single hostile file can neither hang nor
+    abort the ingest.
     """
     workers = params.workers or os.cpu_count() or 1
     if workers == 1 or total < 8:
@@ -507,6 +512,7 @@ def _parse_all(
         return
     chunk = max(1, min(32, total // (workers * 8)))
     chunks = _batched(jobs, chunk)
+    budget = params.file_timeout_s + HANG_SLACK_S if params.file_timeout_s else None
     pending: deque[tuple[list[_Job], Future[_Chunk]]] = deque()
     pool = _pool(workers, limits, params.file_timeout_s)
     try:
@@ -520,13 +526,14 @@ def _parse_all(
                 return
             batch, future = pending.popleft()
             try:
-                chunk_result = future.result()
-            except BrokenProcessPool:
+                chunk_result = future.result(timeout=budget)
+            except (BrokenProcessPool, TimeoutError) as exc:
                 lost = [(batch, future), *pending]
                 pending.clear()
                 _stop(pool)
+                what = "died" if isinstance(exc, BrokenProcessPool) else "hung and was killed"
                 log.warning(
-                    "ingest %s: a parser process died; retrying its files one by one", source
+                    "ingest %s: a parser process %s; retrying its files one by one", source, what
                 )
                 yield from _isolate(lost, limits, params.file_timeout_s)
                 pool = _pool(workers, limits, params.file_timeout_s)
@@ -554,8 +561,10 @@ def _isolate(
     lost: list[tuple[list[_Job], Future[_Chunk]]], limits: ParseLimits, timeout_s: int
 ) -> Iterator[tuple[list[_Job], _Chunk]]:
     """Outcomes of the chunks a broken pool held: finished ones as they are, the rest
-    re-parsed file by file in a one-process pool that is replaced after each crash."""
+    re-parsed file by file in a one-process pool that is replaced after each crash
+    or hang."""
     pool = _pool(1, limits, timeout_s)
+    budget = timeout_s + HANG_SLACK_S if timeout_s else None
     crashes = 0
     try:
         for batch, future in lost:
@@ -564,8 +573,13 @@ def _isolate(
                 continue
             for job in batch:
                 try:
-                    outcome = pool.submit(_parse_chunk, [job.path]).result()
+                    outcome = pool.submit(_parse_chunk, [job.path]).result(timeout=budget)
                     crashes = 0
+                except TimeoutError:
+                    _stop(pool)
+                    pool = _pool(1, limits, timeout_s)
+                    reason = f"{HUNG}: more than {timeout_s} s (ingest.file_timeout_s)"
+                    outcome = _Chunk([reason], _concat([], NOTES), _concat([], PEDALS))
                 except BrokenProcessPool:
                     crashes += 1
                     if crashes >= MAX_CONSECUTIVE_CRASHES:
@@ -597,6 +611,9 @@ def _stop(pool: ProcessPoolExecutor) -> None:
             proc.terminate()
     for proc in procs.values():
         proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
 
 
 def _batched(items: Iterator[_Job], size: int) -> Iterator[list[_Job]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from pipeline import ingest
 
@@ -23,3 +24,12 @@ def always_crash(paths: list[str]) -> list[object]:
     """A parser process that dies on every file (e.g. a broken install)."""
     os.kill(os.getpid(), signal.SIGKILL)
     return []
+
+
+def hang_on_marker(paths: list[str]) -> object:
+    """Parse like ingest, but hang where SIGALRM cannot interrupt (as a stuck C++ parser
+    would: the signal is blocked) on files named HANG*."""
+    if any(os.path.basename(p).startswith("HANG") for p in paths):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        time.sleep(3600)
+    return ingest._parse_chunk(paths)

@@ -255,3 +255,32 @@ def test_workers_that_always_die_stop_the_ingest_with_a_message(corpus_dir, tmp_
     with pytest.raises(IngestError, match="parser processes died on 5 files in a row"):
         ingest_dir(corpus_dir, out, source="t", params=lenient(), progress=False)
     assert (out / "previous.txt").read_text() == "keep me"
+
+
+def test_a_parser_stuck_beyond_sigalrm_is_killed_and_its_file_rejected(
+    corpus_dir, tmp_path, monkeypatch
+):
+    """SIGALRM cannot interrupt C++; the parent must notice the overrun and kill the worker."""
+    import threading
+
+    from crashers import hang_on_marker
+
+    shutil.copy(corpus_dir / "other" / "symusic_1.midi", corpus_dir / "other" / "HANG.mid")
+    monkeypatch.setattr(ingest_mod, "_parse_chunk", hang_on_marker)
+    monkeypatch.setattr(ingest_mod, "HANG_SLACK_S", 2.0)
+    out = tmp_path / "out"
+    done: dict[str, object] = {}
+
+    def run() -> None:  # in a thread, so that a regression fails here instead of hanging
+        done["summary"] = ingest_dir(
+            corpus_dir, out, source="t", params=lenient(file_timeout_s=1), progress=False
+        )
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "ingest hung on a parser stuck in C++"
+    assert done["summary"].pieces == 24
+    rejects = read_store(out / "rejects.parquet", "rejects").set_index("path")
+    assert rejects.loc["other/HANG.mid", "reason"].startswith(ingest_mod.HUNG)
+    assert "ingest.file_timeout_s" in rejects.loc["other/HANG.mid", "reason"]
