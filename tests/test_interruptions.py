@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from rawfolder import make_raw_source
 
 from pipeline.ingest import DEFAULT_PARAMS, ingest_dir
 from pipeline.modeling.train import run_training
@@ -419,13 +420,7 @@ def train_setup(tmp_path_factory: pytest.TempPathFactory, fixtures_dir: Path) ->
     from pipeline.representations.stage import build_store
 
     root = tmp_path_factory.mktemp("train")
-    raw = root / "raw"
-    raw.mkdir()
-    lines = ["path,split,composer,title"]
-    for rel, split in TRAIN_PIECES.items():
-        shutil.copy(fixtures_dir / rel, raw / Path(rel).name)
-        lines.append(f"{Path(rel).name},{split},,")
-    (raw / "manifest.csv").write_text("\n".join(lines) + "\n")
+    raw = make_raw_source(root / "raw", fixtures_dir, TRAIN_PIECES)
     ingest_dir(raw, root / "interim", source="corpus", params=DEFAULT_PARAMS, progress=False)
     params = get_representation("tuples").params_cls()
     build_store("tuples", [root / "interim"], root / "tuples", params, progress=False)

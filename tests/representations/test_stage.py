@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import typer
+from rawfolder import make_raw_source
 from typer.testing import CliRunner
 
 from pipeline import representations
@@ -49,13 +49,7 @@ def interim(tmp_path_factory: pytest.TempPathFactory, fixtures_dir: Path) -> lis
     root = tmp_path_factory.mktemp("interim")
     dirs = []
     for source, files in SOURCES.items():
-        raw = root / "raw" / source
-        raw.mkdir(parents=True)
-        lines = ["path,split,composer,title"]
-        for rel, split in files.items():
-            shutil.copy(fixtures_dir / rel, raw / Path(rel).name)
-            lines.append(f"{Path(rel).name},{split},,")
-        (raw / "manifest.csv").write_text("\n".join(lines) + "\n")
+        raw = make_raw_source(root / "raw" / source, fixtures_dir, files)
         out = root / source
         params = dataclasses.replace(DEFAULT_PARAMS, workers=1)
         summary = ingest_dir(raw, out, source=source, params=params, progress=False)

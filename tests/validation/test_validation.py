@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import typer
+from rawfolder import make_raw_source
 from typer.testing import CliRunner
 
 from pipeline.ingest import DEFAULT_PARAMS, ingest_dir
@@ -192,14 +193,8 @@ def write_processed(kind: str, notes: pd.DataFrame, pieces: pd.DataFrame, out: P
 def built(tmp_path_factory: pytest.TempPathFactory, fixtures_dir: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("stores")
     raw = root / "raw"
-    raw.mkdir()
-    lines = ["path,split,composer,title"]
-    for rel, split in SAMPLE.items():
-        shutil.copy(fixtures_dir / rel, raw / Path(rel).name)
-        lines.append(f"{Path(rel).name},{split},,")
-    (raw / "broken.mid").write_bytes(b"MThd this is not a MIDI file")
-    lines.append("broken.mid,train,,")
-    (raw / "manifest.csv").write_text("\n".join(lines) + "\n")
+    broken = {"broken.mid": (b"MThd this is not a MIDI file", "train")}
+    make_raw_source(raw, fixtures_dir, SAMPLE, extra=broken)
     params = replace(DEFAULT_PARAMS, workers=1, max_reject_rate=0.5)
     ingest_dir(raw, root / "interim", source="fx", params=params, progress=False)
     stores = {"notes": root / "interim"}

@@ -1,0 +1,28 @@
+"""Build raw source folders (fixture copies + manifest.csv) for tests that ingest."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+
+def make_raw_source(
+    dest: Path,
+    fixtures_dir: Path,
+    pieces: dict[str, str],
+    extra: dict[str, tuple[bytes, str]] | None = None,
+) -> Path:
+    """Copy fixtures (path below fixtures_dir -> split) into `dest`, flat, with a manifest.
+
+    `extra` adds files the test makes itself (name -> (bytes, split)), e.g. a broken one.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    lines = ["path,split,composer,title"]
+    for rel, split in pieces.items():
+        shutil.copy(fixtures_dir / rel, dest / Path(rel).name)
+        lines.append(f"{Path(rel).name},{split},,")
+    for name, (data, split) in (extra or {}).items():
+        (dest / name).write_bytes(data)
+        lines.append(f"{name},{split},,")
+    (dest / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return dest
