@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fixture_stores import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "midi"
 MIDI_FILES = sorted(p for p in FIXTURES.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 import typer
 import yaml
+from fixture_stores import FIXTURES
 from torch.utils.data import DataLoader
 from typer.testing import CliRunner
 
@@ -32,7 +33,6 @@ from pipeline.params import from_mapping
 from pipeline.representations import get as get_representation
 from pipeline.representations.stage import build_store, load_store
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "midi"
 PIECES = {
     "train": [
         FIXTURES

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from fixture_stores import FIXTURES
 
 from pipeline.evaluation import metrics as M
-
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "midi"
 
 
 def notes(rows: list[tuple], drum: list[bool] | None = None) -> pd.DataFrame:

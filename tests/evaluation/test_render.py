@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fixture_stores import FIXTURES
 
 from pipeline.evaluation import render
-
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "midi"
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,12 @@ from urllib.parse import unquote
 
 import pytest
 import typer
+from fixture_stores import FIXTURES
 from typer.testing import CliRunner
 
 from pipeline.evaluation import metrics, render, report
 from pipeline.io import write_json
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "midi"
 CHROMIUM = Path("/usr/bin/chromium")
 CLIP_S = 2.0
 NLL = {"rnn": 2.5, "transformer": 1.75}

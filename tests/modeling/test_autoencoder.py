@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fixture_stores import SMALL, SMALL_2, encoded_store
 from torch.utils.data import DataLoader
 
 from pipeline import representations
-from pipeline.midi import parse_midi
 from pipeline.modeling import base
 from pipeline.modeling import pianoroll_data as prd
 from pipeline.modeling.autoencoder import (
@@ -24,38 +23,6 @@ from pipeline.modeling.autoencoder import (
     prepare,
 )
 from pipeline.modeling.base import StoreData
-
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "midi"
-SMALL = (
-    FIXTURES
-    / "maestro"
-    / ("giantmidi_eval_MIDI-Unprocessed_11_R1_2011_MID--AUDIO_R1-D4_07_Track07_wav.mid")
-)
-SMALL_2 = FIXTURES / "other" / "symusic_1.midi"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
-def pianoroll_store(split_files: dict[str, list[Path]], max_frames: int = 400) -> StoreData:
-    """Test helper: an in-memory pianoroll store encoded from real fixture files."""
-    rep = representations.get("pianoroll")
-    params = dataclasses.replace(rep.params_cls(), max_frames_per_piece=max_frames)
-    rows = {}
-    for split, files in split_files.items():
-        parts = []
-        for path in files:
-            parsed = parse_midi(path)
-            pid = f"{split}:{path.name}"
-            parts.append(
-                rep.encode(
-                    parsed.notes.assign(piece_id=pid), parsed.pedals.assign(piece_id=pid), params
-                )
-            )
-        rows[split] = pd.concat(parts, ignore_index=True)
-    return StoreData(rows=rows, pieces=pd.DataFrame(), params=params)
 
 
 def cells(piece_id: str, frame_pitch: list[tuple[int, int]]) -> pd.DataFrame:
@@ -186,7 +153,7 @@ def test_corruption_rates() -> None:
 
 def test_overfits_one_batch() -> None:
     torch.manual_seed(0)
-    store = pianoroll_store({"train": [SMALL]})
+    store = encoded_store("pianoroll", {"train": [SMALL]}, max_frames_per_piece=400)
     config = prepare(store, Config(window_frames=16, filters=(8, 16)))
     data = make_dataset(store, config, "train")
     batch = next(
@@ -212,7 +179,7 @@ def test_overfits_one_batch() -> None:
 
 def test_generate_rows_decode_to_valid_notes() -> None:
     torch.manual_seed(0)
-    store = pianoroll_store({"train": [SMALL]})
+    store = encoded_store("pianoroll", {"train": [SMALL]}, max_frames_per_piece=400)
     config = prepare(store, Config(window_frames=16, filters=(4, 8), threshold=0.2))
     model = PianorollAutoencoder(config)
     rep = representations.get("pianoroll")
@@ -247,7 +214,9 @@ def test_generate_keeps_primer_and_is_reproducible() -> None:
 
 
 def test_real_store_test_windows_cover_every_frame() -> None:
-    store = pianoroll_store({"train": [SMALL], "test": [SMALL_2]}, max_frames=300)
+    store = encoded_store(
+        "pianoroll", {"train": [SMALL], "test": [SMALL_2]}, max_frames_per_piece=300
+    )
     config = prepare(store, Config())
     test = make_dataset(store, config, "test")
     frames = sum(float(test[i]["mask"].sum()) for i in range(len(test)))

@@ -10,10 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fixture_stores import FIXTURES, encoded_store
 from torch.utils.data import DataLoader
 
-from pipeline import representations
-from pipeline.midi import parse_midi
 from pipeline.modeling import base
 from pipeline.modeling import prv_data as prv
 from pipeline.modeling.base import StoreData
@@ -28,7 +27,6 @@ from pipeline.modeling.biaxial import (
 from pipeline.modeling.checkpoint import describe, load_model, save_checkpoint
 from pipeline.params import ParamsError, from_mapping
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "midi"
 MAESTRO = FIXTURES / "maestro" / "giantmidi_eval_MIDI-Unprocessed_"
 # (file, style) per split: small real files; "Liszt" appears only in test (-> <unk>)
 SPLITS = {
@@ -45,26 +43,9 @@ SPLITS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def prv_store(max_steps: int = 200) -> StoreData:
     """Test helper: an in-memory prv store encoded from real fixture files."""
-    rep = representations.get("prv")
-    params = dataclasses.replace(rep.params_cls(), max_steps_per_piece=max_steps)
-    rows, pieces = {}, []
-    for split, files in SPLITS.items():
-        parts = []
-        for path, style in files:
-            parsed = parse_midi(path)
-            pid = f"{split}:{path.name}"
-            notes, pedals = parsed.notes.assign(piece_id=pid), parsed.pedals.assign(piece_id=pid)
-            parts.append(rep.encode(notes, pedals, params))
-            pieces.append({"piece_id": pid, "split": split, "style": style})
-        rows[split] = pd.concat(parts, ignore_index=True)
-    return StoreData(rows=rows, pieces=pd.DataFrame(pieces), params=params)
+    return encoded_store("prv", SPLITS, max_steps_per_piece=max_steps)
 
 
 @pytest.fixture(scope="module")

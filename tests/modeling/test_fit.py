@@ -11,25 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
+from fixture_stores import SMALL, SMALL_2, SMALL_3, encoded_store
 
-from pipeline import representations
-from pipeline.midi import parse_midi
 from pipeline.modeling import base
 from pipeline.modeling.base import CHECKPOINT_VERSION, StoreData, TrainParams
 from pipeline.modeling.checkpoint import CheckpointError, load_checkpoint, load_model
 from pipeline.modeling.fit import FitError, _lr_lambda, fit
-
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "midi"
-SMALL = (
-    FIXTURES
-    / "maestro"
-    / ("giantmidi_eval_MIDI-Unprocessed_11_R1_2011_MID--AUDIO_R1-D4_07_Track07_wav.mid")
-)
-SMALL_2 = FIXTURES / "other" / "symusic_1.midi"
-SMALL_3 = FIXTURES / "other" / "miditoolkit_1390.mid"
 
 TINY = {
     "rnn": {"seq_len": 8, "hidden_size": 16},
@@ -46,18 +35,9 @@ def _one_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def fixture_store(representation: str) -> StoreData:
     """Test helper: an in-memory store (train/validation/test: one real piece each)."""
-    rep = representations.get(representation)
-    params = rep.params_cls()
-    if representation == "pianoroll":
-        params = dataclasses.replace(params, max_frames_per_piece=300)
-    rows = {}
-    for split, path in (("train", SMALL), ("validation", SMALL_2), ("test", SMALL_3)):
-        parsed = parse_midi(path)
-        pid = f"{split}:{path.name}"
-        rows[split] = rep.encode(
-            parsed.notes.assign(piece_id=pid), parsed.pedals.assign(piece_id=pid), params
-        )
-    return StoreData(rows=rows, pieces=pd.DataFrame(), params=params)
+    changes = {"max_frames_per_piece": 300} if representation == "pianoroll" else {}
+    splits = {"train": [SMALL], "validation": [SMALL_2], "test": [SMALL_3]}
+    return encoded_store(representation, splits, **changes)
 
 
 _STORES: dict[str, StoreData] = {}

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fixture_stores import FIXTURES, encoded_store
 from torch.utils.data import DataLoader
 
-from pipeline import representations
-from pipeline.midi import parse_midi
 from pipeline.modeling import base, biaxial
 from pipeline.modeling import prv_data as prv
 from pipeline.modeling.base import StoreData
@@ -27,7 +25,6 @@ from pipeline.modeling.poph import (
 )
 from pipeline.params import ParamsError, from_mapping
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "midi"
 FILES = {
     "train": (FIXTURES / "other" / "miditok_POP909_008.mid", "pop909"),
     "validation": (FIXTURES / "other" / "symusic_1.midi", "other"),
@@ -38,23 +35,10 @@ C_MAJOR = [0, 2, 4, 5, 7, 9, 11]
 G_MAJOR = [7, 9, 11, 0, 2, 4, 6]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def store() -> StoreData:
-    rep = representations.get("prv")
-    params = dataclasses.replace(rep.params_cls(), max_steps_per_piece=160)
-    rows, pieces = {}, []
-    for split, (path, style) in FILES.items():
-        parsed = parse_midi(path)
-        pid = f"{split}:{path.name}"
-        notes, pedals = parsed.notes.assign(piece_id=pid), parsed.pedals.assign(piece_id=pid)
-        rows[split] = rep.encode(notes, pedals, params)
-        pieces.append({"piece_id": pid, "split": split, "style": style})
-    return StoreData(rows=rows, pieces=pd.DataFrame(pieces), params=params)
+    splits = {split: [entry] for split, entry in FILES.items()}
+    return encoded_store("prv", splits, max_steps_per_piece=160)
 
 
 def tiny_config(**kw: object) -> Config:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fixture_stores import SMALL, SMALL_2, encoded_store
 from torch.utils.data import DataLoader
 
 from pipeline import representations
-from pipeline.midi import parse_midi
 from pipeline.modeling import base
 from pipeline.modeling.base import StoreData
 from pipeline.modeling.rnn import (
@@ -25,38 +24,6 @@ from pipeline.modeling.rnn import (
     make_dataset,
     positive_pressure,
 )
-
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "midi"
-SMALL = (
-    FIXTURES
-    / "maestro"
-    / ("giantmidi_eval_MIDI-Unprocessed_11_R1_2011_MID--AUDIO_R1-D4_07_Track07_wav.mid")
-)
-SMALL_2 = FIXTURES / "other" / "symusic_1.midi"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
-def tuples_store(split_files: dict[str, list[Path]]) -> StoreData:
-    """Test helper: an in-memory tuples store encoded from real fixture files."""
-    rep = representations.get("tuples")
-    params = rep.params_cls()
-    rows = {}
-    for split, files in split_files.items():
-        parts = []
-        for path in files:
-            parsed = parse_midi(path)
-            pid = f"{split}:{path.name}"
-            parts.append(
-                rep.encode(
-                    parsed.notes.assign(piece_id=pid), parsed.pedals.assign(piece_id=pid), params
-                )
-            )
-        rows[split] = pd.concat(parts, ignore_index=True)
-    return StoreData(rows=rows, pieces=pd.DataFrame(), params=params)
 
 
 def toy_rows(
@@ -173,7 +140,7 @@ def test_filter_logits_top_k_and_top_p() -> None:
 
 def test_overfits_one_batch() -> None:
     torch.manual_seed(0)
-    store = tuples_store({"train": [SMALL]})
+    store = encoded_store("tuples", {"train": [SMALL]})
     config = Config(seq_len=8, hidden_size=32)
     data = make_dataset(store, config, "train")
     batch = next(
@@ -237,7 +204,7 @@ def test_generate_is_reproducible_and_greedy_ignores_seed() -> None:
 
 
 def test_real_store_windows_cover_test_notes() -> None:
-    store = tuples_store({"train": [SMALL], "test": [SMALL_2]})
+    store = encoded_store("tuples", {"train": [SMALL], "test": [SMALL_2]})
     config = Config(seq_len=25)
     test = make_dataset(store, config, "test")
     loader = DataLoader(test, batch_size=64)

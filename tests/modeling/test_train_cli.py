@@ -12,6 +12,7 @@ import pytest
 import torch
 import typer
 import yaml
+from fixture_stores import FIXTURES
 from typer.testing import CliRunner
 
 from pipeline.ingest import DEFAULT_PARAMS, ingest_dir
@@ -26,7 +27,6 @@ from pipeline.params import ParamsError
 from pipeline.representations import get as get_representation
 from pipeline.representations.stage import build_store
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "midi"
 PIECES = {
     "train": FIXTURES
     / "maestro"

@@ -45,11 +45,6 @@ TINY = Config(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def _store(**splits: list[np.ndarray]) -> StoreData:
     rows = {
         split: pd.DataFrame(

@@ -2,53 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fixture_stores import SMALL, encoded_store
 from torch.utils.data import DataLoader
 
 from pipeline import representations
-from pipeline.midi import parse_midi
 from pipeline.modeling import base
 from pipeline.modeling.autoencoder import binarize
-from pipeline.modeling.base import StoreData
 from pipeline.modeling.vae import Config, PianorollVAE, make_dataset, prepare, slerp
-
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "midi"
-SMALL = (
-    FIXTURES
-    / "maestro"
-    / ("giantmidi_eval_MIDI-Unprocessed_11_R1_2011_MID--AUDIO_R1-D4_07_Track07_wav.mid")
-)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
-def pianoroll_store(split_files: dict[str, list[Path]], max_frames: int = 400) -> StoreData:
-    """Test helper: an in-memory pianoroll store encoded from real fixture files."""
-    rep = representations.get("pianoroll")
-    params = dataclasses.replace(rep.params_cls(), max_frames_per_piece=max_frames)
-    rows = {}
-    for split, files in split_files.items():
-        parts = []
-        for path in files:
-            parsed = parse_midi(path)
-            pid = f"{split}:{path.name}"
-            parts.append(
-                rep.encode(
-                    parsed.notes.assign(piece_id=pid), parsed.pedals.assign(piece_id=pid), params
-                )
-            )
-        rows[split] = pd.concat(parts, ignore_index=True)
-    return StoreData(rows=rows, pieces=pd.DataFrame(), params=params)
 
 
 def tiny_config(**kw: object) -> Config:
@@ -117,7 +83,7 @@ def test_slerp_literal() -> None:
 
 def test_overfits_one_batch() -> None:
     torch.manual_seed(0)
-    store = pianoroll_store({"train": [SMALL]})
+    store = encoded_store("pianoroll", {"train": [SMALL]}, max_frames_per_piece=400)
     # a small KL weight: memorising 8 windows needs information in the code
     config = prepare(
         store,
@@ -151,7 +117,7 @@ def test_overfits_one_batch() -> None:
 
 def test_generate_rows_decode_to_valid_notes() -> None:
     torch.manual_seed(0)
-    store = pianoroll_store({"train": [SMALL]})
+    store = encoded_store("pianoroll", {"train": [SMALL]}, max_frames_per_piece=400)
     config = prepare(store, Config(window_frames=16, filters=(4, 8), latent_dim=4))
     model = PianorollVAE(config)
     rep = representations.get("pianoroll")

@@ -1,0 +1,54 @@
+"""Real fixture paths and in-memory representation stores encoded from them.
+
+Model tests need a `StoreData` without running ingest and represent; this builds one
+from a few small real files with the representation's own encoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "midi"
+SMALL = (
+    FIXTURES
+    / "maestro"
+    / ("giantmidi_eval_MIDI-Unprocessed_11_R1_2011_MID--AUDIO_R1-D4_07_Track07_wav.mid")
+)
+SMALL_2 = FIXTURES / "other" / "symusic_1.midi"
+SMALL_3 = FIXTURES / "other" / "miditoolkit_1390.mid"
+
+
+def encoded_store(
+    representation: str,
+    splits: dict[str, list[Path] | list[tuple[Path, str]]],
+    **param_changes: Any,
+) -> Any:
+    """A `StoreData` of `representation` rows, piece ids `<split>:<file name>`.
+
+    `splits` maps a split to files, or to (file, style) pairs: then `pieces` lists
+    each piece's id, split and style (what style-conditioned models read); otherwise
+    it is empty. `param_changes` replace fields of the representation's default params.
+    """
+    from pipeline import representations
+    from pipeline.midi import parse_midi
+    from pipeline.modeling.base import StoreData
+
+    rep = representations.get(representation)
+    params = dataclasses.replace(rep.params_cls(), **param_changes)
+    rows, pieces = {}, []
+    for split, entries in splits.items():
+        parts = []
+        for entry in entries:
+            path, style = entry if isinstance(entry, tuple) else (entry, None)
+            parsed = parse_midi(path)
+            pid = f"{split}:{path.name}"
+            notes, pedals = parsed.notes.assign(piece_id=pid), parsed.pedals.assign(piece_id=pid)
+            parts.append(rep.encode(notes, pedals, params))
+            if style is not None:
+                pieces.append({"piece_id": pid, "split": split, "style": style})
+        rows[split] = pd.concat(parts, ignore_index=True)
+    return StoreData(rows=rows, pieces=pd.DataFrame(pieces), params=params)
