@@ -1,7 +1,8 @@
-"""Build raw source folders (fixture copies + manifest.csv) for tests that ingest."""
+"""Raw source folders (fixture copies + manifest.csv) for tests that ingest or fetch."""
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
@@ -26,3 +27,10 @@ def make_raw_source(
         lines.append(f"{name},{split},,")
     (dest / "manifest.csv").write_text("\n".join(lines) + "\n")
     return dest
+
+
+def read_manifest(out_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The columns and rows of `out_dir/manifest.csv` (as a fetch stage wrote it)."""
+    with (out_dir / "manifest.csv").open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames or []), list(reader)

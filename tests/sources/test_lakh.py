@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import tarfile
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from httpserver import LocalServer
+from rawfolder import read_manifest
 
 import pipeline.sources
 from pipeline.download import UnsafeArchiveError
@@ -92,12 +92,6 @@ def params_for(url: str, data: bytes, tmp_path: Path, **overrides: object) -> Pa
     }
     raw.update(overrides)
     return from_mapping(raw, Params, "lakh")
-
-
-def read_manifest(out_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with (out_dir / "manifest.csv").open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        return list(reader.fieldnames or []), list(reader)
 
 
 def test_lmd_full_split_by_md5_is_deterministic_and_plausible(

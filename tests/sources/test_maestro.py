@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from httpserver import LocalServer
+from rawfolder import read_manifest
 
 import pipeline.sources
 from pipeline.download import DownloadError
@@ -78,12 +79,6 @@ def params_for(url: str, data: bytes, tmp_path: Path, **overrides: object) -> Pa
     }
     raw.update(overrides)
     return from_mapping(raw, Params, "maestro")
-
-
-def read_manifest(out_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with (out_dir / "manifest.csv").open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        return list(reader.fieldnames or []), list(reader)
 
 
 def test_fetch_writes_every_file_and_the_official_metadata(
