@@ -512,7 +512,7 @@ def _parse_all(
         return
     chunk = max(1, min(32, total // (workers * 8)))
     chunks = _batched(jobs, chunk)
-    budget = params.file_timeout_s + HANG_SLACK_S if params.file_timeout_s else None
+    budget = _hang_budget(params.file_timeout_s)
     pending: deque[tuple[list[_Job], Future[_Chunk]]] = deque()
     pool = _pool(workers, limits, params.file_timeout_s)
     try:
@@ -564,7 +564,7 @@ def _isolate(
     re-parsed file by file in a one-process pool that is replaced after each crash
     or hang."""
     pool = _pool(1, limits, timeout_s)
-    budget = timeout_s + HANG_SLACK_S if timeout_s else None
+    budget = _hang_budget(timeout_s)
     crashes = 0
     try:
         for batch, future in lost:
@@ -579,7 +579,7 @@ def _isolate(
                     _stop(pool)
                     pool = _pool(1, limits, timeout_s)
                     reason = f"{HUNG}: more than {timeout_s} s (ingest.file_timeout_s)"
-                    outcome = _Chunk([reason], _concat([], NOTES), _concat([], PEDALS))
+                    outcome = _rejected(reason)
                 except BrokenProcessPool:
                     crashes += 1
                     if crashes >= MAX_CONSECUTIVE_CRASHES:
@@ -589,10 +589,20 @@ def _isolate(
                         ) from None
                     _stop(pool)
                     pool = _pool(1, limits, timeout_s)
-                    outcome = _Chunk([CRASHED], _concat([], NOTES), _concat([], PEDALS))
+                    outcome = _rejected(CRASHED)
                 yield [job], outcome
     finally:
         _stop(pool)
+
+
+def _hang_budget(timeout_s: int) -> float | None:
+    """How long to wait on a chunk (or an isolated file) before calling it hung."""
+    return timeout_s + HANG_SLACK_S if timeout_s else None
+
+
+def _rejected(reason: str) -> _Chunk:
+    """The chunk answer for one file that a dead or hung parser could not parse."""
+    return _Chunk([reason], _concat([], NOTES), _concat([], PEDALS))
 
 
 def _pool(workers: int, limits: ParseLimits, timeout_s: int) -> ProcessPoolExecutor:
