@@ -34,3 +34,24 @@ def read_manifest(out_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
     with (out_dir / "manifest.csv").open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         return list(reader.fieldnames or []), list(reader)
+
+
+def processed_stores(root: Path, pieces: dict[Path, str]) -> Path:
+    """Ingest `pieces` (file -> split) and build the tuples and pianoroll stores with the
+    real stages' code; return the `processed` folder. Piano rolls are capped at 200
+    frames per piece to keep model tests fast."""
+    import dataclasses
+
+    from pipeline.ingest import DEFAULT_PARAMS, ingest_dir
+    from pipeline.representations import get as get_representation
+    from pipeline.representations.stage import build_store
+
+    make_raw_source(root / "raw", Path("/"), {str(p): split for p, split in pieces.items()})
+    params = dataclasses.replace(DEFAULT_PARAMS, workers=1)
+    ingest_dir(root / "raw", root / "interim", source="fixtures", params=params, progress=False)
+    for name in ("tuples", "pianoroll"):
+        rep_params = get_representation(name).params_cls()
+        if name == "pianoroll":
+            rep_params = dataclasses.replace(rep_params, max_frames_per_piece=200)
+        build_store(name, [root / "interim"], root / "processed" / name, rep_params, progress=False)
+    return root / "processed"

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +13,7 @@ import torch
 import typer
 import yaml
 from fixture_stores import FIXTURES
+from rawfolder import processed_stores
 from torch.utils.data import DataLoader
 from typer.testing import CliRunner
 
@@ -25,13 +24,11 @@ from pipeline.evaluation.evaluate import (
     evaluate_command,
     real_piece_ids,
 )
-from pipeline.ingest import DEFAULT_PARAMS, ingest_dir
 from pipeline.midi import parse_midi
 from pipeline.modeling import base
 from pipeline.modeling.fit import fit
 from pipeline.params import from_mapping
-from pipeline.representations import get as get_representation
-from pipeline.representations.stage import build_store, load_store
+from pipeline.representations.stage import load_store
 
 PIECES = {
     "train": [
@@ -63,29 +60,10 @@ def _one_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Processed tuples and pianoroll stores from real fixture files via ingest + represent."""
-    root = tmp_path_factory.mktemp("stores")
-    raw = root / "raw"
-    raw.mkdir()
-    with (raw / "manifest.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "split", "composer", "title"])
-        for split, paths in PIECES.items():
-            for path in paths:
-                shutil.copy(path, raw / path.name)
-                writer.writerow([path.name, split, "", ""])
-    ingest_dir(
-        raw,
-        root / "interim",
-        source="fixtures",
-        params=dataclasses.replace(DEFAULT_PARAMS, workers=1),
-        progress=False,
+    return processed_stores(
+        tmp_path_factory.mktemp("stores"),
+        {p: split for split, paths in PIECES.items() for p in paths},
     )
-    for name in ("tuples", "pianoroll"):
-        params = get_representation(name).params_cls()
-        if name == "pianoroll":
-            params = dataclasses.replace(params, max_frames_per_piece=200)
-        build_store(name, [root / "interim"], root / "processed" / name, params, progress=False)
-    return root / "processed"
 
 
 def tiny_model(name: str, store: base.StoreData) -> torch.nn.Module:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,9 +10,9 @@ import torch
 import typer
 import yaml
 from fixture_stores import FIXTURES
+from rawfolder import processed_stores
 from typer.testing import CliRunner
 
-from pipeline.ingest import DEFAULT_PARAMS, ingest_dir
 from pipeline.midi import parse_midi
 from pipeline.modeling.train import (
     generate_command,
@@ -24,8 +21,6 @@ from pipeline.modeling.train import (
     train_command,
 )
 from pipeline.params import ParamsError
-from pipeline.representations import get as get_representation
-from pipeline.representations.stage import build_store
 
 PIECES = {
     "train": FIXTURES
@@ -74,28 +69,9 @@ def _one_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Processed tuples and pianoroll stores built by the real ingest and represent code
     from three real fixture files, one per split (fixed by a manifest)."""
-    root = tmp_path_factory.mktemp("stores")
-    raw = root / "raw"
-    raw.mkdir()
-    with (raw / "manifest.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "split", "composer", "title"])
-        for split, path in PIECES.items():
-            shutil.copy(path, raw / path.name)
-            writer.writerow([path.name, split, "", ""])
-    ingest_dir(
-        raw,
-        root / "interim",
-        source="fixtures",
-        params=dataclasses.replace(DEFAULT_PARAMS, workers=1),
-        progress=False,
+    return processed_stores(
+        tmp_path_factory.mktemp("stores"), {p: split for split, p in PIECES.items()}
     )
-    for name in ("tuples", "pianoroll"):
-        params = get_representation(name).params_cls()
-        if name == "pianoroll":
-            params = dataclasses.replace(params, max_frames_per_piece=200)
-        build_store(name, [root / "interim"], root / "processed" / name, params, progress=False)
-    return root / "processed"
 
 
 def write_params(path: Path, data: dict = PARAMS) -> Path:
