@@ -29,13 +29,22 @@ def _tmp_sibling(path: Path) -> Path:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` is a running process; a zombie (killed, not yet reaped) is not.
+
+    A writer killed together with its parent (SIGKILL to `dvc repro`'s process group)
+    lingers as a zombie until init reaps it, and signal 0 still reaches a zombie.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's live process
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no procfs (macOS) or gone meanwhile: trust the signal
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # state follows "(comm)"
 
 
 def reap_stale(path: Path) -> list[Path]:

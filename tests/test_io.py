@@ -66,3 +66,24 @@ def test_a_stale_old_copy_beside_a_newer_output_is_removed(tmp_path: Path, dead_
         tmp.write_text("newest")
     assert out.read_text() == "newest"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_a_zombie_writers_leftover_is_reaped(tmp_path: Path) -> None:
+    """A killed writer whose parent has not reaped it yet is a zombie: it writes nothing more."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        proc.send_signal(signal.SIGKILL)
+        stat = Path(f"/proc/{proc.pid}/stat")
+        deadline = time.monotonic() + 10
+        while stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z":  # not reaped: a zombie
+            assert time.monotonic() < deadline, "the killed child never became a zombie"
+            time.sleep(0.01)
+        stale = tmp_path / f"store.tmp{proc.pid}"
+        stale.mkdir()
+        assert reap_stale(tmp_path / "store") == [stale]
+        assert not stale.exists()
+    finally:
+        proc.wait()
