@@ -33,7 +33,7 @@ from pipeline.config import REPORTS, ROOT
 from pipeline.io import write_json
 from pipeline.midi import parse_midi
 
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "midi"
+FIXTURES = ROOT / "tests" / "fixtures" / "midi"
 
 
 def midi_files() -> list[Path]:

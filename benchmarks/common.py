@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "midi"
+FIXTURES = REPO / "tests" / "fixtures" / "midi"
 BENCH_REPORTS = REPO / "reports" / "bench"
 MIB = 1 << 20
 
@@ -36,12 +36,12 @@ if str(REPO) not in sys.path:  # scripts run as files, not as installed modules
 
 
 def fixture_files(root: Path = FIXTURES) -> list[Path]:
-    """The real MIDI fixtures below `root`, sorted (60 files in ../shared)."""
+    """The real MIDI fixtures below `root`, sorted (the 60 files in tests/fixtures/midi)."""
     files = sorted(
         p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".mid", ".midi")
     )
     if not files:
-        raise FileNotFoundError(f"{root}: no MIDI fixtures (benchmarks need ../shared beside it)")
+        raise FileNotFoundError(f"{root}: no MIDI fixtures (expected the files committed in tests/fixtures/midi)")
     return files
 
 

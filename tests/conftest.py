@@ -1,4 +1,4 @@
-"""Shared fixtures: the real MIDI files in ../shared/fixtures/midi."""
+"""Shared fixtures: the real MIDI files committed in tests/fixtures/midi (see SOURCES.txt)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ MIDI_FILES = sorted(p for p in FIXTURES.rglob("*") if p.suffix.lower() in (".mid
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():
-        pytest.fail(f"{FIXTURES} is missing: tests need ../shared beside the checkout")
+        pytest.fail(f"{FIXTURES} is missing: the repository is incomplete")
     return FIXTURES
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "midi"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "midi"  # provenance: SOURCES.txt there
 SMALL = (
     FIXTURES
     / "maestro"

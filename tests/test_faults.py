@@ -5,7 +5,7 @@ returns (no crash, no hang); every input file is in exactly one of pieces or rej
 every reject has a non-empty reason; every stored note has end > start, finite times
 and a pitch in 0..127; and the pieces table agrees with the notes it describes.
 
-Faults are made by mutating the real fixtures (../shared/fixtures/midi) at the level
+Faults are made by mutating the real fixtures (tests/fixtures/midi) at the level
 of their chunks and events, so the rest of each file stays realistic, plus a few
 files built byte by byte. The Hypothesis test mixes all mutations at random.
 """
