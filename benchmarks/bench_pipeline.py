@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.io import write_json  # noqa: E402
+from pipeline.core.io import write_json  # noqa: E402
 
 STAGE = re.compile(r"^Running stage '([^']+)'")
 

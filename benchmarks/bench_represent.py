@@ -29,8 +29,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import representations
-from pipeline.config import REPORTS, ROOT
-from pipeline.io import write_json
+from pipeline.core.config import ROOT
+from pipeline.core.io import write_json
 from pipeline.midi import parse_midi
 
 FIXTURES = ROOT / "tests" / "fixtures" / "midi"
@@ -56,7 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1, help="times each file is repeated")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per tool (median)")
-    parser.add_argument("--out", type=Path, default=REPORTS / "bench" / "represent.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench" / "represent.json")
     args = parser.parse_args()
 
     import miditok

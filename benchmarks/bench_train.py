@@ -80,12 +80,15 @@ from typing import Any
 import torch
 from common import machine_info, markdown_table, summarize, write_report
 
-from pipeline.config import PARAMS_FILE, PROCESSED
+from pipeline.core.config import ROOT
 from pipeline.modeling import base
 from pipeline.modeling.checkpoint import describe
 from pipeline.modeling.fit import fit_model
 from pipeline.modeling.train import load_store_for, load_train_params
 from pipeline.representations.events import PAD
+
+PARAMS_FILE = ROOT / "params.yaml"
+PROCESSED = ROOT / "data" / "processed"
 
 MODELS = ("autoencoder", "vae", "rnn", "transformer", "biaxial", "poph")
 # representation -> (unit name, the batch tensor whose entries count units)

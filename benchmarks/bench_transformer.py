@@ -23,6 +23,7 @@ Writes ``reports/bench/transformer.json``. Usage::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -41,22 +42,26 @@ import torch.nn.functional as F
 import typer
 from torch import nn
 
-from pipeline.config import REPORTS
-from pipeline.io import write_json
-from pipeline.modeling import transformer
-from pipeline.modeling.transformer import Config, MusicTransformer, sine_positions
+from pipeline.core.config import DEFAULT_PARAMS_FILE, ROOT
+from pipeline.core.io import write_json
+from pipeline.modeling.events import transformer
+from pipeline.modeling.events.sampling import generate_transformer
+from pipeline.modeling.events.transformer import MusicTransformer, sine_positions
+from pipeline.modeling.train import load_train_params
 from pipeline.representations.events import BOS, VOCAB_SIZE
 
 log = logging.getLogger("bench_transformer")
 
 # The model the speed comparison uses: the default config (small, CPU-trainable).
-SPEED_CONFIG = Config(dropout=0.0)
+DEFAULT_CONFIG = load_train_params("transformer", DEFAULT_PARAMS_FILE)[0]  # as params.yaml ships
+SPEED_CONFIG = dataclasses.replace(DEFAULT_CONFIG, dropout=0.0)
 SPEED_BATCH = 16
 SPEED_SEQ_LEN = SPEED_CONFIG.seq_len
 GENERATE_TOKENS = 128
 REPEATS = 5
 # Memory: a small model at long sequence lengths, batch 1.
-MEMORY_CONFIG = Config(
+MEMORY_CONFIG = dataclasses.replace(
+    DEFAULT_CONFIG,
     d_model=128,
     n_layers=2,
     n_heads=4,
@@ -72,7 +77,7 @@ DIRECT_MAX_LENGTH = 1024
 class TorchDecoder(nn.Module):
     """Decoder-only baseline from torch's own layers: same sizes, causal mask, pre-LN."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: transformer.Config):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(VOCAB_SIZE, config.d_model)
@@ -173,7 +178,9 @@ def _sampler(model: nn.Module, device: torch.device) -> tuple[Callable[[], None]
     if isinstance(model, MusicTransformer):
 
         def run() -> int:
-            rows = model.generate(1, generator=gen.manual_seed(0), length=GENERATE_TOKENS)
+            rows = generate_transformer(
+                model, 1, generator=gen.manual_seed(0), length=GENERATE_TOKENS
+            )
             tokens = rows[0]["tokens"][0]
             return len(tokens) - 2 + int(len(tokens) < GENERATE_TOKENS + 2)  # minus BOS, EOS
 
@@ -259,7 +266,7 @@ def memory_table(device: torch.device) -> dict[str, dict[str, float | None]]:
 
 def main(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    out: Annotated[Path, typer.Option(help="JSON report path.")] = REPORTS
+    out: Annotated[Path, typer.Option(help="JSON report path.")] = ROOT / "reports"
     / "bench"
     / "transformer.json",
     threads: Annotated[int, typer.Option(help="torch CPU threads; 0 = default.")] = 0,

@@ -41,7 +41,7 @@ def fixture_files(root: Path = FIXTURES) -> list[Path]:
         p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".mid", ".midi")
     )
     if not files:
-        raise FileNotFoundError(f"{root}: no MIDI fixtures (expected the files committed in tests/fixtures/midi)")
+        raise FileNotFoundError(f"{root}: no MIDI fixtures (expected tests/fixtures/midi)")
     return files
 
 
@@ -198,7 +198,10 @@ def _child_ingest(args: argparse.Namespace) -> dict[str, Any]:
     """Child side: ingest once and report the time spent inside `ingest_dir`."""
     import dataclasses
 
-    from pipeline.ingest import DEFAULT_PARAMS, ingest_dir
+    from pipeline.core.params import default_params
+    from pipeline.ingest import IngestParams, ingest_dir
+
+    DEFAULT_PARAMS = default_params("ingest", IngestParams)
 
     params = dataclasses.replace(DEFAULT_PARAMS, workers=args.workers, max_reject_rate=1.0)
     shard = tuple(args.shard) if args.shard else None
@@ -265,7 +268,7 @@ def machine_info() -> dict[str, Any]:
 
 def write_report(name: str, payload: dict[str, Any]) -> Path:
     """Write `reports/bench/<name>.json` atomically and return its path."""
-    from pipeline.io import write_json
+    from pipeline.core.io import write_json
 
     path = BENCH_REPORTS / f"{name}.json"
     write_json(path, payload)

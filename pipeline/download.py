@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from pipeline.io import atomic_dir
+from pipeline.core.io import atomic_dir
 
 log = logging.getLogger(__name__)
 

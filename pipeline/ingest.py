@@ -10,6 +10,7 @@ when complete.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import itertools
@@ -24,18 +25,18 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import typer
 
-from pipeline.io import atomic_dir
-from pipeline.midi import MidiError, ParseLimits, PieceArrays, parse_midi_arrays
-from pipeline.params import require
-from pipeline.sources import MANIFEST
-from pipeline.splits import stable_shard, stable_split
-from pipeline.stores import (
+from pipeline.core.config import PARAMS_FILE
+from pipeline.core.io import abandon_writer, atomic_dir, writing
+from pipeline.core.params import require
+from pipeline.core.stores import (
+    MANIFEST,
     NOTES,
     PEDALS,
     PIECES,
@@ -44,6 +45,8 @@ from pipeline.stores import (
     storage_schema,
     with_meta,
 )
+from pipeline.midi import MidiError, ParseLimits, PieceArrays, parse_midi_arrays
+from pipeline.splits import stable_shard, stable_split
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +78,6 @@ class IngestParams:
             "validation_fraction and test_fraction must be >= 0 and sum to < 1",
         )
 
-
-DEFAULT_PARAMS = IngestParams(
-    workers=0,
-    max_reject_rate=0.05,
-    max_notes=2_000_000,
-    max_duration_s=4 * 3600.0,
-    file_timeout_s=60,
-    validation_fraction=0.1,
-    test_fraction=0.1,
-)
 
 
 class IngestError(RuntimeError):
@@ -174,7 +167,7 @@ def ingest_dir(
     out_dir: str | Path,
     *,
     source: str,
-    params: IngestParams = DEFAULT_PARAMS,
+    params: IngestParams,
     shard: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> IngestSummary:
@@ -215,11 +208,17 @@ def ingest_dir(
     reasons: Counter[str] = Counter()
     n_pieces = n_notes = 0
     with atomic_dir(out_dir) as tmp:
-        notes_out = _ColumnWriter(tmp / "notes.parquet", NOTES, "notes")
-        pedals_out = _ColumnWriter(tmp / "pedals.parquet", PEDALS, "pedals")
-        pieces_out = _RowWriter(tmp / "pieces.parquet", PIECES, "pieces")
-        rejects_out = _RowWriter(tmp / "rejects.parquet", REJECTS, "rejects")
+        writers: list[_ColumnWriter | _RowWriter] = []
+        results = None
         try:
+            notes_out = _ColumnWriter(tmp / "notes.parquet", NOTES, "notes")
+            writers.append(notes_out)
+            pedals_out = _ColumnWriter(tmp / "pedals.parquet", PEDALS, "pedals")
+            writers.append(pedals_out)
+            pieces_out = _RowWriter(tmp / "pieces.parquet", PIECES, "pieces")
+            writers.append(pieces_out)
+            rejects_out = _RowWriter(tmp / "rejects.parquet", REJECTS, "rejects")
+            writers.append(rejects_out)
             results = _parse_all(jobs(), total, source, limits, params)
             bar = tqdm(
                 total=total, desc=f"ingest {source}", unit="file", disable=not progress or None
@@ -258,9 +257,18 @@ def ingest_dir(
                         )
                     notes_out.write(note_runs, chunk.notes)
                     pedals_out.write(pedal_runs, chunk.pedals)
-        finally:
-            for writer in (notes_out, pedals_out, pieces_out, rejects_out):
+            for writer in writers:
                 writer.close()
+        except BaseException:
+            # Unwinding (a full disk, Ctrl-C, a parser error): stop the pool now, and close
+            # the files being thrown away without writing again, so that no cleanup error
+            # replaces or chains onto this one.
+            if results is not None:
+                with contextlib.suppress(Exception):
+                    results.close()
+            for writer in writers:
+                writer.abort()
+            raise
         n_rejects = sum(reasons.values())
         if n_pieces + n_rejects != total:
             raise IngestError(f"{in_dir}: {total} files found, {n_pieces + n_rejects} ingested")
@@ -299,10 +307,12 @@ class _ColumnWriter:
     """
 
     def __init__(self, path: Path, schema: pa.Schema, kind: str) -> None:
+        self.path = path
         self.schema = storage_schema(schema)
-        self.writer = pq.ParquetWriter(
-            path, with_meta(self.schema, kind), **parquet_options(self.schema)
-        )
+        with writing(path):
+            self.writer = pq.ParquetWriter(
+                path, with_meta(self.schema, kind), **parquet_options(self.schema)
+            )
         self.names = [name for name in schema.names if name != "piece_id"]
         self._reset()
 
@@ -337,22 +347,31 @@ class _ColumnWriter:
             pa.array(np.concatenate(self.parts[name]), self.schema.field(name).type)
             for name in self.names
         ]
-        self.writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
-        self._reset()
+        table = pa.Table.from_arrays(arrays, schema=self.schema)
+        self._reset()  # written or failed, never written twice
+        with writing(self.path):
+            self.writer.write_table(table)
 
     def close(self) -> None:
-        try:
-            self.flush()
-        finally:
+        """Write what is buffered and the footer; on failure the caller must `abort`."""
+        self.flush()
+        with writing(self.path):
             self.writer.close()
+
+    def abort(self) -> None:
+        """Drop what is buffered and close the file being thrown away; never raises."""
+        self._reset()
+        abandon_writer(self.writer)
 
 
 class _RowWriter:
     """Stream dict rows (pieces, rejects) into one Parquet file, 10k rows per row group."""
 
     def __init__(self, path: Path, schema: pa.Schema, kind: str) -> None:
+        self.path = path
         self.schema = schema
-        self.writer = pq.ParquetWriter(path, with_meta(schema, kind), **parquet_options(schema))
+        with writing(path):
+            self.writer = pq.ParquetWriter(path, with_meta(schema, kind), **parquet_options(schema))
         self.rows: list[dict[str, Any]] = []
 
     def write(self, row: dict[str, Any]) -> None:
@@ -362,14 +381,21 @@ class _RowWriter:
 
     def flush(self) -> None:
         if self.rows:
-            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
-            self.rows = []
+            table = pa.Table.from_pylist(self.rows, schema=self.schema)
+            self.rows = []  # written or failed, never written twice
+            with writing(self.path):
+                self.writer.write_table(table)
 
     def close(self) -> None:
-        try:
-            self.flush()
-        finally:
+        """Write what is buffered and the footer; on failure the caller must `abort`."""
+        self.flush()
+        with writing(self.path):
             self.writer.close()
+
+    def abort(self) -> None:
+        """Drop what is buffered and close the file being thrown away; never raises."""
+        self.rows = []
+        abandon_writer(self.writer)
 
 
 # --- worker side -----------------------------------------------------------------
@@ -629,3 +655,44 @@ def _stop(pool: ProcessPoolExecutor) -> None:
 def _batched(items: Iterator[_Job], size: int) -> Iterator[list[_Job]]:
     while batch := list(itertools.islice(items, size)):
         yield batch
+
+
+# --- CLI -------------------------------------------------------------------------------
+
+
+def ingest_command(
+    in_dir: Annotated[
+        Path, typer.Argument(help="Folder of .mid/.midi files (searched recursively).")
+    ],
+    out: Annotated[Path, typer.Option(help="Output folder for the notes store.")],
+    source: Annotated[str, typer.Option(help="Source name recorded in the store.")] = "",
+    shard: Annotated[str, typer.Option(help="Only shard I of N, as I/N (stable hash).")] = "",
+    params: Annotated[Path, typer.Option("--params", help="params.yaml to read.")] = PARAMS_FILE,
+) -> None:
+    """Parse MIDI files to OUT/{notes,pieces,rejects,pedals}.parquet."""
+    from pipeline.core.params import load_params
+    from pipeline.core.stage_utils import user_errors
+
+    with user_errors(IngestError):
+        settings = load_params("ingest", IngestParams, params)
+        summary = ingest_dir(
+            in_dir, out, source=source or in_dir.name, params=settings, shard=parse_shard(shard)
+        )
+        typer.echo(
+            f"{summary.pieces} pieces, {summary.rejects} rejected, {summary.notes} notes -> {out}"
+        )
+
+
+def parse_shard(text: str) -> tuple[int, int] | None:
+    """`--shard I/N` -> (I, N); empty -> None."""
+    from pipeline.core.params import ParamsError
+
+    if not text:
+        return None
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ParamsError(f"--shard must look like I/N, got {text!r}") from None
+    if not 0 <= index < count:
+        raise ParamsError(f"--shard {text}: need 0 <= I < N")
+    return index, count

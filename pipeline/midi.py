@@ -207,7 +207,7 @@ def notes_to_midi(notes: pd.DataFrame, path: str | Path, default_program: int = 
     """
     import pretty_midi
 
-    from pipeline.io import atomic_path
+    from pipeline.core.io import atomic_path
 
     df = notes.copy()
     for column, default in (("track", 0), ("program", default_program), ("is_drum", False)):

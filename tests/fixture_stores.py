@@ -12,6 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.core.params import default_params
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "midi"  # provenance: SOURCES.txt there
 SMALL = (
     FIXTURES
@@ -35,10 +37,10 @@ def encoded_store(
     """
     from pipeline import representations
     from pipeline.midi import parse_midi
-    from pipeline.modeling.base import StoreData
+    from pipeline.representations import StoreData
 
     rep = representations.get(representation)
-    params = dataclasses.replace(rep.params_cls(), **param_changes)
+    params = dataclasses.replace(default_params(rep.name, rep.params_cls), **param_changes)
     rows, pieces = {}, []
     for split, entries in splits.items():
         parts = []
@@ -52,3 +54,30 @@ def encoded_store(
                 pieces.append({"piece_id": pid, "split": split, "style": style})
         rows[split] = pd.concat(parts, ignore_index=True)
     return StoreData(rows=rows, pieces=pd.DataFrame(pieces), params=params)
+
+
+def repr_params(name: str, **changes: Any) -> Any:
+    """Representation `name`'s params as params.yaml ships them, with `changes`."""
+    from pipeline import representations
+    from pipeline.core.params import default_params
+
+    return dataclasses.replace(
+        default_params(name, representations.get(name).params_cls), **changes
+    )
+
+
+def shipped(section: str) -> dict[str, Any]:
+    """The raw params.yaml `section` (dotted) as Etude ships it, to overlay test values on."""
+    from pipeline.core.config import DEFAULT_PARAMS_FILE
+    from pipeline.core.params import get_section, read_params_file
+
+    return dict(get_section(read_params_file(DEFAULT_PARAMS_FILE), section))
+
+
+def model_config(name: str, **changes: Any) -> Any:
+    """Model `name`'s config as params.yaml ships it (`models.<name>`), with `changes`."""
+    from pipeline.core.config import DEFAULT_PARAMS_FILE
+    from pipeline.modeling.train import load_train_params
+
+    config, _ = load_train_params(name, DEFAULT_PARAMS_FILE)
+    return dataclasses.replace(config, **changes)

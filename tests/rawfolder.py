@@ -42,7 +42,10 @@ def processed_stores(root: Path, pieces: dict[Path, str]) -> Path:
     frames per piece to keep model tests fast."""
     import dataclasses
 
-    from pipeline.ingest import DEFAULT_PARAMS, ingest_dir
+    from pipeline.core.params import default_params
+    from pipeline.ingest import IngestParams, ingest_dir
+
+    DEFAULT_PARAMS = default_params("ingest", IngestParams)
     from pipeline.representations import get as get_representation
     from pipeline.representations.stage import build_store
 
@@ -50,7 +53,7 @@ def processed_stores(root: Path, pieces: dict[Path, str]) -> Path:
     params = dataclasses.replace(DEFAULT_PARAMS, workers=1)
     ingest_dir(root / "raw", root / "interim", source="fixtures", params=params, progress=False)
     for name in ("tuples", "pianoroll"):
-        rep_params = get_representation(name).params_cls()
+        rep_params = default_params(name, get_representation(name).params_cls)
         if name == "pianoroll":
             rep_params = dataclasses.replace(rep_params, max_frames_per_piece=200)
         build_store(name, [root / "interim"], root / "processed" / name, rep_params, progress=False)

@@ -27,8 +27,11 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from pipeline.ingest import DEFAULT_PARAMS, ingest_dir
-from pipeline.stores import read_store
+from pipeline.core.params import default_params
+from pipeline.core.stores import read_store
+from pipeline.ingest import IngestParams, ingest_dir
+
+DEFAULT_PARAMS = default_params("ingest", IngestParams)
 
 # Small real files of each kind: a multitrack pop song, a MAESTRO performance
 # (one track, tpq 384), and a Lakh file with two stray bytes after its last chunk.

@@ -11,8 +11,11 @@ from typer.testing import CliRunner
 
 from pipeline import ingest as ingest_mod
 from pipeline.cli import app
-from pipeline.ingest import DEFAULT_PARAMS, IngestError, ingest_dir
-from pipeline.stores import read_store
+from pipeline.core.params import default_params
+from pipeline.core.stores import read_store
+from pipeline.ingest import IngestError, IngestParams, ingest_dir
+
+DEFAULT_PARAMS = default_params("ingest", IngestParams)
 
 SUBSET = ["other", "lakh"]  # 24 real files: POP909, GiantMIDI, Lakh multitrack, ...
 

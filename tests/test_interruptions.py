@@ -8,7 +8,7 @@ OOM killer strikes. Then it checks what the next user finds: the previous output
 byte for byte or no output at all, never a half-written one; and that rerunning the
 same command succeeds and gives what an uninterrupted run gives.
 
-Leftovers: `pipeline.io.atomic_dir` builds `<out>.tmp<pid>` beside `<out>`; a killed
+Leftovers: `pipeline.core.io.atomic_dir` builds `<out>.tmp<pid>` beside `<out>`; a killed
 run leaves it behind (nothing runs on SIGKILL), and the next write of `<out>` removes
 it, since a partial store beside the real one would be hashed into any folder
 dependency (`represent` depends on all of data/interim).
@@ -32,11 +32,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from fixture_stores import shipped
 from rawfolder import make_raw_source
 
-from pipeline.ingest import DEFAULT_PARAMS, ingest_dir
+from pipeline.core.params import default_params
+from pipeline.core.stores import read_store, read_table
+from pipeline.ingest import IngestParams, ingest_dir
 from pipeline.modeling.train import run_training
-from pipeline.stores import read_store, read_table
+
+DEFAULT_PARAMS = default_params("ingest", IngestParams)
 
 BIN = Path(sys.executable).parent  # the virtualenv's bin: etude and dvc live beside python
 COPIES = 12  # copies of the 60 fixtures for ingest: 720 files, ~4M notes, ~5 s on 2 workers
@@ -79,7 +83,7 @@ TRAIN_PARAMS = {
         "checkpoint_every": 10,
         "num_threads": 1,
     },
-    "models": {"rnn": {"seq_len": 16, "hidden_size": 32}},
+    "models": {"rnn": {**shipped("models.rnn"), "seq_len": 16, "hidden_size": 32, "train": {}}},
 }
 TRAIN_PIECES = {  # one real file per split, fixed by a manifest
     "other/symusic_1.midi": "train",
@@ -422,7 +426,7 @@ def train_setup(tmp_path_factory: pytest.TempPathFactory, fixtures_dir: Path) ->
     root = tmp_path_factory.mktemp("train")
     raw = make_raw_source(root / "raw", fixtures_dir, TRAIN_PIECES)
     ingest_dir(raw, root / "interim", source="corpus", params=DEFAULT_PARAMS, progress=False)
-    params = get_representation("tuples").params_cls()
+    params = default_params("tuples", get_representation("tuples").params_cls)
     build_store("tuples", [root / "interim"], root / "tuples", params, progress=False)
     (root / "params.yaml").write_text(yaml.safe_dump(TRAIN_PARAMS))
     return root

@@ -4,8 +4,16 @@ from typing import Literal
 
 import pytest
 
+from pipeline.core.params import (
+    ParamsError,
+    from_mapping,
+    get_section,
+    load_list,
+    load_params,
+    read_params_file,
+    require,
+)
 from pipeline.ingest import IngestParams
-from pipeline.params import ParamsError, from_mapping, load_list, load_params, require
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,3 +98,79 @@ def test_project_params_file_loads():
     settings = load_params("ingest", IngestParams, ROOT / "params.yaml")
     assert 0 <= settings.max_reject_rate <= 1
     assert load_list("sources", ["corpus", "maestro", "lakh"], ROOT / "params.yaml")
+
+
+# --- one source of defaults ---------------------------------------------------------------
+
+
+def test_the_package_ships_the_repository_params_file():
+    from pipeline.core.config import DEFAULT_PARAMS_FILE
+
+    assert DEFAULT_PARAMS_FILE.read_bytes() == (ROOT / "params.yaml").read_bytes()
+
+
+def test_outside_a_project_commands_read_the_shipped_defaults(tmp_path, monkeypatch):
+    """No params.yaml in the working directory: the shipped one; an explicit path must exist."""
+    from pipeline.core.config import PARAMS_FILE
+    from pipeline.core.params import read_params_file
+
+    monkeypatch.chdir(tmp_path)
+    assert read_params_file(PARAMS_FILE) == read_params_file(ROOT / "params.yaml")
+    (tmp_path / "params.yaml").write_text("ingest: {}\n")
+    assert read_params_file(PARAMS_FILE) == {"ingest": {}}  # the project's own file wins
+    with pytest.raises(ParamsError, match="elsewhere.yaml: params file not found"):
+        read_params_file(tmp_path / "elsewhere.yaml")
+
+
+def _sections() -> list[tuple[str, type]]:
+    """Every params section a stage reads, with its dataclass."""
+    from pipeline import representations, sources
+    from pipeline.evaluation.evaluate import EvaluateParams
+    from pipeline.modeling import base
+    from pipeline.report import ReportParams
+    from pipeline.validation import ValidateParams
+
+    data = read_params_file(ROOT / "params.yaml")
+    found = [
+        ("ingest", IngestParams),
+        ("validate", ValidateParams),
+        ("evaluate", EvaluateParams),
+        ("report", ReportParams),
+        ("train", base.TrainParams),
+    ]
+    found += [(s, sources.get(s).params_cls) for s in sources.names() if s in data]
+    found += [(r, representations.get(r).params_cls) for r in representations.names()]
+    found += [(f"models.{m}", base.get(m).config_cls) for m in base.names()]
+    return found
+
+
+def test_no_params_yaml_key_has_a_second_default_in_code():
+    """A key that params.yaml sets has no dataclass default: a missing key is an error
+    naming it, never a silent fallback to a value written somewhere else."""
+    import dataclasses
+
+    data = read_params_file(ROOT / "params.yaml")
+    doubled = []
+    for section, cls in _sections():
+        keys = set(get_section(data, section))
+        for field in dataclasses.fields(cls):
+            has_default = (
+                field.default is not dataclasses.MISSING
+                or field.default_factory is not dataclasses.MISSING
+            )
+            if field.name in keys and has_default:
+                doubled.append(f"{section}.{field.name}")
+    assert not doubled, f"defaults written twice (params.yaml and code): {doubled}"
+
+
+@pytest.mark.parametrize("section", [s for s, _ in _sections()])
+def test_a_missing_key_names_itself(section):
+    data = read_params_file(ROOT / "params.yaml")
+    cls = dict(_sections())[section]
+    raw = dict(get_section(data, section))
+    raw.pop("representation", None)
+    raw.pop("train", None) if section.startswith("models.") else None
+    key = next(iter(raw))
+    del raw[key]
+    with pytest.raises(ParamsError, match=f"missing key '{section}.{key}'"):
+        from_mapping(raw, cls, section)

@@ -11,8 +11,8 @@ import pytest
 from dvc.repo import Repo
 
 from pipeline import representations, sources
-from pipeline.cli import app
-from pipeline.params import from_mapping, get_section, read_params_file
+from pipeline.cli import COMMANDS
+from pipeline.core.params import from_mapping, get_section, read_params_file
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = read_params_file(ROOT / "params.yaml")
@@ -38,7 +38,7 @@ def params_of(stage) -> set[str]:
 
 
 def test_every_stage_runs_a_registered_command():
-    commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+    commands = set(COMMANDS)
     for name, stage in STAGES.items():
         argv = shlex.split(stage.cmd)
         assert argv[0] == "etude", name
@@ -83,11 +83,14 @@ def test_model_stages(model):
     assert PARAMS["models"][model]["representation"] == spec.representation
     train, evaluate = STAGES[f"train@{model}"], STAGES[f"evaluate@{model}"]
     assert params_of(train) == {"train", f"models.{model}"}
-    assert params_of(evaluate) == {"evaluate", f"models.{model}"}
+    assert params_of(evaluate) == {"evaluate"}  # the model config comes from the checkpoint
     store = f"data/processed/{spec.representation}"
     assert store in [str(d) for d in train.deps] and store in [str(d) for d in evaluate.deps]
     assert f"models/{model}" in [str(o) for o in train.outs]
-    assert f"reports/metrics/{model}.json" in [str(o) for o in evaluate.outs]
+    metrics = [str(o) for o in evaluate.outs if o.metric]
+    assert metrics == [f"reports/metrics/{model}.json"]  # the headline numbers only
+    assert f"reports/evaluate/{model}.json" in [str(o) for o in evaluate.outs]
+    assert not [o for o in train.outs if o.metric], "train writes no DVC metrics"
     assert f"reports/samples/{model}" in [str(o) for o in evaluate.outs]
     config, train_params = load_train_params(model, ROOT / "params.yaml")
     assert type(config) is spec.config_cls and train_params.max_steps > 0
@@ -103,5 +106,20 @@ def test_every_registered_model_and_representation_is_in_the_dag():
 def test_report_stage_reads_every_model_output():
     report = STAGES["report"]
     deps = {str(d) for d in report.deps}
-    assert {"reports/metrics", "reports/samples", "reports/train"} <= deps
-    assert params_of(report) == {"report"}
+    assert {"reports/evaluate", "reports/samples", "reports/train"} <= deps
+    assert params_of(report) == {"report", "models"}  # it lists the models in params order
+
+
+def test_only_headline_metrics_are_dvc_metrics():
+    """Store sizes, row counts, wall times and devices are plain outputs, not metrics."""
+    metrics = sorted(str(o) for s in STAGES.values() for o in s.outs if o.metric)
+    assert metrics == sorted(f"reports/metrics/{m}.json" for m in PARAMS["models"])
+
+
+def test_small_reports_go_to_git_and_big_outputs_to_the_cache():
+    for name, stage in STAGES.items():
+        for out in stage.outs:
+            path = str(out)
+            small = path.endswith(".json") or path.endswith(".html") and "validation" in path
+            small = small or "/plots/" in path
+            assert out.use_cache is not small, f"{name}: {path} cache={out.use_cache}"

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pipeline.config import MODELS, PARAMS_FILE, PROCESSED, REPORTS
-from pipeline.params import require
-from pipeline.stage_utils import user_errors
+from pipeline.core.config import MODELS, PARAMS_FILE, PROCESSED, REPORTS
+from pipeline.core.params import require
+from pipeline.core.stage_utils import user_errors
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,17 +43,17 @@ log = logging.getLogger(__name__)
 class EvaluateParams:
     """The `evaluate` section of params.yaml (shared by every model)."""
 
-    n_samples: int = 4  # generated clips per model
-    seconds: float = 30.0  # length of generated and real clips
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1.0 = off
-    seed: int = 0
-    n_real: int = 4  # real test pieces (cut to `seconds`) to compare and render
-    batch_size: int = 32
-    train_batches: int = 10  # cap on train batches scored (the test split is scored whole)
-    render: bool = True  # write .wav/.png beside each clip when the renderer exists
-    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    n_samples: int  # generated clips per model
+    seconds: float  # length of generated and real clips
+    temperature: float
+    top_k: int  # 0 = off
+    top_p: float  # 1.0 = off
+    seed: int
+    n_real: int  # real test pieces (cut to `seconds`) to compare and render
+    batch_size: int
+    train_batches: int  # cap on train batches scored (the test split is scored whole)
+    render: bool  # write .wav/.png beside each clip when the renderer exists
+    num_threads: int  # torch CPU threads; 0 = torch's default
 
     def validate(self) -> None:
         require(self.n_samples >= 0, "n_samples must be >= 0")
@@ -66,14 +66,12 @@ class EvaluateParams:
         require(self.num_threads >= 0, "num_threads must be >= 0")
 
 
-DEFAULT_PARAMS = EvaluateParams()
-
 
 def evaluate(
     spec: ModelSpec,
     model: Any,
     store: StoreData,
-    eval_params: EvaluateParams = DEFAULT_PARAMS,
+    eval_params: EvaluateParams,
     samples_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Score `model` (built from `spec`) on `store`'s test and train splits and sample it.
@@ -131,12 +129,14 @@ def sample_and_compare(
     import torch
 
     from pipeline.midi import notes_to_midi
-    from pipeline.modeling.train import decode_rows
+    from pipeline.modeling.sampling import sampler
+    from pipeline.representations import decode_rows
 
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(ep.seed)
     rows = (
-        model.generate(
+        sampler(spec)(
+            model,
             ep.n_samples,
             generator=generator,
             temperature=ep.temperature,
@@ -249,19 +249,24 @@ def evaluate_model_dir(
     samples: Path,
     eval_params: EvaluateParams,
     device: str = "auto",
+    details_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Load ``model_dir/model.pt`` and the store, evaluate, write metrics and samples."""
+    """Load ``model_dir/model.pt`` and the store, evaluate, write metrics and samples.
+
+    ``details_path`` gets the whole result (every term and musical metric, which the
+    report reads); ``metrics_path`` only its `headline` (the DVC metrics, in git).
+    """
     import torch
 
-    from pipeline.io import atomic_dir, write_json
-    from pipeline.modeling.checkpoint import load_model
-    from pipeline.modeling.train import load_store_for, pick_device
+    from pipeline.core.io import atomic_dir, write_json
+    from pipeline.modeling.checkpoint import load_model, pick_device
+    from pipeline.representations import load_store
 
     if eval_params.num_threads > 0:
         torch.set_num_threads(eval_params.num_threads)
     path = Path(model_dir) / "model.pt"
     model, spec, ckpt = load_model(path, name, pick_device(device))
-    data = load_store_for(spec, store)
+    data = load_store(store, spec.representation)
     with atomic_dir(samples) as tmp:
         result = evaluate(spec, model, data, eval_params, samples_dir=tmp)
     result = {
@@ -273,8 +278,39 @@ def evaluate_model_dir(
         },
         **result,
     }
-    write_json(metrics_path, result)
+    if details_path is not None:
+        write_json(details_path, result)
+    write_json(metrics_path, headline(result))
     return result
+
+
+HEADLINE_MUSICAL = ("pitch_class_entropy", "polyphony", "scale_consistency")
+"""Musical metrics of the generated clips that go to the DVC metrics (means over clips)."""
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers a person compares across runs, under the model's name.
+
+    ``{"<model>": {"test_nll", "baseline_nll", "oa_mean", "kl_mean",
+    "pitch_class_entropy", "polyphony", "scale_consistency"}}``: the test objective
+    and its baseline (units as in `evaluate`'s docstring), how far the generated clips'
+    musical metrics are from the real ones (mean overlapping area, higher is closer, and
+    mean KL divergence, lower is closer; Yang & Lerch 2018) and three generated means.
+    Nested under the model's name so `dvc exp show` columns read ``rnn.test_nll`` and
+    sort with ``--sort-by rnn.test_nll``.
+    """
+    test = result.get("test", {})
+    samples = result.get("samples", {})
+    per_metric = samples.get("metrics", {})
+    numbers: dict[str, Any] = {
+        "test_nll": test.get("nll"),
+        "baseline_nll": test.get("baseline_nll"),
+        "oa_mean": samples.get("oa_mean"),
+        "kl_mean": samples.get("kl_mean"),
+    }
+    for name in HEADLINE_MUSICAL:
+        numbers[name] = per_metric.get(name, {}).get("generated_mean")
+    return {result["model"]["name"]: _finite(numbers)}
 
 
 def evaluate_command(
@@ -286,7 +322,12 @@ def evaluate_command(
         Path | None, typer.Option(help="Folder of model.pt (default: models/<name>).")
     ] = None,
     metrics: Annotated[
-        Path | None, typer.Option(help="Metrics JSON (default: reports/metrics/<name>.json).")
+        Path | None,
+        typer.Option(help="Headline metrics JSON (default: reports/metrics/<name>.json)."),
+    ] = None,
+    details: Annotated[
+        Path | None,
+        typer.Option(help="Full results JSON (default: reports/evaluate/<name>.json)."),
     ] = None,
     samples: Annotated[
         Path | None, typer.Option(help="Samples folder (default: reports/samples/<name>).")
@@ -295,11 +336,11 @@ def evaluate_command(
     params: Annotated[Path, typer.Option("--params", help="params.yaml to read.")] = PARAMS_FILE,
 ) -> None:
     """Score trained model NAME on the test split; write metrics JSON and sample clips."""
+    from pipeline.core.params import load_params
     from pipeline.midi import MidiError
+    from pipeline.modeling.base import GenerateError, model_spec
     from pipeline.modeling.checkpoint import CheckpointError
-    from pipeline.modeling.train import GenerateError, model_spec
-    from pipeline.params import load_params
-    from pipeline.representations.stage import RepresentError
+    from pipeline.representations import RepresentError
 
     with user_errors(CheckpointError, GenerateError, MidiError, RepresentError):
         spec = model_spec(name)
@@ -312,6 +353,7 @@ def evaluate_command(
             samples or REPORTS / "samples" / name,
             eval_params,
             device,
+            details or REPORTS / "evaluate" / f"{name}.json",
         )
         test = result["test"]
         typer.echo(

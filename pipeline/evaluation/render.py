@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.io import atomic_path
+from pipeline.core.io import atomic_path
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -1,7 +1,11 @@
 """Model code (trained artifacts live in the top-level `models/` folder).
 
-Each model is one module that calls `pipeline.modeling.base.register(ModelSpec(...))`;
-`get(name)` imports the modules on first use, so `import pipeline.modeling` stays light.
+Models are grouped by the store they read: ``pipeline/modeling/<representation>/``
+holds what its models share (``__init__.py``), one module per model, which calls
+`pipeline.modeling.base.register(ModelSpec(...))`, and the models' samplers
+(``sampling.py``). `get(name)` imports only that model's module (and its family
+package), so `import pipeline.modeling` stays light and a stage loads only the model
+it runs.
 """
 
 from __future__ import annotations

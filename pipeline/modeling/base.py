@@ -1,5 +1,13 @@
 """The shared model interface, the model registry and the `train` params section.
 
+Models are grouped in families by the representation store they read, one package
+each (``pianoroll``, ``tuples``, ``events``, ``prv``): the family's ``__init__``
+holds what its models share (datasets over the store, baselines, shared layers),
+each model is one module of the family that registers a `ModelSpec`, and the
+family's ``sampling`` module generates from its trained models. Training never
+imports sampling code, so a `train@<model>` stage depends only on base, fit,
+checkpoint, train, the family ``__init__`` and the model's own module.
+
 Contract every model module fulfils (nanoGPT-style: the model computes its own loss,
 so `fit()` stays generic):
 
@@ -8,16 +16,22 @@ so `fit()` stays generic):
   dict of tensors (one collated batch of its dataset) and returns a dict with
   ``"loss"`` (scalar training objective), ``"nll"`` (scalar reported as test NLL)
   and any other scalar terms to log (e.g. ``"kl"``, ``"play"``);
-* ``generate(n, *, generator, temperature, top_k, top_p, primer, seconds, length,
-  style)`` on the module returning ``n`` DataFrames of store rows (the
-  representation's schema, ``piece_id`` set to e.g. "sample-0"), which the
-  representation's ``decode`` turns into notes. ``seconds`` is the target length;
-  ``length`` (model units: tokens, frames, steps) overrides it when given; models
-  that ignore an option (top_p for a piano-roll) say so in their docstring;
 * ``make_dataset(store, config, split)``: a ``torch.utils.data.Dataset`` of dicts of
   tensors over one split of the representation's store;
 * ``baseline(store, config)``: trivial-baseline numbers on the test split, at least
   ``{"baseline_nll": ...}`` in the same units as ``"nll"``.
+
+Generation lives in ``pipeline/modeling/<representation>/sampling.py``, found by
+`pipeline.modeling.sampling.sampler`:
+
+* ``generate_<name>(model, n, *, generator, temperature, top_k, top_p, primer,
+  seconds, length, style)`` returns ``n`` DataFrames of store rows (the
+  representation's schema, ``piece_id`` set to e.g. "sample-0"), which the
+  representation's ``decode`` turns into notes. ``seconds`` is the target length;
+  ``length`` (model units: tokens, frames, steps) overrides it when given; samplers
+  that ignore an option (top_p for a piano-roll) say so in their docstring;
+* optionally ``interpolate_<name>(model, a_rows, b_rows, steps)``: store rows of a
+  latent walk (``etude interpolate``).
 
 Optional, honoured by `pipeline.modeling.fit` and `pipeline.evaluation.evaluate`:
 
@@ -30,21 +44,36 @@ Optional, honoured by `pipeline.modeling.fit` and `pipeline.evaluation.evaluate`
 * ``model.set_step(step)``: called before each training step (e.g. KL annealing);
 * ``dataset.set_epoch(epoch)``: called at each epoch; random crops should be a pure
   function of (seed from ``torch.initial_seed()`` at construction, epoch, index), so
-  that resuming from a checkpoint replays the same batches;
-* ``model.interpolate(a_rows, b_rows, steps)``: store rows of a latent walk
-  (``etude interpolate``).
+  that resuming from a checkpoint replays the same batches (`WindowIndex` does this).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import pandas as pd
+import numpy as np
 
-from pipeline.params import require
+from pipeline.core.params import ParamsError, require
+from pipeline.registry import Registry
+from pipeline.representations import StoreData
+
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "REGISTRY",
+    "GenerateError",
+    "GenerativeModel",
+    "ModelSpec",
+    "StoreData",
+    "TrainParams",
+    "WindowIndex",
+    "get",
+    "model_spec",
+    "names",
+    "register",
+]
 
 CHECKPOINT_VERSION = 1
 
@@ -75,46 +104,26 @@ class TrainParams:
         require(self.checkpoint_every > 0, "checkpoint_every must be > 0")
 
 
-@dataclass
-class StoreData:
-    """One representation store loaded for a model: rows per split, pieces and params.
-
-    Attributes:
-        rows: split name -> DataFrame of store rows (the representation's schema).
-        pieces: piece metadata (piece_id, split, style, composer, title, source, ...).
-        params: the representation's params dataclass (e.g. frame_ms).
-        path: the store folder.
-    """
-
-    rows: dict[str, pd.DataFrame]
-    pieces: pd.DataFrame
-    params: Any
-    path: Path | None = None
+class GenerateError(RuntimeError):
+    """A generation request that cannot be served (e.g. no interpolation in this model)."""
 
 
 class GenerativeModel(Protocol):
+    """What fit and evaluate call on a model (sampling: ``<family>/sampling.py``)."""
+
     config: Any
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]: ...
 
-    def generate(
-        self,
-        n: int,
-        *,
-        generator: Any,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        primer: pd.DataFrame | None = None,
-        seconds: float = 30.0,
-        length: int | None = None,
-        style: str | None = None,
-    ) -> list[pd.DataFrame]: ...
-
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered model: everything the stages need to train, evaluate and sample it."""
+    """A registered model: everything the stages need to train and evaluate it.
+
+    Its sampler is ``generate_<name>`` in ``pipeline.modeling.<representation>.sampling``
+    (`pipeline.modeling.sampling.sampler`), kept out of the spec so that training never
+    loads sampling code.
+    """
 
     name: str
     representation: str
@@ -126,34 +135,62 @@ class ModelSpec:
     prepare: Callable[[StoreData, Any], Any] | None = None
 
 
-_REGISTRY: dict[str, ModelSpec] = {}
-_MODULES = ("autoencoder", "vae", "rnn", "transformer", "biaxial", "poph")
+# model name -> the module that registers it (pipeline.modeling.<representation>.<name>)
+REGISTRY: Registry[ModelSpec] = Registry(
+    "model",
+    {
+        "autoencoder": "pipeline.modeling.pianoroll.autoencoder",
+        "vae": "pipeline.modeling.pianoroll.vae",
+        "rnn": "pipeline.modeling.tuples.rnn",
+        "transformer": "pipeline.modeling.events.transformer",
+        "biaxial": "pipeline.modeling.prv.biaxial",
+        "poph": "pipeline.modeling.prv.poph",
+    },
+)
+register = REGISTRY.register
+get = REGISTRY.get
+names = REGISTRY.names
 
 
-def register(spec: ModelSpec) -> ModelSpec:
-    _REGISTRY[spec.name] = spec
-    return spec
+def model_spec(name: str) -> ModelSpec:
+    """The registered model `name`, or a ParamsError naming the known ones."""
+    try:
+        return get(name)
+    except KeyError:
+        raise ParamsError(f"unknown model {name!r}; known: {names()}") from None
 
 
-def get(name: str) -> ModelSpec:
-    """Return the spec of model `name`, importing its module on first use."""
-    _load_all()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; known: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
+class WindowIndex:
+    """Where the fixed-length training and evaluation windows of a dataset fall.
 
+    Maps a dataset index to (piece, start) for windows of `window` units. Shared by
+    the window datasets (piano-roll frames, prv steps): random offsets on train,
+    seeded by (seed, epoch, index) so a resumed run sees the same windows;
+    consecutive windows covering each piece once on validation/test.
+    """
 
-def names() -> list[str]:
-    _load_all()
-    return sorted(_REGISTRY)
+    def __init__(self, lengths: Sequence[int], window: int, random_offsets: bool, seed: int = 0):
+        self.lengths = [int(n) for n in lengths]
+        self.window = window
+        self.random_offsets = random_offsets
+        self.seed = seed
+        self.epoch = 0
+        per_piece = np.array([max(1, math.ceil(n / window)) for n in self.lengths], dtype=np.int64)
+        self._ends = np.cumsum(per_piece)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's random offsets (fit calls this at each epoch)."""
+        self.epoch = epoch
 
-def _load_all() -> None:
-    import importlib
+    def __len__(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
 
-    for module in _MODULES:
-        try:
-            importlib.import_module(f"pipeline.modeling.{module}")
-        except ModuleNotFoundError as exc:  # tolerated only while a module is unwritten
-            if exc.name != f"pipeline.modeling.{module}":
-                raise
+    def locate(self, index: int) -> tuple[int, int]:
+        """(piece, first unit of the window) for dataset item `index`."""
+        piece = int(np.searchsorted(self._ends, index, side="right"))
+        length = self.lengths[piece]
+        if self.random_offsets:
+            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+            return piece, int(rng.integers(0, max(0, length - self.window) + 1))
+        first = int(self._ends[piece - 1]) if piece else 0
+        return piece, (int(index) - first) * self.window

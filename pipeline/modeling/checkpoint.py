@@ -9,6 +9,9 @@ A checkpoint is a plain dict of tensors and Python primitives, so it loads with
   the spec's ``prepare``), so sampling needs no params.yaml and no store;
 * ``repr_params``: ``dataclasses.asdict`` of the representation params (decode needs them);
 * ``step``, ``state_dict``; ``last.pt`` adds the optimizer, scheduler and RNG states.
+
+`pick_device` lives here because every tool that loads a
+trained model for sampling (``etude evaluate``, ``generate``, ``interpolate``) needs it.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from typing import Any
 
 import torch
 
-from pipeline.io import atomic_path
-from pipeline.modeling.base import CHECKPOINT_VERSION, ModelSpec
+from pipeline.core.io import atomic_path
+from pipeline.modeling.base import CHECKPOINT_VERSION, GenerateError, ModelSpec
 
 
 class CheckpointError(RuntimeError):
@@ -28,6 +31,21 @@ class CheckpointError(RuntimeError):
 
 
 REQUIRED_KEYS = ("name", "representation", "config", "checkpoint_version", "state_dict")
+
+
+def pick_device(device: str) -> str:
+    """``auto`` -> cuda when torch sees one, else cpu; checks ``cpu``/``cuda``.
+
+    Raises:
+        GenerateError: another name, or ``cuda`` without a CUDA device.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise GenerateError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise GenerateError("--device cuda: torch sees no CUDA device")
+    return device
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
@@ -73,7 +91,7 @@ def load_checkpoint(
 
 def config_from_checkpoint(spec: ModelSpec, ckpt: dict[str, Any], path: str | Path = "") -> Any:
     """Rebuild the model config dataclass from ``ckpt["config"]`` (validated)."""
-    from pipeline.params import ParamsError, from_mapping
+    from pipeline.core.params import ParamsError, from_mapping
 
     try:
         return from_mapping(ckpt["config"], spec.config_cls, f"{spec.name} checkpoint config")
@@ -84,7 +102,7 @@ def config_from_checkpoint(spec: ModelSpec, ckpt: dict[str, Any], path: str | Pa
 def repr_params_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "") -> Any:
     """Rebuild the representation params dataclass stored in the checkpoint."""
     from pipeline import representations
-    from pipeline.params import ParamsError, from_mapping
+    from pipeline.core.params import ParamsError, from_mapping
 
     rep = representations.get(ckpt["representation"])
     raw = ckpt.get("repr_params")
@@ -135,7 +153,7 @@ def describe(config: Any) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    """Tuples become lists, so `pipeline.params.from_mapping` reads the dict back."""
+    """Tuples become lists, so `pipeline.core.params.from_mapping` reads the dict back."""
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

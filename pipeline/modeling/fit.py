@@ -185,7 +185,7 @@ def _fit(
         "repr_params": describe(store.params),
         "train_params": dataclasses.asdict(tp),
     }
-    fingerprint = {**_fingerprint(header), "code": code_digest(), "data": store_digest(store)}
+    fingerprint = {**_fingerprint(header), "code": code_digest(spec), "data": store_digest(store)}
 
     state = _resumable(out_dir / "last.pt", spec.name, fingerprint) if resume else None
     step, best, best_step, bad_evals, elapsed_before, finished = 0, math.inf, 0, 0, 0.0, False
@@ -557,20 +557,55 @@ def _fingerprint(header: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def code_digest() -> str:
-    """SHA-1 of the model code (pipeline/modeling/*.py).
+def code_digest(spec: ModelSpec) -> str:
+    """SHA-1 of the code that trains `spec`'s model.
 
-    last.pt persists across `dvc repro` runs so that a killed run resumes; a change
-    of the model code (which makes DVC rerun the stage) must train from scratch
-    instead of reusing a checkpoint that the old code produced.
+    The files are base, fit and checkpoint, the model's family package
+    (``pipeline/modeling/<representation>/__init__.py``) and its own module, plus any
+    other `pipeline.modeling` module its spec's functions and classes come from; each
+    is hashed with its module name, in sorted order. last.pt persists across
+    `dvc repro` runs so that a killed run resumes; a change of this code (which makes
+    DVC rerun the stage) must train from scratch instead of reusing a checkpoint that
+    the old code produced, while an edit of another model's files (or of sampling)
+    keeps this model's last.pt usable.
     """
     import hashlib
 
     digest = hashlib.sha1()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+    for name in _training_modules(spec):
+        digest.update(name.encode())
+        digest.update(Path(_source_file(name)).read_bytes())
     return digest.hexdigest()
+
+
+def _training_modules(spec: ModelSpec) -> list[str]:
+    """Sorted names of the `pipeline.modeling` modules whose code trains `spec`."""
+    from pipeline.modeling import base
+
+    names = {base.__name__, __name__, save_checkpoint.__module__}
+    module = base.REGISTRY.modules.get(spec.name)
+    if module is not None:
+        names.update((module, module.rpartition(".")[0]))
+    parts = (spec.config_cls, spec.model_cls, spec.make_dataset, spec.baseline, spec.prepare)
+    for part in parts:
+        for cls in getattr(part, "__mro__", (part,)):
+            owner = getattr(cls, "__module__", None) or ""
+            if owner.startswith("pipeline.modeling."):
+                names.add(owner)
+    return sorted(names)
+
+
+def _source_file(module: str) -> str:
+    """The source file of an imported (or importable) module."""
+    import importlib
+    import inspect
+    import sys
+
+    loaded = sys.modules.get(module) or importlib.import_module(module)
+    path = inspect.getsourcefile(loaded)
+    if path is None:
+        raise FitError(f"no source file for module {module} (code digest)")
+    return path
 
 
 def store_digest(store: StoreData) -> dict[str, int]:

@@ -23,14 +23,15 @@ time, and PAD/BOS/EOS and out-of-range tokens are skipped.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.params import require
+from pipeline.core.params import require
 from pipeline.representations import Representation, register
-from pipeline.representations.tuples import NoteArrays, check_one_piece, piece_column, prepare_notes
+from pipeline.representations.notes import NoteArrays, check_one_piece, piece_column, prepare_notes
 
 NAME = "events"
 
@@ -56,8 +57,8 @@ SCHEMA = pa.schema([("piece_id", pa.string()), ("tokens", pa.list_(pa.uint16()))
 class Params:
     """The `events` section of params.yaml."""
 
-    sustain: bool = True  # extend notes held by the sustain pedal before encoding
-    max_tokens_per_piece: int = 0  # truncate (keeping BOS ... EOS); 0 = no limit
+    sustain: bool  # extend notes held by the sustain pedal before encoding
+    max_tokens_per_piece: int  # truncate (keeping BOS ... EOS); 0 = no limit
 
     def validate(self) -> None:
         require(
@@ -289,4 +290,78 @@ def decode(rows: pd.DataFrame, params: Params) -> pd.DataFrame:
     return decode_tokens(tokens)
 
 
-register(Representation(NAME, Params, SCHEMA, encode, decode))
+# --- expectations (run by the validate stage) -------------------------------------------
+
+
+def expectations(meta: dict[str, Any]) -> list[Any]:
+    """One row (token list) per piece."""
+    from pipeline.validation.expect import unique
+
+    return [unique("piece_id")]
+
+
+def _token_columns(splits: dict[str, Any]) -> tuple[Any, np.ndarray, np.ndarray, Any]:
+    """(token lists, flat tokens, parent row of each token, piece ids) over all splits."""
+    import pyarrow.compute as pc
+
+    table = pa.concat_tables(
+        [t.select(["piece_id", "tokens"]) for t in splits.values()], promote_options="permissive"
+    )
+    lists = table.column("tokens").combine_chunks()
+    parents = pc.list_parent_indices(lists).to_numpy()
+    flat = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    return lists, flat, parents, table.column("piece_id").to_pandas()
+
+
+def checks(splits: dict[str, Any], meta: dict[str, Any]) -> list[Any]:
+    """Every token in the vocabulary; every sequence BOS ... EOS."""
+    import pyarrow.compute as pc
+
+    from pipeline.validation.expect import Table, between, in_set
+
+    lists, flat, _, piece_ids = _token_columns(splits)
+    tokens = pd.DataFrame({"token": flat})  # no piece_id: a million repeated strings cost seconds
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    has = lengths > 0
+    first = np.full(len(lengths), -1, np.int64)
+    last = np.full(len(lengths), -1, np.int64)
+    first[has] = flat[starts[has]]
+    last[has] = flat[starts[has] + lengths[has] - 1]
+    sequences = pd.DataFrame(
+        {"piece_id": piece_ids, "length": lengths, "first_token": first, "last_token": last}
+    )
+    return [
+        Table("tokens", tokens, [between("token", 0, VOCAB_SIZE - 1)]),
+        Table(
+            "sequences",
+            sequences,
+            [between("length", 2), in_set("first_token", [BOS]), in_set("last_token", [EOS])],
+        ),
+    ]
+
+
+def density(splits: dict[str, Any], meta: dict[str, Any]) -> pd.DataFrame:
+    """NOTE_ON tokens and summed TIME_SHIFTs (seconds) of each piece."""
+    lists, flat, parents, piece_ids = _token_columns(splits)
+    n_rows = len(lists)
+    is_on = (flat >= NOTE_ON) & (flat < NOTE_ON + N_PITCHES)
+    is_shift = (flat > TIME_SHIFT) & (flat <= TIME_SHIFT + MAX_SHIFT_STEPS)
+    notes = np.bincount(parents, weights=is_on, minlength=n_rows)
+    shift_s = (flat - TIME_SHIFT) * STEP_S * is_shift
+    seconds = np.bincount(parents, weights=shift_s, minlength=n_rows)
+    return pd.DataFrame({"piece_id": piece_ids, "notes": notes, "seconds": seconds})
+
+
+register(
+    Representation(
+        NAME,
+        Params,
+        SCHEMA,
+        encode,
+        decode,
+        expectations=expectations,
+        checks=checks,
+        density=density,
+    )
+)

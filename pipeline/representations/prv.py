@@ -14,15 +14,22 @@ including) ``max(round(end * sps), first + 1)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.params import require
+from pipeline.core.params import require
 from pipeline.representations import Representation, register
-from pipeline.representations.pianoroll import frame_span, rasterise, runs_to_notes
-from pipeline.representations.tuples import check_one_piece, piece_column, prepare_notes
+from pipeline.representations.notes import (
+    check_one_piece,
+    frame_span,
+    piece_column,
+    prepare_notes,
+    rasterise,
+    runs_to_notes,
+)
 
 NAME = "prv"
 
@@ -41,11 +48,11 @@ SCHEMA = pa.schema(
 class Params:
     """The `prv` section of params.yaml."""
 
-    steps_per_second: int = 8
-    min_pitch: int = 36  # C2
-    n_pitches: int = 48  # four octaves, C2..B5
-    sustain: bool = True  # extend notes held by the sustain pedal before gridding
-    max_steps_per_piece: int = 0  # crop each piece to this many steps; 0 = no crop
+    steps_per_second: int
+    min_pitch: int  # C2
+    n_pitches: int  # four octaves, C2..B5
+    sustain: bool  # extend notes held by the sustain pedal before gridding
+    max_steps_per_piece: int  # crop each piece to this many steps; 0 = no crop
 
     def validate(self) -> None:
         require(self.steps_per_second > 0, "steps_per_second must be > 0")
@@ -111,4 +118,41 @@ def decode(rows: pd.DataFrame, params: Params) -> pd.DataFrame:
     return runs_to_notes(step, pitch, velocity, replay, params.step_s)
 
 
-register(Representation(NAME, Params, SCHEMA, encode, decode))
+# --- expectations (run by the validate stage) -------------------------------------------
+
+
+def expectations(meta: dict[str, Any]) -> list[Any]:
+    """Cells inside the pitch window and step budget, volumes in [0, 1], one row per cell."""
+    from pipeline.validation.expect import MIDI_MAX, between, meta_int, unique
+
+    n_pitches = meta_int(meta, "n_pitches", MIDI_MAX + 1)
+    specs = [
+        between("step", 0),
+        between("pitch", 0, n_pitches - 1),
+        between("volume", 0, 1),
+        unique("piece_id", "step", "pitch"),
+    ]
+    max_steps = meta_int(meta, "max_steps_per_piece", 0)
+    if max_steps > 0:
+        specs.append(between("step", 0, max_steps - 1))
+    return specs
+
+
+def density(splits: dict[str, Any], meta: dict[str, Any]) -> pd.DataFrame | None:
+    """Onsets (replay cells) and seconds of each piece; None without a step rate."""
+    from pipeline.validation.expect import concat_frames
+
+    steps_per_second = meta.get("steps_per_second")
+    if not isinstance(steps_per_second, (int, float)) or steps_per_second <= 0:
+        return None
+    df = concat_frames(splits, ["piece_id", "step", "replay"])
+    agg = df.groupby("piece_id").agg(notes=("replay", "sum"), last_step=("step", "max"))
+    agg["seconds"] = (agg["last_step"].astype("float64") + 1) / float(steps_per_second)
+    return agg.reset_index()[["piece_id", "notes", "seconds"]]
+
+
+register(
+    Representation(
+        NAME, Params, SCHEMA, encode, decode, expectations=expectations, density=density
+    )
+)

@@ -11,7 +11,6 @@ by the chunk, not the data set; the folder appears atomically when complete.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,18 +18,19 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.config import PARAMS_FILE, SPLITS
+from pipeline.core.config import PARAMS_FILE, SPLITS
+from pipeline.representations import (
+    PARAMS_JSON,
+    PIECES_FILE,
+    RepresentError,
+    get_or_params_error,
+    read_store_params,
+)
 
 log = logging.getLogger(__name__)
 
-PARAMS_JSON = "params.json"
-PIECES_FILE = "pieces.parquet"
 CHUNK_PIECES = 200  # pieces encoded at once: bounds memory, amortises numpy overhead
 _BATCH_ROWS = 1 << 20  # notes read from Parquet at a time
-
-
-class RepresentError(RuntimeError):
-    """The processed store cannot be built or read (message names the input)."""
 
 
 def build_store(
@@ -65,8 +65,8 @@ def build_store(
     from tqdm import tqdm
 
     from pipeline import representations
-    from pipeline.io import atomic_dir, write_json
-    from pipeline.stores import PIECES, read_interim, with_meta, write_store
+    from pipeline.core.io import atomic_dir, close_writers, write_json
+    from pipeline.core.stores import PIECES, read_interim, with_meta, write_store
 
     rep = representations.get(name)
     dirs = [Path(d) for d in interim_dirs]
@@ -80,11 +80,12 @@ def build_store(
     n_notes = 0
     schema = with_meta(rep.schema, name)
     with atomic_dir(out_dir) as tmp:
-        writers = {
-            split: pq.ParquetWriter(tmp / f"{split}.parquet", schema, compression="zstd")
-            for split in SPLITS
-        }
+        writers: dict[str, Any] = {}
         try:
+            for split in SPLITS:
+                writers[split] = pq.ParquetWriter(
+                    tmp / f"{split}.parquet", schema, compression="zstd"
+                )
             bar = tqdm(
                 total=len(pieces),
                 desc=f"represent {name}",
@@ -111,9 +112,10 @@ def build_store(
                         writers[name_].write_table(rows_table(part, schema))
                         counts[name_] += len(part)
             bar.close()
-        finally:
-            for writer in writers.values():
-                writer.close()
+        except BaseException:
+            close_writers(writers.values(), abandon=True)  # never raises over this error
+            raise
+        close_writers(writers.values())
         in_store = pieces[pieces["piece_id"].isin(set(kept))]
         write_store(in_store, tmp / PIECES_FILE, "pieces", PIECES)
         meta = {"representation": name, "params": dataclasses.asdict(params)}
@@ -155,7 +157,7 @@ def _chunks(dirs: list[Path], chunk_pieces: int) -> Iterator[tuple[Any, Any]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.stores import decode_dictionaries, read_store, read_table
+    from pipeline.core.stores import decode_dictionaries, read_store, read_table
 
     for folder in dirs:
         path = folder / "notes.parquet"
@@ -206,61 +208,7 @@ def _with_pedals(tables: list[Any], pedals: Any, pedal_rows: dict[str, Any]) -> 
     return notes, pedals.iloc[np.sort(np.concatenate(positions))]
 
 
-def load_store(out_dir: Path, name: str) -> Any:
-    """Load a processed store folder as `pipeline.modeling.base.StoreData`.
-
-    Params come from the store's params.json, so a model reads the store it was
-    given, not whatever params.yaml says now.
-
-    Raises:
-        StoreError: a file is missing or of another kind/version.
-        RepresentError: params.json is missing or is for another representation.
-    """
-    from pipeline.modeling.base import StoreData
-    from pipeline.stores import read_store
-
-    out_dir = Path(out_dir)
-    _get_rep(name)
-    params = read_store_params(out_dir, name)
-    rows = {split: read_store(out_dir / f"{split}.parquet", name) for split in SPLITS}
-    pieces = read_store(out_dir / PIECES_FILE, "pieces")
-    return StoreData(rows=rows, pieces=pieces, params=params, path=out_dir)
-
-
-def read_store_params(out_dir: Path, name: str) -> Any:
-    """The params dataclass recorded in `out_dir/params.json`."""
-    from pipeline import representations
-    from pipeline.params import ParamsError, from_mapping
-
-    rep = representations.get(name)
-    path = Path(out_dir) / PARAMS_JSON
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RepresentError(f"{path}: missing (rebuild with `etude represent`)") from None
-    except json.JSONDecodeError as exc:
-        raise RepresentError(f"{path}: not valid JSON ({exc})") from exc
-    if meta.get("representation") != name:
-        raise RepresentError(f"{path}: store is for {meta.get('representation')!r}, not {name!r}")
-    try:
-        return from_mapping(meta.get("params", {}), rep.params_cls, name)
-    except ParamsError as exc:
-        raise RepresentError(f"{path}: {exc}") from exc
-
-
 # --- CLI -------------------------------------------------------------------------
-
-
-def _get_rep(name: str) -> Any:
-    from pipeline import representations
-    from pipeline.params import ParamsError
-
-    try:
-        return representations.get(name)
-    except KeyError:
-        raise ParamsError(
-            f"unknown representation {name!r}; allowed: {representations.names()}"
-        ) from None
 
 
 def represent_command(
@@ -279,16 +227,15 @@ def represent_command(
     params: Annotated[Path, typer.Option("--params", help="params.yaml to read.")] = PARAMS_FILE,
 ) -> None:
     """Encode the notes of the interim stores into OUT/{train,validation,test,pieces}.parquet."""
-    from pipeline import sources
-    from pipeline.params import ParamsError, load_list, load_params
-    from pipeline.stage_utils import user_errors
+    from pipeline.core.params import ParamsError, load_list, load_params
+    from pipeline.core.stage_utils import user_errors
 
     with user_errors(RepresentError, ValueError, OSError):
-        rep = _get_rep(name)
+        rep = get_or_params_error(name)
         settings = load_params(name, rep.params_cls, params)
         dirs = list(inputs or [])
         if interim is not None:
-            dirs += [interim / s for s in load_list("sources", sources.names(), params)]
+            dirs += [interim / s for s in load_list("sources", None, params)]
         if not dirs:
             raise ParamsError("give the interim stores with --in DIR (repeatable) or --interim DIR")
         counts = build_store(name, dirs, out, settings)
@@ -314,13 +261,13 @@ def decode_command(
     ] = PARAMS_FILE,
 ) -> None:
     """Decode one piece of a processed store file back to MIDI (to listen to what a model sees)."""
+    from pipeline.core.params import load_params
+    from pipeline.core.stage_utils import user_errors
+    from pipeline.core.stores import read_store
     from pipeline.midi import notes_to_midi
-    from pipeline.params import load_params
-    from pipeline.stage_utils import user_errors
-    from pipeline.stores import read_store
 
     with user_errors(RepresentError, ValueError, OSError):
-        rep = _get_rep(name)
+        rep = get_or_params_error(name)
         rows = read_store(store_file, name)
         if rows.empty:
             raise RepresentError(f"{store_file}: no rows")

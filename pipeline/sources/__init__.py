@@ -1,19 +1,24 @@
-"""Registry of data sources; each module fetches one data set into data/raw/<source>/.
+"""Registry of data sources, and the `fetch` stage that fills data/raw/<source>/.
 
 A fetched source folder holds MIDI files (any sub-folders) and `manifest.csv`
 with columns ``path, split, composer, title`` (path relative to the folder; empty
 strings where unknown). Ingest takes splits and metadata from the manifest.
+Each source is one module below this package, imported only when it is fetched.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-MANIFEST = "manifest.csv"
-MANIFEST_COLUMNS = ("path", "split", "composer", "title")
+import typer
+
+from pipeline.core.config import PARAMS_FILE
+from pipeline.core.stores import MANIFEST, MANIFEST_COLUMNS
+from pipeline.registry import Registry
+
+__all__ = ["MANIFEST", "MANIFEST_COLUMNS", "REGISTRY", "Source", "fetch_command", "get", "names"]
 
 
 class FetchFn(Protocol):
@@ -29,31 +34,33 @@ class Source:
     fetch: FetchFn
 
 
-_REGISTRY: dict[str, Source] = {}
-_MODULES = ("corpus", "maestro", "lakh")
+REGISTRY: Registry[Source] = Registry(
+    "source",
+    {
+        "corpus": "pipeline.sources.corpus",
+        "maestro": "pipeline.sources.maestro",
+        "lakh": "pipeline.sources.lakh",
+    },
+)
+register = REGISTRY.register
+get = REGISTRY.get
+names = REGISTRY.names
 
 
-def register(source: Source) -> Source:
-    _REGISTRY[source.name] = source
-    return source
+def fetch_command(
+    source: Annotated[str, typer.Argument(help="Source name: corpus, maestro or lakh.")],
+    out: Annotated[Path, typer.Option(help="Folder to fill (replaced atomically).")],
+    params: Annotated[Path, typer.Option("--params", help="params.yaml to read.")] = PARAMS_FILE,
+) -> None:
+    """Download (or export) one source's MIDI files into OUT, with manifest.csv."""
+    from pipeline.core.params import ParamsError, load_params
+    from pipeline.core.stage_utils import user_errors
+    from pipeline.download import DownloadError
 
-
-def get(name: str) -> Source:
-    _load_all()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown source {name!r}; known: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
-
-
-def names() -> list[str]:
-    _load_all()
-    return sorted(_REGISTRY)
-
-
-def _load_all() -> None:
-    for module in _MODULES:
-        try:
-            importlib.import_module(f"pipeline.sources.{module}")
-        except ModuleNotFoundError as exc:  # tolerated only while a module is unwritten
-            if exc.name != f"pipeline.sources.{module}":
-                raise
+    with user_errors(DownloadError, OSError):
+        if source not in REGISTRY:
+            raise ParamsError(
+                f"params.yaml: 'sources' has unknown entry {source!r}; allowed: {names()}"
+            )
+        spec = get(source)
+        spec.fetch(load_params(source, spec.params_cls, params), out)

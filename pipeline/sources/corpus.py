@@ -15,9 +15,10 @@ import multiprocessing as mp
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.io import atomic_dir
-from pipeline.params import require
-from pipeline.sources import MANIFEST, MANIFEST_COLUMNS, Source, register
+from pipeline.core.io import atomic_dir
+from pipeline.core.params import require
+from pipeline.core.stores import MANIFEST, MANIFEST_COLUMNS
+from pipeline.sources import Source, register
 from pipeline.splits import stable_fraction
 
 log = logging.getLogger(__name__)

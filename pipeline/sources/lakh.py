@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pipeline.config import SPLITS
+from pipeline.core.config import SPLITS
+from pipeline.core.io import atomic_dir
+from pipeline.core.params import require
+from pipeline.core.stores import MANIFEST, MANIFEST_COLUMNS
 from pipeline.download import DownloadError, download, extract_into
-from pipeline.io import atomic_dir
-from pipeline.params import require
-from pipeline.sources import MANIFEST, MANIFEST_COLUMNS, Source, register
+from pipeline.sources import Source, register
 from pipeline.splits import stable_fraction, stable_split
 
 log = logging.getLogger(__name__)
@@ -49,14 +50,14 @@ _MD5_NAME = re.compile(r"[0-9a-f]{32}")
 class Params:
     """The `lakh` section: which archive, how much of it, and the split fractions."""
 
-    variant: Variant = "lmd_full"
-    url: str = ""  # empty = the official URL of the variant
-    md5: str | None = None  # null = the published MD5 of the official archive, if any
-    size_bytes: int | None = None  # null = the published size of the official archive, if any
-    max_files: int = 0  # 0 = all; else a reproducible subset
-    test_fraction: float = 0.1
-    validation_fraction: float = 0.0
-    cache_dir: str = "data/cache"  # the archive is kept here between runs
+    variant: Variant
+    url: str  # empty = the official URL of the variant
+    md5: str | None  # null = the published MD5 of the official archive, if any
+    size_bytes: int | None  # null = the published size of the official archive, if any
+    max_files: int  # 0 = all; else a reproducible subset
+    test_fraction: float
+    validation_fraction: float
+    cache_dir: str  # the archive is kept here between runs
 
     def validate(self) -> None:
         require(

@@ -18,20 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pipeline.config import SPLITS
+from pipeline.core.config import SPLITS
+from pipeline.core.io import atomic_dir
+from pipeline.core.params import require
+from pipeline.core.stores import MANIFEST, MANIFEST_COLUMNS
 from pipeline.download import DownloadError, download, extract_into
-from pipeline.io import atomic_dir
-from pipeline.params import require
-from pipeline.sources import MANIFEST, MANIFEST_COLUMNS, Source, register
+from pipeline.sources import Source, register
 from pipeline.splits import stable_fraction
 
 log = logging.getLogger(__name__)
 
-URL = "https://storage.googleapis.com/magentadata/datasets/maestro/v3.0.0/maestro-v3.0.0-midi.zip"
-# Published for this zip by muspy (muspy/datasets/maestro.py, MAESTRODatasetV3) and,
-# independently, resolv-data (same SHA-256); Magenta publishes no MD5 for it.
-SHA256 = "70470ee253295c8d2c71e6d9d4a815189e35c89624b76d22fce5a019d5dde12c"
-SIZE_BYTES = 58416533
 CSV_COLUMNS = (
     "canonical_composer",
     "canonical_title",
@@ -48,12 +44,12 @@ _CSV_NAME = re.compile(r"maestro-v[\d.]+\.csv")
 class Params:
     """The `maestro` section: where the zip comes from and how much of it to keep."""
 
-    url: str = URL
-    md5: str | None = None  # hex MD5 of the zip, or null
-    sha256: str | None = SHA256  # hex SHA-256 of the zip, or null (set null with a mirror url)
-    size_bytes: int | None = SIZE_BYTES  # expected zip size, or null
-    max_files: int = 0  # 0 = all 1,276; else a reproducible subset, official splits kept
-    cache_dir: str = "data/cache"  # the zip is kept here between runs
+    url: str
+    md5: str | None  # hex MD5 of the zip, or null
+    sha256: str | None  # hex SHA-256 of the zip, or null (set null with a mirror url)
+    size_bytes: int | None  # expected zip size, or null
+    max_files: int  # 0 = all 1,276; else a reproducible subset, official splits kept
+    cache_dir: str  # the zip is kept here between runs
 
     def validate(self) -> None:
         require(

@@ -7,10 +7,10 @@ wraps it as the `etude validate` command.
 from __future__ import annotations
 
 from pipeline.validation.suites import (
-    STORE_KINDS,
     ValidateParams,
     ValidationError,
+    store_kinds,
     validate_store,
 )
 
-__all__ = ["STORE_KINDS", "ValidateParams", "ValidationError", "validate_store"]
+__all__ = ["store_kinds", "ValidateParams", "ValidationError", "validate_store"]

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.config import PARAMS_FILE, REPORTS
+from pipeline.core.config import PARAMS_FILE, REPORTS
 
 
 def _default(path: Path | None, fallback: Path) -> Path:
@@ -37,14 +37,12 @@ def validate_command(
     params: Annotated[Path, typer.Option("--params", help="params.yaml to read.")] = PARAMS_FILE,
 ) -> None:
     """Validate the store in PATH with the suite of KIND; exit 1 if any expectation fails."""
-    from pipeline.params import load_params
-    from pipeline.stage_utils import user_errors
+    from pipeline.core.params import load_params
+    from pipeline.core.stage_utils import user_errors
     from pipeline.validation.suites import ValidateParams, ValidationError, validate_store
 
     with user_errors(ValidationError, OSError):
-        settings = (
-            load_params("validate", ValidateParams, params) if params.exists() else ValidateParams()
-        )
+        settings = load_params("validate", ValidateParams, params)
         report = _default(report, REPORTS / "validation" / f"{kind}.json")
         html = _default(html, report.with_name(f"{kind}.html"))
         data_report = _default(data_report, REPORTS / "data" / f"{kind}.json")
@@ -83,7 +81,7 @@ def data_metrics(result: dict[str, Any]) -> dict[str, Any]:
 
 def write_reports(result: dict[str, Any], report: Path, html: Path, data_report: Path) -> None:
     """Write the JSON result, the HTML summary and the data metrics, each atomically."""
-    from pipeline.io import atomic_path, write_json
+    from pipeline.core.io import atomic_path, write_json
 
     write_json(report, result)
     with atomic_path(html) as tmp:

@@ -28,28 +28,25 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.config import SPLITS
-from pipeline.params import require
-from pipeline.stores import NOTES, PEDALS, PIECES, REJECTS, StoreError, read_table
+from pipeline.core.config import SPLITS
+from pipeline.core.params import require
+from pipeline.core.stores import NOTES, PEDALS, PIECES, REJECTS, StoreError, read_table
+from pipeline.validation.expect import (
+    Spec,
+    Table,
+    between,
+    columns_are,
+    equal,
+    greater,
+    in_set,
+    is_null,
+    not_null,
+    rate,
+    row_count,
+    unique,
+)
 
 log = logging.getLogger(__name__)
-
-PROCESSED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "pianoroll": ("piece_id", "frame", "pitch", "velocity"),
-    "tuples": ("piece_id", "index", "pitch", "step", "duration", "velocity"),
-    "events": ("piece_id", "tokens"),
-    "prv": ("piece_id", "step", "pitch", "replay", "volume"),
-}
-"""Columns of each processed store, as the store contract fixes them."""
-
-STORE_KINDS: tuple[str, ...] = ("notes", *PROCESSED_COLUMNS)
-
-# Events vocabulary as the contract fixes it; `pipeline.representations.events`
-# overrides these where it defines the same constant names.
-_EVENTS_VOCAB = {"PAD": 0, "BOS": 1, "EOS": 2, "VOCAB_SIZE": 391}
-_NOTE_ON = (3, 131)  # NOTE_ON p -> 3 + p
-_TIME_SHIFT = (259, 359)  # TIME_SHIFT k * 10 ms -> 258 + k, k = 1..100
-_TIME_SHIFT_S = 0.01
 
 MIDI_MAX = 127
 
@@ -64,8 +61,8 @@ class ValidateParams:
         max_examples: offending values kept per failed expectation.
     """
 
-    max_notes_per_second: float = 200.0
-    max_examples: int = 5
+    max_notes_per_second: float
+    max_examples: int
 
     def validate(self) -> None:
         require(self.max_notes_per_second > 0, "max_notes_per_second must be > 0")
@@ -74,28 +71,6 @@ class ValidateParams:
 
 class ValidationError(ValueError):
     """The store cannot be validated at all (unknown kind, folder not found)."""
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One expectation, declared without importing Great Expectations.
-
-    Attributes:
-        cls: class name in `great_expectations.expectations`.
-        kwargs: its arguments (column names, bounds, ...).
-    """
-
-    cls: str
-    kwargs: dict[str, Any]
-
-
-@dataclass
-class Table:
-    """A frame to validate and the expectations it must meet."""
-
-    name: str
-    frame: pd.DataFrame
-    specs: list[Spec] = field(default_factory=list)
 
 
 @dataclass
@@ -124,14 +99,6 @@ class _Store:
 # --- expectation helpers ------------------------------------------------------------
 
 
-def not_null(*columns: str) -> list[Spec]:
-    return [Spec("ExpectColumnValuesToNotBeNull", {"column": c}) for c in columns]
-
-
-def is_null(column: str) -> Spec:
-    return Spec("ExpectColumnValuesToBeNull", {"column": column})
-
-
 UNKNOWN_PIECE = "piece_id_not_in_pieces"
 """Derived column: the piece_id where pieces.parquet lacks it, else null.
 
@@ -142,50 +109,6 @@ without putting every known id (178k for Lakh) into the expectation's config.
 
 def _unknown(piece_ids: pd.Series, known: pd.Index) -> pd.Series:
     return piece_ids.where(~piece_ids.isin(known), None).astype(object)
-
-
-def between(
-    column: str,
-    min_value: float | None = None,
-    max_value: float | None = None,
-    *,
-    strict_min: bool = False,
-    strict_max: bool = False,
-) -> Spec:
-    kwargs: dict[str, Any] = {"column": column, "min_value": min_value, "max_value": max_value}
-    if strict_min:
-        kwargs["strict_min"] = True
-    if strict_max:
-        kwargs["strict_max"] = True
-    return Spec("ExpectColumnValuesToBeBetween", kwargs)
-
-
-def greater(column_a: str, column_b: str) -> Spec:
-    return Spec(
-        "ExpectColumnPairValuesAToBeGreaterThanB", {"column_A": column_a, "column_B": column_b}
-    )
-
-
-def equal(column_a: str, column_b: str) -> Spec:
-    return Spec("ExpectColumnPairValuesToBeEqual", {"column_A": column_a, "column_B": column_b})
-
-
-def unique(*columns: str) -> Spec:
-    if len(columns) == 1:
-        return Spec("ExpectColumnValuesToBeUnique", {"column": columns[0]})
-    return Spec("ExpectCompoundColumnsToBeUnique", {"column_list": list(columns)})
-
-
-def in_set(column: str, values: list[Any]) -> Spec:
-    return Spec("ExpectColumnValuesToBeInSet", {"column": column, "value_set": values})
-
-
-def row_count(min_value: int = 1) -> Spec:
-    return Spec("ExpectTableRowCountToBeBetween", {"min_value": min_value})
-
-
-def columns_are(names: tuple[str, ...] | list[str]) -> Spec:
-    return Spec("ExpectTableColumnsToMatchSet", {"column_set": list(names), "exact_match": True})
 
 
 def _guarded(frame: pd.DataFrame, specs: list[Spec]) -> list[Spec]:
@@ -221,16 +144,6 @@ def _per_piece_table(rates: pd.DataFrame, params: ValidateParams) -> Table:
         rates,
         [between("notes_per_second", 0, params.max_notes_per_second)],
     )
-
-
-def _rate(n_notes: pd.Series, seconds: pd.Series) -> pd.Series:
-    """n / seconds, +inf where the piece lasts no time (so the bound fails)."""
-    seconds = seconds.astype("float64")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rate = np.where(
-            seconds > 0, n_notes.to_numpy(dtype="float64") / seconds.to_numpy(), math.inf
-        )
-    return pd.Series(rate, index=n_notes.index)
 
 
 def notes_suite(store: _Store, params: ValidateParams) -> tuple[list[Table], dict[str, int], int]:
@@ -288,7 +201,7 @@ def notes_suite(store: _Store, params: ValidateParams) -> tuple[list[Table], dic
         per_piece = notes.groupby("piece_id", sort=True).agg(
             notes_rows=("piece_id", "size"), last_end=("end", "max")
         )
-        per_piece["notes_per_second"] = _rate(per_piece["notes_rows"], per_piece["last_end"])
+        per_piece["notes_per_second"] = rate(per_piece["notes_rows"], per_piece["last_end"])
         per_piece = per_piece.reset_index()
         specs = [between("notes_per_second", 0, params.max_notes_per_second)]
         if pieces is not None and {"piece_id", "split", "n_notes"} <= set(pieces.columns):
@@ -315,54 +228,6 @@ def _required_splits(pieces: pd.DataFrame) -> list[str]:
     return [s for s in SPLITS if s == "train" or s in present]
 
 
-def _row_specs(kind: str, meta: dict[str, Any]) -> list[Spec]:
-    """Value expectations on the rows of one split file of processed store `kind`."""
-    if kind == "pianoroll":
-        low = _meta_int(meta, "min_pitch", 0)
-        high = _meta_int(meta, "max_pitch", MIDI_MAX)
-        specs = [
-            between("frame", 0),
-            between("pitch", low, high),
-            between("velocity", 1, MIDI_MAX),
-            unique("piece_id", "frame", "pitch"),
-        ]
-        max_frames = _meta_int(meta, "max_frames_per_piece", 0)
-        if max_frames > 0:
-            specs.append(between("frame", 0, max_frames - 1))
-        return specs
-    if kind == "tuples":
-        return [
-            between("index", 0),
-            between("pitch", 0, MIDI_MAX),
-            between("step", 0),
-            between("duration", 0, strict_min=True),
-            between("velocity", 1, MIDI_MAX),
-            unique("piece_id", "index"),
-        ]
-    if kind == "events":
-        return [unique("piece_id")]  # one row per piece
-    if kind == "prv":
-        n_pitches = _meta_int(meta, "n_pitches", MIDI_MAX + 1)
-        specs = [
-            between("step", 0),
-            between("pitch", 0, n_pitches - 1),
-            between("volume", 0, 1),
-            unique("piece_id", "step", "pitch"),
-        ]
-        max_steps = _meta_int(meta, "max_steps_per_piece", 0)
-        if max_steps > 0:
-            specs.append(between("step", 0, max_steps - 1))
-        return specs
-    raise ValidationError(f"no row expectations for store kind {kind!r}")
-
-
-def _meta_int(meta: dict[str, Any], key: str, default: int) -> int:
-    value = meta.get(key)
-    return (
-        int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
-    )
-
-
 def _load_meta(store: _Store, kind: str) -> None:
     """Read the representation params the stage wrote beside the store (params.json)."""
     file = store.path / "params.json"
@@ -387,98 +252,19 @@ def _load_meta(store: _Store, kind: str) -> None:
     store.meta = meta
 
 
-def _events_vocab() -> dict[str, int]:
-    vocab = dict(_EVENTS_VOCAB)
-    try:
-        from pipeline.representations import events
-    except ImportError:
-        return vocab
-    for name in vocab:
-        value = getattr(events, name, None)
-        if isinstance(value, int):
-            vocab[name] = value
-    return vocab
-
-
-def _events_tables(splits: dict[str, pa.Table], params: ValidateParams) -> list[Table]:
-    """Token-level checks: explode the token lists of every split into one frame."""
-    import pyarrow.compute as pc
-
-    vocab = _events_vocab()
-    usable = [t for t in splits.values() if {"piece_id", "tokens"} <= set(t.column_names)]
-    if not usable:
-        return []
-    table = pa.concat_tables(
-        [t.select(["piece_id", "tokens"]) for t in usable], promote_options="permissive"
-    )
-    tokens_col = table.column("tokens").combine_chunks()
-    parents = pc.list_parent_indices(tokens_col).to_numpy()
-    flat = pc.list_flatten(tokens_col).to_numpy(zero_copy_only=False).astype(np.int64)
-    piece_ids = table.column("piece_id").to_pandas()
-    tokens = pd.DataFrame({"token": flat})  # no piece_id: a million repeated strings cost seconds
-
-    lengths = pc.fill_null(pc.list_value_length(tokens_col), 0).to_numpy()
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    has = lengths > 0
-    first = np.full(len(lengths), -1, np.int64)
-    last = np.full(len(lengths), -1, np.int64)
-    first[has] = flat[starts[has]]
-    last[has] = flat[starts[has] + lengths[has] - 1]
-    sequences = pd.DataFrame(
-        {"piece_id": piece_ids, "length": lengths, "first_token": first, "last_token": last}
-    )
-
-    n_rows = len(lengths)
-    is_on = (flat >= _NOTE_ON[0]) & (flat < _NOTE_ON[1])
-    is_shift = (flat >= _TIME_SHIFT[0]) & (flat < _TIME_SHIFT[1])
-    n_on = np.bincount(parents, weights=is_on, minlength=n_rows)
-    shift_s = (flat - (_TIME_SHIFT[0] - 1)) * _TIME_SHIFT_S * is_shift
-    seconds = np.bincount(parents, weights=shift_s, minlength=n_rows)
-    rates = pd.DataFrame({"piece_id": piece_ids, "notes": n_on, "seconds": seconds})
-    rates["notes_per_second"] = _rate(rates["notes"], rates["seconds"])
-    rates = rates[rates["notes"] > 0]  # an empty piece has no rate; the length check covers it
-    return [
-        Table("tokens", tokens, [between("token", 0, vocab["VOCAB_SIZE"] - 1)]),
-        Table(
-            "sequences",
-            sequences,
-            [
-                between("length", 2),
-                in_set("first_token", [vocab["BOS"]]),
-                in_set("last_token", [vocab["EOS"]]),
-            ],
-        ),
-        _per_piece_table(rates.reset_index(drop=True), params),
-    ]
-
-
-def _rates(kind: str, frames: dict[str, pd.DataFrame], meta: dict[str, Any]) -> pd.DataFrame | None:
-    """Notes per second of each piece, where the representation lets us count notes."""
-    parts = [f for f in frames.values() if set(PROCESSED_COLUMNS[kind]) <= set(f.columns)]
-    if not parts:
-        return None
-    df = pd.concat(parts, ignore_index=True)
-    if kind == "tuples":
-        df = df.sort_values(["piece_id", "index"], kind="stable")
-        onset = df.groupby("piece_id", sort=False)["step"].cumsum().astype("float64")
-        df = df.assign(end=onset + df["duration"].astype("float64"))
-        agg = df.groupby("piece_id").agg(notes=("end", "size"), seconds=("end", "max"))
-    elif kind == "prv":
-        steps_per_second = meta.get("steps_per_second")
-        if not isinstance(steps_per_second, (int, float)) or steps_per_second <= 0:
-            return None
-        agg = df.groupby("piece_id").agg(notes=("replay", "sum"), last_step=("step", "max"))
-        agg["seconds"] = (agg["last_step"].astype("float64") + 1) / float(steps_per_second)
-    else:  # pianoroll cells are not notes; the cell-uniqueness check bounds density instead
-        return None
-    agg["notes_per_second"] = _rate(agg["notes"], agg["seconds"])
-    return agg.reset_index()
-
-
 def processed_suite(
     kind: str,
 ) -> Callable[[_Store, ValidateParams], tuple[list[Table], dict[str, int], int]]:
-    """Suite of processed store `kind`: split files, pieces, split disjointness, density."""
+    """Suite of processed store `kind`: split files, pieces, split disjointness, density.
+
+    What the rows must hold comes from the representation itself (its registry entry's
+    `expectations`, `checks` and `density`), so a new representation brings its own
+    expectations and this module does not change.
+    """
+    from pipeline import representations
+
+    rep = representations.get(kind)
+    columns = tuple(rep.schema.names)
 
     def suite(store: _Store, params: ValidateParams) -> tuple[list[Table], dict[str, int], int]:
         _load_meta(store, kind)
@@ -501,9 +287,9 @@ def processed_suite(
             frames[split] = frame
             rows[split] = len(frame)
             specs = [
-                columns_are(PROCESSED_COLUMNS[kind]),
-                *not_null(*PROCESSED_COLUMNS[kind]),
-                *_row_specs(kind, store.meta),
+                columns_are(columns),
+                *not_null(*columns),
+                *(rep.expectations(store.meta) if rep.expectations else []),
             ]
             if split in required:
                 specs.append(row_count(1))
@@ -527,12 +313,14 @@ def processed_suite(
                 ]
             tables.append(Table("piece_splits", piece_splits, specs))
 
-        if kind == "events":
-            tables += _events_tables(arrow, params)
-        else:
-            rates = _rates(kind, frames, store.meta)
-            if rates is not None:
-                tables.append(_per_piece_table(rates, params))
+        complete = {s: t for s, t in arrow.items() if set(columns) <= set(t.column_names)}
+        if rep.checks is not None and complete:
+            tables += rep.checks(complete, store.meta)
+        density = rep.density(complete, store.meta) if rep.density and complete else None
+        if density is not None:
+            density = density[density["notes"] > 0].reset_index(drop=True)  # empty: no rate
+            density["notes_per_second"] = rate(density["notes"], density["seconds"])
+            tables.append(_per_piece_table(density, params))
         n_pieces = len(pieces) if pieces is not None else 0
         return tables, rows, n_pieces
 
@@ -541,15 +329,28 @@ def processed_suite(
 
 SuiteFn = Callable[[_Store, ValidateParams], tuple[list[Table], dict[str, int], int]]
 
-SUITES: dict[str, SuiteFn] = {"notes": notes_suite}
-SUITES.update({kind: processed_suite(kind) for kind in PROCESSED_COLUMNS})
+
+def store_kinds() -> list[str]:
+    """Every kind `validate_store` knows: the interim notes store and each representation."""
+    from pipeline import representations
+
+    return ["notes", *representations.names()]
+
+
+def suite_for(kind: str) -> SuiteFn:
+    """The suite of store `kind`; imports only that representation's module."""
+    if kind == "notes":
+        return notes_suite
+    if kind not in store_kinds():
+        raise ValidationError(f"unknown store kind {kind!r}; allowed: {store_kinds()}")
+    return processed_suite(kind)
 
 
 # --- running --------------------------------------------------------------------------
 
 
 def validate_store(
-    kind: str, path: str | Path, params: ValidateParams = ValidateParams()
+    kind: str, path: str | Path, params: ValidateParams
 ) -> dict[str, Any]:
     """Validate the store folder `path` of kind `kind` against its suite.
 
@@ -562,13 +363,12 @@ def validate_store(
     Raises:
         ValidationError: unknown `kind`, or `path` is not a folder.
     """
-    if kind not in SUITES:
-        raise ValidationError(f"unknown store kind {kind!r}; allowed: {list(STORE_KINDS)}")
+    suite = suite_for(kind)
     path = Path(path)
     if not path.is_dir():
         raise ValidationError(f"{path}: store folder not found")
     store = _Store(path)
-    tables, rows, n_pieces = SUITES[kind](store, params)
+    tables, rows, n_pieces = suite(store, params)
     checks = store.checks + run_tables(kind, tables, params.max_examples)
     return {
         "success": all(c["success"] for c in checks),

@@ -12,11 +12,12 @@ import pytest
 import torch
 import typer
 import yaml
-from fixture_stores import FIXTURES
+from fixture_stores import FIXTURES, model_config
 from rawfolder import processed_stores
 from torch.utils.data import DataLoader
 from typer.testing import CliRunner
 
+from pipeline.core.params import default_params, from_mapping
 from pipeline.evaluation.evaluate import (
     EvaluateParams,
     cut,
@@ -27,8 +28,7 @@ from pipeline.evaluation.evaluate import (
 from pipeline.midi import parse_midi
 from pipeline.modeling import base
 from pipeline.modeling.fit import fit
-from pipeline.params import from_mapping
-from pipeline.representations.stage import load_store
+from pipeline.representations import load_store
 
 PIECES = {
     "train": [
@@ -47,7 +47,17 @@ PIECES = {
     ],
 }
 SMALL_EVAL = EvaluateParams(
-    n_samples=2, seconds=3.0, n_real=2, batch_size=16, train_batches=3, render=False
+    n_samples=2,
+    seconds=3.0,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    seed=0,
+    n_real=2,
+    batch_size=16,
+    train_batches=3,
+    render=False,
+    num_threads=0,
 )
 
 
@@ -73,7 +83,7 @@ def tiny_model(name: str, store: base.StoreData) -> torch.nn.Module:
         "autoencoder": {"window_frames": 16, "filters": (4, 8)},
         "vae": {"window_frames": 16, "filters": (4, 8), "latent_dim": 4},
     }[name]
-    config = spec.config_cls(**kw)
+    config = model_config(name, **kw)
     if spec.prepare is not None:
         config = spec.prepare(store, config)
     torch.manual_seed(0)
@@ -81,10 +91,10 @@ def tiny_model(name: str, store: base.StoreData) -> torch.nn.Module:
 
 
 def test_params_defaults_and_validation() -> None:
-    params = from_mapping({}, EvaluateParams, "evaluate")
+    params = default_params("evaluate", EvaluateParams)
     assert (params.n_samples, params.seconds) == (4, 30.0)
     with pytest.raises(ValueError, match="top_p"):
-        from_mapping({"top_p": 0.0}, EvaluateParams, "evaluate")
+        from_mapping({**dataclasses.asdict(params), "top_p": 0.0}, EvaluateParams, "evaluate")
 
 
 def test_test_terms_are_unit_weighted_means_over_the_whole_split(stores: Path) -> None:
@@ -171,7 +181,7 @@ def test_evaluate_command_writes_metrics_and_samples(stores: Path, tmp_path: Pat
     )
     fit(
         spec,
-        spec.config_cls(seq_len=8, hidden_size=16),
+        model_config("rnn", seq_len=8, hidden_size=16),
         train,
         store,
         tmp_path / "m",
@@ -182,6 +192,7 @@ def test_evaluate_command_writes_metrics_and_samples(stores: Path, tmp_path: Pat
     app = typer.Typer()
     app.command()(evaluate_command)
     metrics = tmp_path / "reports" / "metrics" / "rnn.json"
+    details = tmp_path / "reports" / "evaluate" / "rnn.json"
     samples = tmp_path / "reports" / "samples" / "rnn"
     args = [
         "rnn",
@@ -191,6 +202,8 @@ def test_evaluate_command_writes_metrics_and_samples(stores: Path, tmp_path: Pat
         str(tmp_path / "m"),
         "--metrics",
         str(metrics),
+        "--details",
+        str(details),
         "--samples",
         str(samples),
         "--params",
@@ -200,7 +213,20 @@ def test_evaluate_command_writes_metrics_and_samples(stores: Path, tmp_path: Pat
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    data = json.loads(metrics.read_text())
+    data = json.loads(details.read_text())
+    head = json.loads(metrics.read_text())
+    assert list(head) == ["rnn"]  # DVC metrics: a handful of numbers under the model's name
+    assert head["rnn"]["test_nll"] == data["test"]["nll"]
+    assert head["rnn"]["baseline_nll"] == data["test"]["baseline_nll"]
+    assert set(head["rnn"]) == {
+        "test_nll",
+        "baseline_nll",
+        "oa_mean",
+        "kl_mean",
+        "pitch_class_entropy",
+        "polyphony",
+        "scale_consistency",
+    }
     assert data["model"] == {
         "name": "rnn",
         "representation": "tuples",
@@ -216,6 +242,6 @@ def test_evaluate_command_writes_metrics_and_samples(stores: Path, tmp_path: Pat
     }
     assert not list(samples.parent.glob("*.tmp*"))  # the folder appeared atomically
     # errors: a model folder without model.pt is one line and exit code 1
-    args[4] = str(tmp_path / "nothing")
+    args[args.index("--model-dir") + 1] = str(tmp_path / "nothing")
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1 and "checkpoint not found" in result.output

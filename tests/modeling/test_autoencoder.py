@@ -9,20 +9,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from fixture_stores import SMALL, SMALL_2, encoded_store
+from fixture_stores import SMALL, SMALL_2, encoded_store, model_config
 from torch.utils.data import DataLoader
 
 from pipeline import representations
 from pipeline.modeling import base
-from pipeline.modeling import pianoroll_data as prd
-from pipeline.modeling.autoencoder import (
+from pipeline.modeling import pianoroll as prd
+from pipeline.modeling.base import StoreData
+from pipeline.modeling.pianoroll.autoencoder import (
     Config,
     PianorollAutoencoder,
-    binarize,
     make_dataset,
     prepare,
 )
-from pipeline.modeling.base import StoreData
+from pipeline.modeling.pianoroll.sampling import binarize, generate_autoencoder
 
 
 def cells(piece_id: str, frame_pitch: list[tuple[int, int]]) -> pd.DataFrame:
@@ -46,20 +46,20 @@ class ToyParams:
 
 def tiny_config(**kw: object) -> Config:
     base_kw = dict(window_frames=8, filters=(4, 8), min_pitch=60, n_pitches=4, frame_ms=100.0)
-    return Config(**{**base_kw, **kw})  # type: ignore[arg-type]
+    return model_config("autoencoder", **{**base_kw, **kw})
 
 
 def test_registered_with_prepare() -> None:
     spec = base.get("autoencoder")
     assert spec.representation == "pianoroll"
     store = StoreData(rows={}, pieces=pd.DataFrame(), params=ToyParams())
-    config = spec.prepare(store, Config())
+    config = spec.prepare(store, model_config("autoencoder"))
     assert (config.min_pitch, config.n_pitches, config.frame_ms) == (60, 4, 100.0)
 
 
 def test_unprepared_config_is_refused() -> None:
     with pytest.raises(ValueError, match="prepare"):
-        PianorollAutoencoder(Config())
+        PianorollAutoencoder(model_config("autoencoder"))
 
 
 def test_windows_are_dense_with_masks() -> None:
@@ -67,7 +67,7 @@ def test_windows_are_dense_with_masks() -> None:
         [cells("a", [(0, 60), (1, 61), (9, 63)]), cells("b", [(2, 62), (2, 99)])]  # 99: out
     )
     store = StoreData(rows={"test": rows, "train": rows}, pieces=pd.DataFrame(), params=ToyParams())
-    config = prepare(store, Config(window_frames=8, filters=(4,)))
+    config = prepare(store, model_config("autoencoder", window_frames=8, filters=(4,)))
     test = make_dataset(store, config, "test")
     assert len(test) == 3  # a: 10 frames -> 2 windows; b: 3 frames -> 1 window
     first = test[0]
@@ -154,7 +154,7 @@ def test_corruption_rates() -> None:
 def test_overfits_one_batch() -> None:
     torch.manual_seed(0)
     store = encoded_store("pianoroll", {"train": [SMALL]}, max_frames_per_piece=400)
-    config = prepare(store, Config(window_frames=16, filters=(8, 16)))
+    config = prepare(store, model_config("autoencoder", window_frames=16, filters=(8, 16)))
     data = make_dataset(store, config, "train")
     batch = next(
         iter(
@@ -180,10 +180,14 @@ def test_overfits_one_batch() -> None:
 def test_generate_rows_decode_to_valid_notes() -> None:
     torch.manual_seed(0)
     store = encoded_store("pianoroll", {"train": [SMALL]}, max_frames_per_piece=400)
-    config = prepare(store, Config(window_frames=16, filters=(4, 8), threshold=0.2))
+    config = prepare(
+        store, model_config("autoencoder", window_frames=16, filters=(4, 8), threshold=0.2)
+    )
     model = PianorollAutoencoder(config)
     rep = representations.get("pianoroll")
-    samples = model.generate(2, generator=torch.Generator().manual_seed(0), seconds=2.0)
+    samples = generate_autoencoder(
+        model, 2, generator=torch.Generator().manual_seed(0), seconds=2.0
+    )
     assert len(samples) == 2
     for i, rows in enumerate(samples):
         assert list(rows.columns) == rep.schema.names
@@ -200,8 +204,12 @@ def test_generate_keeps_primer_and_is_reproducible() -> None:
     torch.manual_seed(0)
     model = PianorollAutoencoder(tiny_config())
     primer = cells("p", [(0, 60), (1, 61), (5, 63)])
-    a = model.generate(2, generator=torch.Generator().manual_seed(3), primer=primer, length=12)
-    b = model.generate(2, generator=torch.Generator().manual_seed(3), primer=primer, length=12)
+    a = generate_autoencoder(
+        model, 2, generator=torch.Generator().manual_seed(3), primer=primer, length=12
+    )
+    b = generate_autoencoder(
+        model, 2, generator=torch.Generator().manual_seed(3), primer=primer, length=12
+    )
     for x, y in zip(a, b, strict=True):
         pd.testing.assert_frame_equal(x, y)
         opening = x[x["frame"] < 6]
@@ -217,7 +225,7 @@ def test_real_store_test_windows_cover_every_frame() -> None:
     store = encoded_store(
         "pianoroll", {"train": [SMALL], "test": [SMALL_2]}, max_frames_per_piece=300
     )
-    config = prepare(store, Config())
+    config = prepare(store, model_config("autoencoder"))
     test = make_dataset(store, config, "test")
     frames = sum(float(test[i]["mask"].sum()) for i in range(len(test)))
     assert frames == store.rows["test"]["frame"].max() + 1

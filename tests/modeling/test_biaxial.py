@@ -10,22 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from fixture_stores import FIXTURES, encoded_store
+from fixture_stores import FIXTURES, encoded_store, model_config
 from torch.utils.data import DataLoader
 
-from pipeline.modeling import base
-from pipeline.modeling import prv_data as prv
+from pipeline.core.params import ParamsError, from_mapping
+from pipeline.modeling import base, prv
 from pipeline.modeling.base import StoreData
-from pipeline.modeling.biaxial import (
-    BiaxialLSTM,
-    Config,
-    lstm_step,
-    make_dataset,
-    prepare,
-    prv_losses,
-)
 from pipeline.modeling.checkpoint import describe, load_model, save_checkpoint
-from pipeline.params import ParamsError, from_mapping
+from pipeline.modeling.prv import make_dataset, prepare, prv_losses
+from pipeline.modeling.prv.biaxial import BiaxialLSTM, Config
+from pipeline.modeling.prv.sampling import generate_biaxial, lstm_step, stepwise_logits
 
 MAESTRO = FIXTURES / "maestro" / "giantmidi_eval_MIDI-Unprocessed_"
 # (file, style) per split: small real files; "Liszt" appears only in test (-> <unk>)
@@ -66,7 +60,7 @@ def tiny_config(**kw: object) -> Config:
         n_pitches=12,
         steps_per_second=8.0,
     )
-    return Config(**{**base_kw, **kw})  # type: ignore[arg-type]
+    return model_config("biaxial", **{**base_kw, **kw})
 
 
 def cells(piece_id: str, items: list[tuple[int, int, bool, float]]) -> pd.DataFrame:
@@ -101,12 +95,12 @@ def test_registered_with_prepare() -> None:
 
 
 def test_prepare_fills_styles_and_grid(store: StoreData) -> None:
-    config = prepare(store, Config())
+    config = prepare(store, model_config("biaxial"))
     # train styles sorted after <unk>; "Liszt" is test-only so it is not in the vocabulary
     assert config.styles == ("<unk>", "Bach", "Chopin", "pop909")
     assert (config.min_pitch, config.n_pitches, config.steps_per_second) == (36, 48, 8.0)
     # a fixed vocabulary from params.yaml is kept
-    fixed = prepare(store, Config(styles=("<unk>", "Chopin")))
+    fixed = prepare(store, model_config("biaxial", styles=("<unk>", "Chopin")))
     assert fixed.styles == ("<unk>", "Chopin")
 
 
@@ -122,11 +116,11 @@ def test_config_round_trips_through_params_and_rejects_bad_styles() -> None:
 
 def test_model_needs_prepared_config() -> None:
     with pytest.raises(ValueError, match="prepare"):
-        BiaxialLSTM(Config())
+        BiaxialLSTM(model_config("biaxial"))
 
 
 # --------------------------------------------------------------------------------------
-# prv_data: dense tensors, windows, styles, baseline
+# the prv family package: dense tensors, windows, styles, baseline
 
 
 def test_dense_round_trip_on_real_rows(store: StoreData) -> None:
@@ -198,7 +192,7 @@ def test_baseline_literal_values() -> None:
         pieces=pd.DataFrame({"piece_id": ["a", "b"], "style": ["x", "y"]}),
         params=ToyParams(),
     )
-    got = base.get("biaxial").baseline(store, Config())
+    got = base.get("biaxial").baseline(store, model_config("biaxial"))
     # train play rates: pitch 0 3/4, pitch 1 1/4; test: each pitch played 1 of 2 steps
     assert got["baseline_nll"] == pytest.approx(-(math.log(0.75) + math.log(0.25)) / 2)
     assert got["baseline_replay"] == pytest.approx(-math.log(0.75))  # replay rate 3/4
@@ -207,7 +201,7 @@ def test_baseline_literal_values() -> None:
 
 
 def test_baseline_finite_on_real_store(store: StoreData) -> None:
-    got = base.get("biaxial").baseline(store, Config())
+    got = base.get("biaxial").baseline(store, model_config("biaxial"))
     assert set(got) == {"baseline_nll", "baseline_replay", "baseline_dynamics"}
     assert all(math.isfinite(v) and v > 0 for v in got.values())
     assert got["baseline_nll"] < math.log(2)
@@ -257,7 +251,7 @@ def test_sampling_path_computes_training_logits() -> None:
     x = (torch.rand(2, 6, 12, 3) < 0.3).float()
     style = torch.tensor([1, 2])
     torch.testing.assert_close(
-        model.stepwise_logits(x, style), model.logits(x, style), atol=1e-5, rtol=1e-4
+        stepwise_logits(model, x, style), model.logits(x, style), atol=1e-5, rtol=1e-4
     )
 
 
@@ -308,7 +302,7 @@ def test_generate_valid_rows_polyphony_and_styles() -> None:
 
     def sample(style: str | None, seed: int = 0) -> list[pd.DataFrame]:
         g = torch.Generator().manual_seed(seed)
-        return model.generate(2, generator=g, length=12, style=style, top_k=5, top_p=0.5)
+        return generate_biaxial(model, 2, generator=g, length=12, style=style, top_k=5, top_p=0.5)
 
     samples = sample("Bach")
     assert [s["piece_id"].unique().tolist() for s in samples] == [["sample-0"], ["sample-1"]]
@@ -337,12 +331,14 @@ def test_generate_seconds_primer_and_greedy() -> None:
     torch.manual_seed(0)
     model = BiaxialLSTM(tiny_config())
     primer = cells("p", [(0, 3, True, 0.5), (1, 3, False, 0.5), (2, 7, True, 0.9)])
-    out = model.generate(1, primer=primer, length=0)[0]
+    out = generate_biaxial(model, 1, primer=primer, length=0)[0]
     pd.testing.assert_frame_equal(
         out.drop(columns="piece_id"), primer.drop(columns="piece_id"), check_dtype=False
     )
-    a = model.generate(2, primer=primer, seconds=1.0, temperature=0.0)  # greedy: no generator
-    b = model.generate(2, primer=primer, seconds=1.0, temperature=0.0)
+    a = generate_biaxial(
+        model, 2, primer=primer, seconds=1.0, temperature=0.0
+    )  # greedy: no generator
+    b = generate_biaxial(model, 2, primer=primer, seconds=1.0, temperature=0.0)
     pd.testing.assert_frame_equal(a[0], b[0])
     pd.testing.assert_frame_equal(a[0].drop(columns="piece_id"), a[1].drop(columns="piece_id"))
     assert a[0]["step"].max() <= 2 + 8  # 3 primer steps + 1 s x 8 steps/s
@@ -369,6 +365,6 @@ def test_checkpoint_keeps_styles_for_generation(tmp_path: Path) -> None:
     assert loaded.config.styles == ("<unk>", "Bach", "Chopin")
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     pd.testing.assert_frame_equal(
-        loaded.generate(1, generator=g1, length=4, style="Chopin")[0],
-        model.eval().generate(1, generator=g2, length=4, style="Chopin")[0],
+        generate_biaxial(loaded, 1, generator=g1, length=4, style="Chopin")[0],
+        generate_biaxial(model.eval(), 1, generator=g2, length=4, style="Chopin")[0],
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixture_stores import SMALL, SMALL_2, SMALL_3, encoded_store
+from fixture_stores import SMALL, SMALL_2, SMALL_3, encoded_store, model_config
 
 from pipeline.modeling import base
 from pipeline.modeling.base import CHECKPOINT_VERSION, StoreData, TrainParams
@@ -70,7 +70,7 @@ def train_params(**kw: object) -> TrainParams:
 
 
 def config_for(name: str) -> object:
-    return base.get(name).config_cls(**TINY[name])
+    return model_config(name, **TINY[name])
 
 
 class Interrupt(Exception):
@@ -258,8 +258,12 @@ spec = base.get("rnn")
 params = base.TrainParams(seed=0, device="cpu", batch_size=4, max_steps=6, learning_rate=3e-3,
     warmup_steps=1, weight_decay=0.01, grad_clip=1.0, eval_every=3, eval_batches=2, patience=0,
     checkpoint_every=3, num_threads=1)
-summary, model = fit_model(spec, spec.config_cls(seq_len=8, hidden_size=16), params, store,
-                           out / "m", out / "live")
+import dataclasses
+from pipeline.core.config import DEFAULT_PARAMS_FILE
+from pipeline.modeling.train import load_train_params
+config = dataclasses.replace(
+    load_train_params("rnn", DEFAULT_PARAMS_FILE)[0], seq_len=8, hidden_size=16)
+summary, model = fit_model(spec, config, params, store, out / "m", out / "live")
 torch.save(model.state_dict(), out / f"rank{os.environ['RANK']}.pt")
 """
 
@@ -294,7 +298,7 @@ def test_ddp_two_cpu_ranks_end_with_identical_weights(tmp_path: Path) -> None:
     last = load_checkpoint(tmp_path / "m" / "last.pt", "rnn")
     assert last["step"] == 6 and len(last["rng"]) == 2  # one RNG state per rank
     assert all(torch.equal(last["state_dict"][k], w0[k]) for k in w0)
-    initial = base.get("rnn").model_cls(base.get("rnn").config_cls(seq_len=8, hidden_size=16))
+    initial = base.get("rnn").model_cls(model_config("rnn", seq_len=8, hidden_size=16))
     assert not all(torch.equal(initial.state_dict()[k], w0[k]) for k in w0)  # it trained
 
 
@@ -307,7 +311,7 @@ def test_finished_checkpoint_is_not_reused_after_a_code_or_data_change(
 
     spec, store = base.get("rnn"), store_for("rnn")
     fit(spec, config_for("rnn"), train_params(), store, tmp_path / "m", tmp_path / "l")
-    monkeypatch.setattr(fit_module, "code_digest", lambda: "edited")
+    monkeypatch.setattr(fit_module, "code_digest", lambda spec: "edited")
     edited = fit(spec, config_for("rnn"), train_params(), store, tmp_path / "m", tmp_path / "l")
     assert edited["resumed_from"] is None and edited["steps"] == 12
     fewer_rows = {**store.rows, "train": store.rows["train"].iloc[:-5]}

@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from fixture_stores import FIXTURES, encoded_store
+from fixture_stores import FIXTURES, encoded_store, model_config, shipped
 from torch.utils.data import DataLoader
 
-from pipeline.modeling import base, biaxial
-from pipeline.modeling import prv_data as prv
+from pipeline.core.params import ParamsError, from_mapping
+from pipeline.modeling import base, prv
 from pipeline.modeling.base import StoreData
-from pipeline.modeling.poph import (
+from pipeline.modeling.prv import sampling as prv_sampling
+from pipeline.modeling.prv.poph import (
     Config,
     OctaveConv,
     PopH,
@@ -23,7 +24,6 @@ from pipeline.modeling.poph import (
     disharmony_matrix,
     harmony_loss,
 )
-from pipeline.params import ParamsError, from_mapping
 
 FILES = {
     "train": (FIXTURES / "other" / "miditok_POP909_008.mid", "pop909"),
@@ -55,7 +55,7 @@ def tiny_config(**kw: object) -> Config:
         n_pitches=24,
         steps_per_second=8.0,
     )
-    return Config(**{**base_kw, **kw})  # type: ignore[arg-type]
+    return model_config("poph", **{**base_kw, **kw})
 
 
 def pitch_class_probs(tones: list[int], octaves: int = 1) -> torch.Tensor:
@@ -120,8 +120,8 @@ def test_harmony_loss_masks_steps_and_follows_min_pitch() -> None:
 
 
 def test_harmony_term_added_with_its_weight(store: StoreData) -> None:
-    config = biaxial.prepare(store, tiny_config(styles=(), n_pitches=0))
-    batch = next(iter(DataLoader(biaxial.make_dataset(store, config, "validation"), batch_size=2)))
+    config = prv.prepare(store, tiny_config(styles=(), n_pitches=0))
+    batch = next(iter(DataLoader(prv.make_dataset(store, config, "validation"), batch_size=2)))
     outs = []
     for weight in (0.0, 2.0):
         torch.manual_seed(0)
@@ -161,20 +161,22 @@ def test_time_attention_is_causal() -> None:
 
 
 def test_config_section_and_validation() -> None:
-    raw = {"time_hidden": 32, "attention_heads": 4, "harmony_weight": 1.0, "harmony_keys": "c"}
+    section = shipped("models.poph")
+    section.pop("representation"), section.pop("train")
+    raw = {**section, "time_hidden": 32, "attention_heads": 4, "harmony_keys": "c"}
     config = from_mapping(raw, Config, "models.poph")
-    assert isinstance(config, biaxial.Config)  # the biaxial fields, plus PopH's
-    assert (config.note_hidden, config.harmony_keys) == (biaxial.Config().note_hidden, "c")
+    assert isinstance(config, prv.Config)  # the biaxial fields, plus PopH's
+    assert (config.note_hidden, config.harmony_keys) == (model_config("biaxial").note_hidden, "c")
     with pytest.raises(ParamsError, match="multiple of attention_heads"):
-        from_mapping({"time_hidden": 30, "attention_heads": 4}, Config, "models.poph")
+        from_mapping({**raw, "time_hidden": 30, "attention_heads": 4}, Config, "models.poph")
     with pytest.raises(ParamsError, match="harmony_keys"):
-        from_mapping({"harmony_keys": "major"}, Config, "models.poph")
+        from_mapping({**raw, "harmony_keys": "major"}, Config, "models.poph")
 
 
 def test_registered_and_shares_biaxial_data() -> None:
     spec = base.get("poph")
     assert spec.representation == "prv" and spec.model_cls is PopH
-    assert spec.prepare is biaxial.prepare and spec.make_dataset is biaxial.make_dataset
+    assert spec.prepare is prv.prepare and spec.make_dataset is prv.make_dataset
 
 
 def test_sampling_path_computes_training_logits() -> None:
@@ -183,17 +185,17 @@ def test_sampling_path_computes_training_logits() -> None:
     x = (torch.rand(2, 6, 24, 3) < 0.3).float()  # 5 predicted steps = seq_len
     style = torch.tensor([1, 2])
     torch.testing.assert_close(
-        model.stepwise_logits(x, style), model.logits(x, style), atol=1e-5, rtol=1e-4
+        prv_sampling.stepwise_logits(model, x, style), model.logits(x, style), atol=1e-5, rtol=1e-4
     )
 
 
 def test_primer_fed_at_once_equals_step_by_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(biaxial, "PRIMER_CHUNK_STEPS", 3)  # several chunks
+    monkeypatch.setattr(prv_sampling, "PRIMER_CHUNK_STEPS", 3)  # several chunks
     torch.manual_seed(0)
     model = PopH(tiny_config(seq_len=4, n_layers=2)).eval()
     steps = (torch.rand(2, 7, 24, 3) < 0.3).float()
     style_vec = model.style_vectors(torch.tensor([1, 2]))
-    at_once, one_by_one = (biaxial._TimeStepper(model, style_vec) for _ in range(2))
+    at_once, one_by_one = (prv_sampling._TimeStepper(model, style_vec) for _ in range(2))
     with torch.no_grad():
         at_once.feed(steps)
         for t in range(7):
@@ -211,12 +213,10 @@ def test_primer_fed_at_once_equals_step_by_step(monkeypatch: pytest.MonkeyPatch)
 
 def test_overfits_one_batch(store: StoreData) -> None:
     torch.manual_seed(0)
-    config = biaxial.prepare(
-        store, tiny_config(styles=(), n_pitches=0, time_hidden=32, note_hidden=32)
-    )
+    config = prv.prepare(store, tiny_config(styles=(), n_pitches=0, time_hidden=32, note_hidden=32))
     model = PopH(config)
     torch.manual_seed(1)
-    batch = next(iter(DataLoader(biaxial.make_dataset(store, config, "train"), batch_size=2)))
+    batch = next(iter(DataLoader(prv.make_dataset(store, config, "train"), batch_size=2)))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.eval()
     with torch.no_grad():
@@ -244,7 +244,9 @@ def test_generate_valid_rows_polyphony_and_styles() -> None:
 
     def sample(style: str | None) -> list[pd.DataFrame]:
         g = torch.Generator().manual_seed(0)
-        return model.generate(2, generator=g, length=10, style=style)  # longer than seq_len
+        return prv_sampling.generate_poph(
+            model, 2, generator=g, length=10, style=style
+        )  # longer than seq_len
 
     samples = sample("pop")
     for s in samples:
@@ -264,7 +266,9 @@ def test_generate_valid_rows_polyphony_and_styles() -> None:
             "volume": np.array([0.5, 0.5, 0.8], np.float32),
         }
     )
-    with_primer = model.generate(2, primer=primer, length=3, generator=torch.Generator())
+    with_primer = prv_sampling.generate_poph(
+        model, 2, primer=primer, length=3, generator=torch.Generator()
+    )
     first = with_primer[0][with_primer[0]["step"] < 2]
     assert first[["step", "pitch"]].values.tolist() == [[0, 5], [1, 5]]  # piece "x"
     second = with_primer[1][with_primer[1]["step"] < 1]

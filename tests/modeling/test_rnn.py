@@ -8,22 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from fixture_stores import SMALL, SMALL_2, encoded_store
+from fixture_stores import SMALL, SMALL_2, encoded_store, model_config, repr_params
 from torch.utils.data import DataLoader
 
 from pipeline import representations
 from pipeline.modeling import base
 from pipeline.modeling.base import StoreData
-from pipeline.modeling.rnn import (
-    MIN_DURATION_S,
-    Config,
-    NoteLSTM,
-    TupleWindows,
-    baseline,
-    filter_logits,
-    make_dataset,
-    positive_pressure,
-)
+from pipeline.modeling.sampling import filter_logits
+from pipeline.modeling.tuples import TupleWindows, baseline, make_dataset
+from pipeline.modeling.tuples.rnn import Config, NoteLSTM, positive_pressure
+from pipeline.modeling.tuples.sampling import MIN_DURATION_S, generate_rnn
 
 
 def toy_rows(
@@ -51,7 +45,7 @@ def test_registered_on_tuples() -> None:
 def test_windows_start_token_targets_and_masks() -> None:
     rows = toy_rows("p", [60, 62, 64, 65, 67], [0.0, 0.5, 0.5, 0.25, 0.25], [0.4] * 5)
     store = StoreData(rows={"train": rows, "test": rows}, pieces=pd.DataFrame(), params=None)
-    config = Config(seq_len=3)
+    config = model_config("rnn", seq_len=3)
     train = make_dataset(store, config, "train")
     assert len(train) == 3  # a window starts at every note with a full window left
     first = train[0]
@@ -97,7 +91,7 @@ def test_positive_pressure_is_mean_of_negative_parts() -> None:
 
 def test_loss_weights_combine_terms() -> None:
     torch.manual_seed(0)
-    model = NoteLSTM(Config(seq_len=4, hidden_size=8))
+    model = NoteLSTM(model_config("rnn", seq_len=4, hidden_size=8))
     rows = toy_rows("p", [60, 62, 64, 65, 67], [0.0, 0.5, 0.5, 0.25, 0.25], [0.4] * 5)
     store = StoreData(rows={"train": rows}, pieces=pd.DataFrame(), params=None)
     batch = next(iter(DataLoader(make_dataset(store, model.config, "train"), batch_size=2)))
@@ -121,7 +115,7 @@ def test_baseline_literal() -> None:
     train = toy_rows("a", [60, 60, 62], [0.0, 1.0, 2.0], [1.0, 1.0, 1.0])
     test = toy_rows("b", [60, 64], [0.0, 1.0], [2.0, 1.0])
     store = StoreData(rows={"train": train, "test": test}, pieces=pd.DataFrame(), params=None)
-    result = baseline(store, Config())
+    result = baseline(store, model_config("rnn"))
     # add-one unigram over 128 pitches: P(60) = 3/131, P(64) = 1/131
     expected = -(math.log(3 / 131) + math.log(1 / 131)) / 2
     assert result["baseline_nll"] == pytest.approx(expected)
@@ -141,7 +135,7 @@ def test_filter_logits_top_k_and_top_p() -> None:
 def test_overfits_one_batch() -> None:
     torch.manual_seed(0)
     store = encoded_store("tuples", {"train": [SMALL]})
-    config = Config(seq_len=8, hidden_size=32)
+    config = model_config("rnn", seq_len=8, hidden_size=32)
     data = make_dataset(store, config, "train")
     batch = next(
         iter(
@@ -163,9 +157,9 @@ def test_overfits_one_batch() -> None:
 
 def test_generate_rows_decode_to_valid_notes() -> None:
     torch.manual_seed(0)
-    model = NoteLSTM(Config(seq_len=8, hidden_size=16))
-    samples = model.generate(
-        3, generator=torch.Generator().manual_seed(1), seconds=2.0, temperature=1.0, top_k=20
+    model = NoteLSTM(model_config("rnn", seq_len=8, hidden_size=16))
+    samples = generate_rnn(
+        model, 3, generator=torch.Generator().manual_seed(1), seconds=2.0, temperature=1.0, top_k=20
     )
     rep = representations.get("tuples")
     assert len(samples) == 3
@@ -175,16 +169,18 @@ def test_generate_rows_decode_to_valid_notes() -> None:
         assert rows["index"].tolist() == list(range(len(rows)))
         assert len(rows) > 0
         assert (rows["duration"] >= MIN_DURATION_S).all() and (rows["step"] >= 0).all()
-        notes = rep.decode(rows, rep.params_cls())
+        notes = rep.decode(rows, repr_params("tuples"))
         assert (notes["end"] > notes["start"]).all()
         assert notes["pitch"].between(0, 127).all()
 
 
 def test_generate_length_and_primer() -> None:
     torch.manual_seed(0)
-    model = NoteLSTM(Config(seq_len=4, hidden_size=16))
+    model = NoteLSTM(model_config("rnn", seq_len=4, hidden_size=16))
     primer = toy_rows("x", [60, 64, 67], [0.0, 0.5, 0.5], [0.5, 0.5, 0.5])
-    (rows,) = model.generate(1, generator=torch.Generator().manual_seed(0), primer=primer, length=5)
+    (rows,) = generate_rnn(
+        model, 1, generator=torch.Generator().manual_seed(0), primer=primer, length=5
+    )
     assert len(rows) == 3 + 5
     assert rows["pitch"].tolist()[:3] == [60, 64, 67]
     assert rows["velocity"].tolist()[:3] == [64, 64, 64]
@@ -193,19 +189,19 @@ def test_generate_length_and_primer() -> None:
 
 def test_generate_is_reproducible_and_greedy_ignores_seed() -> None:
     torch.manual_seed(0)
-    model = NoteLSTM(Config(seq_len=4, hidden_size=16))
-    a = model.generate(2, generator=torch.Generator().manual_seed(5), length=6)
-    b = model.generate(2, generator=torch.Generator().manual_seed(5), length=6)
+    model = NoteLSTM(model_config("rnn", seq_len=4, hidden_size=16))
+    a = generate_rnn(model, 2, generator=torch.Generator().manual_seed(5), length=6)
+    b = generate_rnn(model, 2, generator=torch.Generator().manual_seed(5), length=6)
     for x, y in zip(a, b, strict=True):
         pd.testing.assert_frame_equal(x, y)
-    g1 = model.generate(1, generator=torch.Generator().manual_seed(1), length=6, temperature=0)
-    g2 = model.generate(1, generator=torch.Generator().manual_seed(2), length=6, temperature=0)
+    g1 = generate_rnn(model, 1, generator=torch.Generator().manual_seed(1), length=6, temperature=0)
+    g2 = generate_rnn(model, 1, generator=torch.Generator().manual_seed(2), length=6, temperature=0)
     pd.testing.assert_frame_equal(g1[0], g2[0])
 
 
 def test_real_store_windows_cover_test_notes() -> None:
     store = encoded_store("tuples", {"train": [SMALL], "test": [SMALL_2]})
-    config = Config(seq_len=25)
+    config = model_config("rnn", seq_len=25)
     test = make_dataset(store, config, "test")
     loader = DataLoader(test, batch_size=64)
     assert sum(float(b["mask"].sum()) for b in loader) == len(store.rows["test"])

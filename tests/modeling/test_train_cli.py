@@ -9,18 +9,14 @@ import pytest
 import torch
 import typer
 import yaml
-from fixture_stores import FIXTURES
+from fixture_stores import FIXTURES, shipped
 from rawfolder import processed_stores
 from typer.testing import CliRunner
 
+from pipeline.core.params import ParamsError
 from pipeline.midi import parse_midi
-from pipeline.modeling.train import (
-    generate_command,
-    interpolate_command,
-    load_train_params,
-    train_command,
-)
-from pipeline.params import ParamsError
+from pipeline.modeling.generate import generate_command, interpolate_command
+from pipeline.modeling.train import load_train_params, train_command
 
 PIECES = {
     "train": FIXTURES
@@ -46,9 +42,15 @@ PARAMS = {
         "checkpoint_every": 2,
         "num_threads": 1,
     },
-    "models": {
-        "rnn": {"seq_len": 8, "hidden_size": 16, "train": {"max_steps": 4}},
+    "models": {  # the shipped sections, made tiny
+        "rnn": {
+            **shipped("models.rnn"),
+            "seq_len": 8,
+            "hidden_size": 16,
+            "train": {"max_steps": 4},
+        },
         "vae": {
+            **shipped("models.vae"),
             "window_frames": 16,
             "filters": [4, 8],
             "latent_dim": 4,
@@ -108,7 +110,7 @@ def test_model_sections_override_train_keys(tmp_path: Path) -> None:
     bad["models"]["rnn"]["train"] = {"max_step": 3}
     with pytest.raises(ParamsError, match="models.rnn.train.max_step"):
         load_train_params("rnn", write_params(tmp_path / "bad.yaml", bad))
-    bad["models"]["rnn"] = {"seq_len": 0}
+    bad["models"]["rnn"] = {**shipped("models.rnn"), "seq_len": 0}
     with pytest.raises(ParamsError, match="seq_len"):
         load_train_params("rnn", write_params(tmp_path / "bad.yaml", bad))
     with pytest.raises(ParamsError, match="unknown model 'gan'"):

@@ -10,29 +10,27 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from fixture_stores import model_config, shipped
 
+from pipeline.core.params import ParamsError, from_mapping
 from pipeline.modeling import base
 from pipeline.modeling.base import StoreData
-from pipeline.modeling.transformer import (
-    BOS,
-    EOS,
-    PAD,
-    VOCAB_SIZE,
+from pipeline.modeling.events import baseline, make_dataset
+from pipeline.modeling.events.sampling import generate_transformer, sample_next
+from pipeline.modeling.events.transformer import (
     Config,
     MusicTransformer,
     RelativeSelfAttention,
-    baseline,
     causal_mask,
-    filter_logits,
-    make_dataset,
     relative_embeddings,
     relative_logits,
-    sample_next,
     skew,
 )
-from pipeline.params import ParamsError, from_mapping
+from pipeline.modeling.sampling import filter_logits
+from pipeline.representations.events import BOS, EOS, PAD, VOCAB_SIZE
 
-TINY = Config(
+TINY = model_config(
+    "transformer",
     d_model=32,
     n_layers=2,
     n_heads=4,
@@ -314,10 +312,14 @@ def test_top_k_one_is_deterministic_greedy() -> None:
     torch.manual_seed(0)
     model = MusicTransformer(TINY)
     runs = [
-        model.generate(2, generator=torch.Generator().manual_seed(seed), top_k=1, length=25)
+        generate_transformer(
+            model, 2, generator=torch.Generator().manual_seed(seed), top_k=1, length=25
+        )
         for seed in (1, 2)
     ]
-    greedy = model.generate(1, generator=None, temperature=0.0, length=25)[0]["tokens"][0]
+    greedy = generate_transformer(model, 1, generator=None, temperature=0.0, length=25)[0][
+        "tokens"
+    ][0]
     for rows in runs:
         for row in rows:
             np.testing.assert_array_equal(row["tokens"][0], greedy)
@@ -335,8 +337,8 @@ def test_generation_continues_the_primer() -> None:
     model = MusicTransformer(TINY)
     primer_tokens = np.array([BOS, 359 + 20, 3 + 60, 258 + 50, 131 + 60, EOS], dtype=np.uint16)
     primer = pd.DataFrame({"piece_id": ["p"], "tokens": [primer_tokens]})
-    rows = model.generate(
-        3, generator=torch.Generator().manual_seed(0), primer=primer, length=40, top_p=0.9
+    rows = generate_transformer(
+        model, 3, generator=torch.Generator().manual_seed(0), primer=primer, length=40, top_p=0.9
     )
     assert len(rows) == 3
     for i, row in enumerate(rows):
@@ -350,7 +352,9 @@ def test_generation_continues_the_primer() -> None:
         assert tokens.max() < VOCAB_SIZE
         assert not np.isin(tokens[1:], [PAD, BOS]).any()
     # a different seed gives a different continuation
-    other = model.generate(1, generator=torch.Generator().manual_seed(1), primer=primer, length=40)
+    other = generate_transformer(
+        model, 1, generator=torch.Generator().manual_seed(1), primer=primer, length=40
+    )
     assert not np.array_equal(other[0]["tokens"][0], rows[0]["tokens"][0])
 
 
@@ -367,12 +371,16 @@ def _always(token: int) -> MusicTransformer:
 
 def test_generation_stops_after_seconds_of_time_shifts() -> None:
     one_second = 258 + 100
-    rows = _always(one_second).generate(1, generator=torch.Generator().manual_seed(0), seconds=3.0)
+    rows = generate_transformer(
+        _always(one_second), 1, generator=torch.Generator().manual_seed(0), seconds=3.0
+    )
     np.testing.assert_array_equal(rows[0]["tokens"][0], [BOS] + [one_second] * 3 + [EOS])
 
 
 def test_generation_stops_at_eos() -> None:
-    rows = _always(EOS).generate(2, generator=torch.Generator().manual_seed(0), length=50)
+    rows = generate_transformer(
+        _always(EOS), 2, generator=torch.Generator().manual_seed(0), length=50
+    )
     for row in rows:
         np.testing.assert_array_equal(row["tokens"][0], [BOS, EOS])
 
@@ -423,9 +431,11 @@ def test_registered_spec_and_params() -> None:
     spec = base.get("transformer")
     assert spec.representation == "events"
     assert spec.model_cls is MusicTransformer
-    config = from_mapping({"d_model": 64, "n_heads": 4}, spec.config_cls, "models.transformer")
-    assert config.d_model == 64 and config.seq_len == Config().seq_len
+    section = shipped("models.transformer")
+    section.pop("representation"), section.pop("train")
+    config = from_mapping({**section, "d_model": 64}, spec.config_cls, "models.transformer")
+    assert config.d_model == 64 and config.seq_len == model_config("transformer").seq_len
     with pytest.raises(ParamsError, match="divisible"):
-        from_mapping({"d_model": 30, "n_heads": 4}, Config, "models.transformer")
+        from_mapping({**section, "d_model": 30, "n_heads": 4}, Config, "models.transformer")
     with pytest.raises(ParamsError, match="models.transformer.depth"):
-        from_mapping({"depth": 3}, Config, "models.transformer")
+        from_mapping({**section, "depth": 3}, Config, "models.transformer")

@@ -8,20 +8,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from fixture_stores import SMALL, encoded_store
+from fixture_stores import SMALL, encoded_store, model_config
 from torch.utils.data import DataLoader
 
 from pipeline import representations
 from pipeline.modeling import base
-from pipeline.modeling.autoencoder import binarize
-from pipeline.modeling.vae import Config, PianorollVAE, make_dataset, prepare, slerp
+from pipeline.modeling.pianoroll.sampling import binarize, generate_vae, interpolate_vae, slerp
+from pipeline.modeling.pianoroll.vae import Config, PianorollVAE, make_dataset, prepare
 
 
 def tiny_config(**kw: object) -> Config:
     base_kw = dict(
         window_frames=8, filters=(4, 8), latent_dim=3, min_pitch=60, n_pitches=6, frame_ms=100.0
     )
-    return Config(**{**base_kw, **kw})  # type: ignore[arg-type]
+    return model_config("vae", **{**base_kw, **kw})
 
 
 def test_registered_on_pianoroll() -> None:
@@ -87,7 +87,9 @@ def test_overfits_one_batch() -> None:
     # a small KL weight: memorising 8 windows needs information in the code
     config = prepare(
         store,
-        Config(window_frames=16, filters=(8, 16), latent_dim=8, beta=0.01, kl_anneal_steps=0),
+        model_config(
+            "vae", window_frames=16, filters=(8, 16), latent_dim=8, beta=0.01, kl_anneal_steps=0
+        ),
     )
     data = make_dataset(store, config, "train")
     batch = next(
@@ -118,11 +120,11 @@ def test_overfits_one_batch() -> None:
 def test_generate_rows_decode_to_valid_notes() -> None:
     torch.manual_seed(0)
     store = encoded_store("pianoroll", {"train": [SMALL]}, max_frames_per_piece=400)
-    config = prepare(store, Config(window_frames=16, filters=(4, 8), latent_dim=4))
+    config = prepare(store, model_config("vae", window_frames=16, filters=(4, 8), latent_dim=4))
     model = PianorollVAE(config)
     rep = representations.get("pianoroll")
-    samples = model.generate(2, generator=torch.Generator().manual_seed(0), seconds=3.0)
-    again = model.generate(2, generator=torch.Generator().manual_seed(0), seconds=3.0)
+    samples = generate_vae(model, 2, generator=torch.Generator().manual_seed(0), seconds=3.0)
+    again = generate_vae(model, 2, generator=torch.Generator().manual_seed(0), seconds=3.0)
     assert len(samples) == 2
     for i, rows in enumerate(samples):
         pd.testing.assert_frame_equal(rows, again[i])
@@ -145,7 +147,9 @@ def test_generate_with_primer_keeps_it() -> None:
             "velocity": np.array([70, 70], np.int16),
         }
     )
-    (rows,) = model.generate(1, generator=torch.Generator().manual_seed(0), primer=primer, length=8)
+    (rows,) = generate_vae(
+        model, 1, generator=torch.Generator().manual_seed(0), primer=primer, length=8
+    )
     opening = rows[rows["frame"] < 4]
     assert sorted(zip(opening["frame"], opening["pitch"], strict=True)) == [(0, 60), (3, 65)]
     assert rows["frame"].max() < 4 + 8
@@ -163,7 +167,7 @@ def test_interpolate_endpoints_and_count() -> None:
         }
     )
     b = a.assign(piece_id="b", pitch=np.int16(65))
-    path = model.interpolate(a, b, steps=4)
+    path = interpolate_vae(model, a, b, steps=4)
     assert [r["piece_id"].unique().tolist() for r in path if len(r)] == [
         [f"interp-{i}"] for i, r in enumerate(path) if len(r)
     ]
@@ -176,4 +180,4 @@ def test_interpolate_endpoints_and_count() -> None:
     first[path[0]["frame"], path[0]["pitch"] - 60] = 1.0
     np.testing.assert_array_equal(first, ends)
     with pytest.raises(ValueError, match="steps"):
-        model.interpolate(a, b, steps=1)
+        interpolate_vae(model, a, b, steps=1)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict, deque
 
 import numpy as np
 import pandas as pd
 import pytest
+from fixture_stores import shipped
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.params import ParamsError, from_mapping
+from pipeline.core.params import ParamsError, default_params, from_mapping
 from pipeline.representations import events as ev
+
+PARAMS = default_params("events", ev.Params)  # as params.yaml ships them
+NO_SUSTAIN = dataclasses.replace(PARAMS, sustain=False)
 
 
 def notes_table(rows: list[tuple], piece: str = "a") -> pd.DataFrame:
@@ -48,7 +53,7 @@ def test_velocity_bins() -> None:
 
 
 def test_encode_literal() -> None:
-    rows = ev.encode(TINY, None, ev.Params(sustain=False))
+    rows = ev.encode(TINY, None, NO_SUSTAIN)
     assert rows["piece_id"].tolist() == ["a"]
     tokens = rows["tokens"].iloc[0]
     assert tokens.dtype == np.uint16
@@ -73,7 +78,7 @@ def test_encode_literal() -> None:
 
 
 def test_decode_literal() -> None:
-    notes = ev.decode(ev.encode(TINY, None, ev.Params(sustain=False)), ev.Params())
+    notes = ev.decode(ev.encode(TINY, None, NO_SUSTAIN), PARAMS)
     got = list(notes[["pitch", "velocity", "start", "end"]].itertuples(index=False, name=None))
     assert got == [(60, 99, 0.0, 0.5), (64, 79, 0.25, 0.5), (67, 99, 1.75, 1.76)]
 
@@ -156,11 +161,11 @@ def test_decode_matches_reference_loop(tokens: list[int]) -> None:
 
 
 def test_truncation_keeps_bos_eos() -> None:
-    full = ev.encode(TINY, None, ev.Params(sustain=False))["tokens"].iloc[0]
-    rows = ev.encode(TINY, None, ev.Params(sustain=False, max_tokens_per_piece=7))
+    full = ev.encode(TINY, None, NO_SUSTAIN)["tokens"].iloc[0]
+    rows = ev.encode(TINY, None, dataclasses.replace(NO_SUSTAIN, max_tokens_per_piece=7))
     tokens = rows["tokens"].iloc[0]
     assert tokens.tolist() == [*full[:6].tolist(), ev.EOS]
-    notes = ev.decode(rows, ev.Params())  # NOTE_ON 64 never closed: ends at the final time
+    notes = ev.decode(rows, PARAMS)  # NOTE_ON 64 never closed: ends at the final time
     assert notes[["pitch", "end"]].values.tolist() == [[60, 0.25], [64, 0.26]]
 
 
@@ -173,10 +178,10 @@ def test_several_pieces_and_drum_only_piece() -> None:
         ],
         ignore_index=True,
     )
-    rows = ev.encode(notes, None, ev.Params(sustain=False))
+    rows = ev.encode(notes, None, NO_SUSTAIN)
     assert rows["piece_id"].tolist() == ["b", "a"]  # no row for a piece without notes
     assert rows["tokens"].iloc[0].tolist() == [1, 359 + 12, 3 + 62, 308, 131 + 62, 2]
-    single = ev.encode(TINY, None, ev.Params(sustain=False))["tokens"].iloc[0]
+    single = ev.encode(TINY, None, NO_SUSTAIN)["tokens"].iloc[0]
     np.testing.assert_array_equal(rows["tokens"].iloc[1], single)
 
 
@@ -186,4 +191,4 @@ def test_encode_piece_empty() -> None:
 
 def test_params_rejected() -> None:
     with pytest.raises(ParamsError, match="max_tokens_per_piece"):
-        from_mapping({"max_tokens_per_piece": 1}, ev.Params, "events")
+        from_mapping({**shipped("events"), "max_tokens_per_piece": 1}, ev.Params, "events")

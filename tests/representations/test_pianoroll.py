@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from fixture_stores import repr_params, shipped
 
-from pipeline.params import ParamsError, from_mapping
+from pipeline.core.params import ParamsError, default_params, from_mapping
+from pipeline.representations import notes as notes_module
 from pipeline.representations import pianoroll
 
 
@@ -18,7 +20,7 @@ def notes_table(rows: list[tuple], piece: str = "a") -> pd.DataFrame:
 
 
 # 250 ms frames keep the literal small
-PARAMS = pianoroll.Params(frame_ms=250, sustain=False)
+PARAMS = repr_params("pianoroll", frame_ms=250, sustain=False)
 TINY = notes_table(
     [
         (60, 100, 0.0, 0.5),  # frames 0, 1
@@ -74,9 +76,9 @@ def test_pitch_range_and_crop() -> None:
 def test_sustain_extends_cells() -> None:
     pedals = pd.DataFrame({"piece_id": ["a"], "track": [0], "start": [0.4], "end": [1.5]})
     notes = notes_table([(64, 80, 0.25, 0.5)])
-    held = pianoroll.encode(notes, pedals, pianoroll.Params(frame_ms=250, sustain=True))
+    held = pianoroll.encode(notes, pedals, repr_params("pianoroll", frame_ms=250, sustain=True))
     assert held["frame"].tolist() == [1, 2, 3, 4, 5]
-    dry = pianoroll.encode(notes, pedals, pianoroll.Params(frame_ms=250, sustain=False))
+    dry = pianoroll.encode(notes, pedals, repr_params("pianoroll", frame_ms=250, sustain=False))
     assert dry["frame"].tolist() == [1]
 
 
@@ -98,9 +100,9 @@ def test_many_pieces_in_small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
             )
         )
     notes = pd.concat(parts, ignore_index=True)
-    params = pianoroll.Params()
+    params = default_params("pianoroll", pianoroll.Params)
     whole = pianoroll.encode(notes, None, params)
-    monkeypatch.setattr(pianoroll, "GRID_CELLS", 5_000)
+    monkeypatch.setattr(notes_module, "GRID_CELLS", 5_000)
     batched = pianoroll.encode(notes, None, params)
     pd.testing.assert_frame_equal(whole, batched)
     assert whole["piece_id"].unique().tolist() == [f"p{i:02d}" for i in range(30)]
@@ -118,4 +120,4 @@ def test_empty_input() -> None:
 )
 def test_params_rejected(raw: dict, key: str) -> None:
     with pytest.raises(ParamsError, match=key):
-        from_mapping(raw, pianoroll.Params, "pianoroll")
+        from_mapping({**shipped("pianoroll"), **raw}, pianoroll.Params, "pianoroll")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from fixture_stores import repr_params, shipped
 
-from pipeline.params import ParamsError, from_mapping
+from pipeline.core.params import ParamsError, from_mapping
 from pipeline.representations import prv
 
 
@@ -18,7 +19,7 @@ def notes_table(rows: list[tuple], piece: str = "a") -> pd.DataFrame:
 
 
 # 4 steps a second, one octave C4..B4
-PARAMS = prv.Params(steps_per_second=4, min_pitch=60, n_pitches=12, sustain=False)
+PARAMS = repr_params("prv", steps_per_second=4, min_pitch=60, n_pitches=12, sustain=False)
 TINY = notes_table(
     [
         (60, 127, 0.0, 0.5),  # steps 0, 1
@@ -59,7 +60,9 @@ def test_restrike_of_a_held_note_is_a_replay() -> None:
 
 
 def test_crop() -> None:
-    params = prv.Params(steps_per_second=4, min_pitch=60, n_pitches=12, max_steps_per_piece=2)
+    params = repr_params(
+        "prv", steps_per_second=4, min_pitch=60, n_pitches=12, max_steps_per_piece=2
+    )
     assert prv.encode(TINY, None, params)["step"].max() == 1
 
 
@@ -69,4 +72,4 @@ def test_crop() -> None:
 )
 def test_params_rejected(raw: dict, key: str) -> None:
     with pytest.raises(ParamsError, match=key):
-        from_mapping(raw, prv.Params, "prv")
+        from_mapping({**shipped("prv"), **raw}, prv.Params, "prv")

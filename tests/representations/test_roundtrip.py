@@ -22,6 +22,7 @@ import pytest
 from conftest import MIDI_FILES
 
 from pipeline import representations
+from pipeline.core.params import default_params
 from pipeline.midi import parse_midi
 from pipeline.representations import events, pianoroll, prv, tuples
 
@@ -46,7 +47,7 @@ def encoded(corpus: tuple[pd.DataFrame, pd.DataFrame]) -> dict[str, dict[str, pd
     out: dict[str, dict[str, pd.DataFrame]] = {}
     for name in representations.names():
         rep = representations.get(name)
-        rows = rep.encode(notes, pedals, rep.params_cls())
+        rows = rep.encode(notes, pedals, default_params(rep.name, rep.params_cls))
         out[name] = {str(k): g for k, g in rows.groupby("piece_id", sort=False)}
     return out
 
@@ -96,7 +97,7 @@ def test_schema_and_piece_order(name: str, encoded, corpus) -> None:
 
 @pytest.mark.parametrize("path", MIDI_FILES, ids=IDS)
 def test_tuples_roundtrip(path: Path, by_piece, encoded) -> None:
-    params = tuples.Params()
+    params = default_params("tuples", tuples.Params)
     rows = encoded["tuples"][path.name]
     assert rows["index"].tolist() == list(range(len(rows)))
     decoded = tuples.decode(rows, params)
@@ -111,7 +112,7 @@ def test_tuples_roundtrip(path: Path, by_piece, encoded) -> None:
 
 @pytest.mark.parametrize("path", MIDI_FILES, ids=IDS)
 def test_events_roundtrip(path: Path, by_piece, encoded) -> None:
-    params = events.Params()
+    params = default_params("events", events.Params)
     rows = encoded["events"][path.name]
     assert len(rows) == 1
     tokens = rows["tokens"].iloc[0]
@@ -191,7 +192,7 @@ def union_runs(first, stop, row, cut_at_onsets: bool):
 
 @pytest.mark.parametrize("path", MIDI_FILES, ids=IDS)
 def test_pianoroll_roundtrip(path: Path, by_piece, encoded) -> None:
-    params = pianoroll.Params()
+    params = default_params("pianoroll", pianoroll.Params)
     frame_s = params.frame_s
     rows = encoded["pianoroll"][path.name]
     orig = piece_notes(by_piece, path.name, params.sustain)
@@ -223,7 +224,7 @@ def test_pianoroll_roundtrip(path: Path, by_piece, encoded) -> None:
 
 @pytest.mark.parametrize("path", MIDI_FILES, ids=IDS)
 def test_prv_roundtrip(path: Path, by_piece, encoded) -> None:
-    params = prv.Params()
+    params = default_params("prv", prv.Params)
     step_s = params.step_s
     rows = encoded["prv"][path.name]
     orig = piece_notes(by_piece, path.name, params.sustain)

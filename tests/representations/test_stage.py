@@ -12,14 +12,18 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import typer
+from fixture_stores import repr_params
 from rawfolder import make_raw_source
 from typer.testing import CliRunner
 
 from pipeline import representations
-from pipeline.ingest import DEFAULT_PARAMS, ingest_dir
+from pipeline.core.params import default_params
+from pipeline.core.stores import NOTES, PEDALS, PIECES, read_interim, read_store, write_store
+from pipeline.ingest import IngestParams, ingest_dir
 from pipeline.midi import parse_midi
 from pipeline.representations import stage
-from pipeline.stores import NOTES, PEDALS, PIECES, read_interim, read_store, write_store
+
+DEFAULT_PARAMS = default_params("ingest", IngestParams)
 
 SOURCES = {
     "pop": {
@@ -65,7 +69,7 @@ def test_build_store_equals_one_shot_encode(
     """Tiny chunks and Parquet batches (pieces split across batches) change nothing."""
     monkeypatch.setattr(stage, "_BATCH_ROWS", 700)
     rep = representations.get(name)
-    params = rep.params_cls()
+    params = default_params(rep.name, rep.params_cls)
     out = tmp_path / name
     counts = stage.build_store(name, interim, out, params, chunk_pieces=2, progress=False)
 
@@ -100,7 +104,7 @@ def test_build_store_equals_one_shot_encode(
     meta = json.loads((out / "params.json").read_text())
     assert meta == {"representation": name, "params": dataclasses.asdict(params)}
 
-    data = stage.load_store(out, name)
+    data = representations.load_store(out, name)
     assert data.params == params
     assert set(data.rows) == {"train", "validation", "test"}
     assert len(data.rows["train"]) == counts["train"]
@@ -110,14 +114,14 @@ def test_build_store_equals_one_shot_encode(
 
 def test_params_json_is_used_and_checked(interim: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "pr"
-    params = representations.get("pianoroll").params_cls(frame_ms=100)
+    params = repr_params("pianoroll", frame_ms=100)
     stage.build_store("pianoroll", interim, out, params, progress=False)
-    assert stage.load_store(out, "pianoroll").params.frame_ms == 100
-    with pytest.raises(stage.RepresentError, match="not 'prv'"):
-        stage.read_store_params(out, "prv")
+    assert representations.load_store(out, "pianoroll").params.frame_ms == 100
+    with pytest.raises(representations.RepresentError, match="not 'prv'"):
+        representations.read_store_params(out, "prv")
     (out / "params.json").unlink()
-    with pytest.raises(stage.RepresentError, match="params.json: missing"):
-        stage.load_store(out, "pianoroll")
+    with pytest.raises(representations.RepresentError, match="params.json: missing"):
+        representations.load_store(out, "pianoroll")
 
 
 def hand_made_interim(folder: Path, piece_order: list[str]) -> Path:
@@ -144,8 +148,8 @@ def test_scattered_piece_is_refused_and_old_output_kept(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("previous build")
-    params = representations.get("tuples").params_cls()
-    with pytest.raises(stage.RepresentError, match="'a' are not contiguous"):
+    params = default_params("tuples", representations.get("tuples").params_cls)
+    with pytest.raises(representations.RepresentError, match="'a' are not contiguous"):
         stage.build_store("tuples", [src], out, params, chunk_pieces=1, progress=False)
     assert (out / "old.txt").read_text() == "previous build"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "x"]  # no temp left
@@ -154,9 +158,8 @@ def test_scattered_piece_is_refused_and_old_output_kept(tmp_path: Path) -> None:
 def test_empty_split_is_a_valid_empty_file(tmp_path: Path) -> None:
     src = hand_made_interim(tmp_path / "x", ["a", "b"])
     out = tmp_path / "out"
-    counts = stage.build_store(
-        "events", [src], out, representations.get("events").params_cls(), progress=False
-    )
+    events_params = default_params("events", representations.get("events").params_cls)
+    counts = stage.build_store("events", [src], out, events_params, progress=False)
     assert counts["train"] == 2 and counts["test"] == 0
     assert read_store(out / "test.parquet", "events").empty
 
@@ -191,7 +194,7 @@ def test_represent_and_decode_commands(
     assert result.exit_code == 0, result.output
     rows = read_store(out / "train.parquet", "events")
     decoded = representations.get("events").decode(
-        rows[rows["piece_id"] == piece], stage.read_store_params(out, "events")
+        rows[rows["piece_id"] == piece], representations.read_store_params(out, "events")
     )
     assert f"{piece}: {len(decoded)} notes" in result.output
     assert len(parse_midi(midi).notes) == len(decoded) > 2000
@@ -228,7 +231,8 @@ def test_command_errors_are_one_line(
     params = tmp_path / "params.yaml"
     params.write_text(PARAMS_YAML.replace("frame_ms: 50", "frame_ms: 0"))
     out = tmp_path / "tuples"
-    stage.build_store("tuples", interim, out, representations.get("tuples").params_cls(),
+    tuples_params = default_params("tuples", representations.get("tuples").params_cls)
+    stage.build_store("tuples", interim, out, tuples_params,
                       progress=False)  # fmt: skip
     fill = {"src": str(interim[0]), "out": str(out), "missing": str(tmp_path / "missing")}
     argv = [a.format(**fill) for a in argv]
@@ -243,14 +247,14 @@ def test_command_errors_are_one_line(
 
 def test_rows_table_matches_from_pandas() -> None:
     """The fast Categorical path writes exactly what pyarrow's generic path writes."""
+    from pipeline.core.stores import with_meta
     from pipeline.representations import pianoroll
-    from pipeline.stores import with_meta
 
     notes = pd.DataFrame(
         {"piece_id": ["b", "b", "a"], "pitch": [60, 62, 64], "velocity": [90, 80, 70],
          "start": [0.0, 0.1, 0.0], "end": [0.2, 0.3, 0.1]}
     )  # fmt: skip
-    rows = pianoroll.encode(notes, None, pianoroll.Params())
+    rows = pianoroll.encode(notes, None, default_params("pianoroll", pianoroll.Params))
     assert isinstance(rows["piece_id"].dtype, pd.CategoricalDtype)
     schema = with_meta(pianoroll.SCHEMA, "pianoroll")
     fast = stage.rows_table(rows, schema)

@@ -6,9 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from fixture_stores import repr_params
 
-from pipeline.params import ParamsError, from_mapping
+from pipeline.core.params import ParamsError, default_params, from_mapping
 from pipeline.representations import tuples
+
+PARAMS = default_params("tuples", tuples.Params)  # as params.yaml ships them
 
 
 def notes_table(rows: list[tuple], piece: str = "a") -> pd.DataFrame:
@@ -34,7 +37,7 @@ TINY = notes_table(
 
 
 def test_encode_literal() -> None:
-    rows = tuples.encode(TINY, None, tuples.Params(sustain=False))
+    rows = tuples.encode(TINY, None, repr_params("tuples", sustain=False))
     assert rows.columns.tolist() == tuples.SCHEMA.names
     assert rows["piece_id"].tolist() == ["a"] * 4
     assert rows["index"].tolist() == [0, 1, 2, 3]
@@ -46,8 +49,8 @@ def test_encode_literal() -> None:
 
 
 def test_decode_literal() -> None:
-    rows = tuples.encode(TINY, None, tuples.Params(sustain=False))
-    notes = tuples.decode(rows, tuples.Params())
+    rows = tuples.encode(TINY, None, repr_params("tuples", sustain=False))
+    notes = tuples.decode(rows, PARAMS)
     assert notes["pitch"].tolist() == [20, 60, 64, 60]
     assert notes["start"].tolist() == [0.0, 0.0, 0.25, 0.5]
     assert notes["end"].tolist() == [0.125, 0.5, 0.5, 1.0]
@@ -55,7 +58,7 @@ def test_decode_literal() -> None:
 
 def test_pieces_keep_input_order_and_restart_steps() -> None:
     both = pd.concat([notes_table([(62, 50, 3.0, 3.5)], "z"), TINY], ignore_index=True)
-    rows = tuples.encode(both, None, tuples.Params(sustain=False))
+    rows = tuples.encode(both, None, repr_params("tuples", sustain=False))
     assert rows["piece_id"].tolist() == ["z", "a", "a", "a", "a"]
     assert rows["index"].tolist() == [0, 0, 1, 2, 3]
     assert rows["step"].tolist()[:2] == [3.0, 0.0]  # each piece's first step is its onset
@@ -63,8 +66,8 @@ def test_pieces_keep_input_order_and_restart_steps() -> None:
 
 def test_unsorted_input_is_sorted() -> None:
     shuffled = TINY.iloc[[2, 4, 0, 1, 3]]
-    a = tuples.encode(shuffled, None, tuples.Params(sustain=False))
-    b = tuples.encode(TINY, None, tuples.Params(sustain=False))
+    a = tuples.encode(shuffled, None, repr_params("tuples", sustain=False))
+    b = tuples.encode(TINY, None, repr_params("tuples", sustain=False))
     pd.testing.assert_frame_equal(a, b)
 
 
@@ -75,7 +78,7 @@ def test_no_drift_over_a_long_piece() -> None:
     notes = pd.DataFrame(
         {"piece_id": "a", "pitch": 60, "velocity": 80, "start": start, "end": start + 0.2}
     )
-    decoded = tuples.decode(tuples.encode(notes, None, tuples.Params()), tuples.Params())
+    decoded = tuples.decode(tuples.encode(notes, None, PARAMS), PARAMS)
     assert np.abs(decoded["start"] - start).max() <= 2.0**-19
     naive = np.cumsum(np.diff(start, prepend=0.0).astype(np.float32).astype(np.float64))
     assert np.abs(naive - start).max() > 1e-4  # the failure this guards against
@@ -83,18 +86,20 @@ def test_no_drift_over_a_long_piece() -> None:
 
 def test_decode_refuses_two_pieces() -> None:
     both = pd.concat([notes_table([(62, 50, 3.0, 3.5)], "z"), TINY], ignore_index=True)
-    rows = tuples.encode(both, None, tuples.Params())
+    rows = tuples.encode(both, None, PARAMS)
     with pytest.raises(ValueError, match="2 pieces"):
-        tuples.decode(rows, tuples.Params())
+        tuples.decode(rows, PARAMS)
 
 
 def test_missing_column_is_named() -> None:
     with pytest.raises(ValueError, match=r"notes: missing column\(s\) \['velocity'\]"):
-        tuples.encode(TINY.drop(columns=["velocity"]), None, tuples.Params())
+        tuples.encode(TINY.drop(columns=["velocity"]), None, PARAMS)
 
 
 def test_params_section() -> None:
-    assert from_mapping({"sustain": False}, tuples.Params, "tuples") == tuples.Params(False)
+    assert from_mapping({"sustain": False}, tuples.Params, "tuples") == repr_params(
+        "tuples", sustain=False
+    )
     with pytest.raises(ParamsError, match="tuples.bogus"):
         from_mapping({"sustain": True, "bogus": 1}, tuples.Params, "tuples")
 

@@ -2,10 +2,12 @@ import csv
 
 import pytest
 
-from pipeline.ingest import DEFAULT_PARAMS, ingest_dir
-from pipeline.params import ParamsError, from_mapping
+from pipeline.core.params import ParamsError, default_params, from_mapping
+from pipeline.core.stores import read_store
+from pipeline.ingest import IngestParams, ingest_dir
 from pipeline.sources import corpus
-from pipeline.stores import read_store
+
+DEFAULT_PARAMS = default_params("ingest", IngestParams)
 
 
 def test_corpus_exports_a_reproducible_subset(tmp_path):

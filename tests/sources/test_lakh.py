@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import tarfile
@@ -10,12 +11,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
+from fixture_stores import shipped
 from httpserver import LocalServer
 from rawfolder import read_manifest
 
 import pipeline.sources
+from pipeline.core.params import ParamsError, default_params, from_mapping
 from pipeline.download import UnsafeArchiveError
-from pipeline.params import ParamsError, from_mapping
 from pipeline.sources import MANIFEST_COLUMNS
 from pipeline.sources.lakh import KNOWN, URLS, Params, fetch
 from pipeline.splits import stable_split
@@ -91,7 +93,7 @@ def params_for(url: str, data: bytes, tmp_path: Path, **overrides: object) -> Pa
         "cache_dir": str(tmp_path / "cache"),
     }
     raw.update(overrides)
-    return from_mapping(raw, Params, "lakh")
+    return from_mapping({**shipped("lakh"), **raw}, Params, "lakh")
 
 
 def test_lmd_full_split_by_md5_is_deterministic_and_plausible(
@@ -200,21 +202,24 @@ def test_unsafe_archive_leaves_nothing(
 
 
 def test_params_published_checksums_validation_and_registry() -> None:
-    official = from_mapping({}, Params, "lakh")
+    shipped = dataclasses.asdict(default_params("lakh", Params))
+    official = from_mapping(shipped, Params, "lakh")
     assert (
         official.resolved_url
         == URLS["lmd_full"]
         == "http://hog.ee.columbia.edu/craffel/lmd/lmd_full.tar.gz"
     )
     assert official.checks() == KNOWN[URLS["lmd_full"]]
-    assert from_mapping({"variant": "clean_midi"}, Params, "lakh").checks() == (None, None)
-    mirror = from_mapping({"url": "http://mirror.example/lmd_full.tar.gz"}, Params, "lakh")
+    clean = from_mapping({**shipped, "variant": "clean_midi"}, Params, "lakh")
+    assert clean.checks() == (None, None)
+    mirror_url = "http://mirror.example/lmd_full.tar.gz"
+    mirror = from_mapping({**shipped, "url": mirror_url}, Params, "lakh")
     assert mirror.checks() == (None, None)  # a published digest belongs to its URL only
     with pytest.raises(ParamsError, match="variant"):
-        from_mapping({"variant": "lmd_aligned"}, Params, "lakh")
+        from_mapping({**shipped, "variant": "lmd_aligned"}, Params, "lakh")
     with pytest.raises(ParamsError, match="max_files"):
-        from_mapping({"max_files": -3}, Params, "lakh")
+        from_mapping({**shipped, "max_files": -3}, Params, "lakh")
     with pytest.raises(ParamsError, match="train would be empty"):
-        from_mapping({"test_fraction": 0.6, "validation_fraction": 0.4}, Params, "lakh")
+        from_mapping({**shipped, "test_fraction": 0.6, "validation_fraction": 0.4}, Params, "lakh")
     source = pipeline.sources.get("lakh")
     assert source.params_cls is Params and source.fetch is fetch

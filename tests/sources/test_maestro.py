@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import zipfile
@@ -14,10 +15,10 @@ from httpserver import LocalServer
 from rawfolder import read_manifest
 
 import pipeline.sources
+from pipeline.core.params import ParamsError, default_params, from_mapping
 from pipeline.download import DownloadError
-from pipeline.params import ParamsError, from_mapping
 from pipeline.sources import MANIFEST_COLUMNS
-from pipeline.sources.maestro import URL, Params, fetch
+from pipeline.sources.maestro import Params, fetch
 from pipeline.splits import stable_fraction
 
 COMPOSERS = ["Frédéric Chopin", "Johann Sebastian Bach", "Franz Liszt", "Claude Debussy"]
@@ -164,14 +165,19 @@ def test_zip_without_the_csv_is_rejected(server: LocalServer, tmp_path: Path) ->
 
 
 def test_params_defaults_validation_and_registry() -> None:
-    params = from_mapping({}, Params, "maestro")
-    assert params.url == URL and params.max_files == 0 and params.cache_dir == "data/cache"
+    """Defaults live in params.yaml only: a missing key is an error, not a silent default."""
+    params = default_params("maestro", Params)
+    assert params.url.endswith("/maestro/v3.0.0/maestro-v3.0.0-midi.zip")
+    assert params.max_files == 0 and params.cache_dir == "data/cache"
     assert params.sha256 is not None and params.size_bytes == 58416533
+    shipped = dataclasses.asdict(params)
+    with pytest.raises(ParamsError, match="missing key 'maestro.url'"):
+        from_mapping({k: v for k, v in shipped.items() if k != "url"}, Params, "maestro")
     with pytest.raises(ParamsError, match="max_files"):
-        from_mapping({"max_files": -1}, Params, "maestro")
+        from_mapping({**shipped, "max_files": -1}, Params, "maestro")
     with pytest.raises(ParamsError, match="md5"):
-        from_mapping({"md5": "xyz"}, Params, "maestro")
+        from_mapping({**shipped, "md5": "xyz"}, Params, "maestro")
     with pytest.raises(ParamsError, match="maestro.unknown"):
-        from_mapping({"unknown": 1}, Params, "maestro")
+        from_mapping({**shipped, "unknown": 1}, Params, "maestro")
     source = pipeline.sources.get("maestro")
     assert source.params_cls is Params and source.fetch is fetch

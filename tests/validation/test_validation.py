@@ -26,11 +26,17 @@ import typer
 from rawfolder import make_raw_source
 from typer.testing import CliRunner
 
-from pipeline.ingest import DEFAULT_PARAMS, ingest_dir
-from pipeline.params import from_mapping
-from pipeline.stores import NOTES, PIECES, read_store, write_store
-from pipeline.validation import STORE_KINDS, ValidateParams, ValidationError, stage, validate_store
-from pipeline.validation.suites import PROCESSED_COLUMNS, UNKNOWN_PIECE
+from pipeline import representations
+from pipeline.core.config import DEFAULT_PARAMS_FILE
+from pipeline.core.params import ParamsError, default_params, from_mapping
+from pipeline.core.stores import NOTES, PIECES, read_store, write_store
+from pipeline.ingest import IngestParams, ingest_dir
+from pipeline.validation import ValidateParams, ValidationError, stage, store_kinds, validate_store
+from pipeline.validation.suites import UNKNOWN_PIECE
+
+VALIDATE = default_params("validate", ValidateParams)
+
+DEFAULT_PARAMS = default_params("ingest", IngestParams)
 
 SAMPLE = {  # fixture file -> split assigned by the manifest
     "other/miditok_POP909_008.mid": "train",
@@ -108,7 +114,8 @@ def encode_pianoroll(notes: pd.DataFrame, p: dict) -> pd.DataFrame:
     cells = cells.sort_values("velocity", ascending=False).drop_duplicates(
         ["piece_id", "frame", "pitch"]
     )
-    return cells.sort_values(["piece_id", "frame", "pitch"])[list(PROCESSED_COLUMNS["pianoroll"])]
+    columns = representations.get("pianoroll").schema.names
+    return cells.sort_values(["piece_id", "frame", "pitch"])[columns]
 
 
 def encode_tuples(notes: pd.DataFrame, p: dict) -> pd.DataFrame:
@@ -164,7 +171,7 @@ def encode_prv(notes: pd.DataFrame, p: dict) -> pd.DataFrame:
     cells = cells.sort_values("replay", ascending=False).drop_duplicates(
         ["piece_id", "step", "pitch"]
     )
-    return cells.sort_values(["piece_id", "step", "pitch"])[list(PROCESSED_COLUMNS["prv"])]
+    return cells.sort_values(["piece_id", "step", "pitch"])[representations.get("prv").schema.names]
 
 
 ENCODERS = {
@@ -200,7 +207,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, fixtures_dir: Path) -> dict[
     stores = {"notes": root / "interim"}
     notes = read_store(root / "interim" / "notes.parquet", "notes")
     pieces = read_store(root / "interim" / "pieces.parquet", "pieces")
-    for kind in PROCESSED_COLUMNS:
+    for kind in representations.names():
         write_processed(kind, notes, pieces, root / "processed" / kind)
         stores[kind] = root / "processed" / kind
     return stores
@@ -213,7 +220,7 @@ def clean(built: dict[str, Path]):
 
     def result(kind: str) -> dict:
         if kind not in cache:
-            cache[kind] = validate_store(kind, built[kind], ValidateParams())
+            cache[kind] = validate_store(kind, built[kind], VALIDATE)
         return cache[kind]
 
     return result
@@ -261,7 +268,7 @@ def failures(result: dict) -> list[tuple[str, str, str | None]]:
 # --- clean stores -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", STORE_KINDS)
+@pytest.mark.parametrize("kind", store_kinds())
 def test_clean_store_passes(built: dict[str, Path], clean, kind: str) -> None:
     result = clean(kind)
     assert failures(result) == []
@@ -306,7 +313,7 @@ def test_pitch_out_of_range_fails(store) -> None:
         return df
 
     edit(path / "notes.parquet", "notes", NOTES, change)
-    result = validate_store("notes", path)
+    result = validate_store("notes", path, VALIDATE)
     assert result["success"] is False
     check = failed(result, "expect_column_values_to_be_between", "notes", "pitch")
     assert check["unexpected_count"] == 1
@@ -323,7 +330,10 @@ def test_null_piece_id_fails(store) -> None:
 
     edit(path / "notes.parquet", "notes", NOTES, change)
     check = failed(
-        validate_store("notes", path), "expect_column_values_to_not_be_null", "notes", "piece_id"
+        validate_store("notes", path, VALIDATE),
+        "expect_column_values_to_not_be_null",
+        "notes",
+        "piece_id",
     )
     assert check["unexpected_count"] == 1
     assert None in check["examples"]
@@ -338,7 +348,7 @@ def test_end_before_start_fails(store) -> None:
 
     edit(path / "notes.parquet", "notes", NOTES, change)
     notes = read_store(path / "notes.parquet", "notes")
-    result = validate_store("notes", path)
+    result = validate_store("notes", path, VALIDATE)
     check = failed(
         result, "expect_column_pair_values_a_to_be_greater_than_b", "notes", "end, start"
     )
@@ -361,7 +371,7 @@ def test_token_outside_vocabulary_fails(store) -> None:
 
     edit(path / "train.parquet", "events", PROCESSED_SCHEMAS["events"], change)
     edit(path / "validation.parquet", "events", PROCESSED_SCHEMAS["events"], drop_bos)
-    result = validate_store("events", path)
+    result = validate_store("events", path, VALIDATE)
     check = failed(result, "expect_column_values_to_be_between", "tokens", "token")
     assert check["examples"] == [500]
     assert check["unexpected_count"] == 1
@@ -382,7 +392,7 @@ def test_piece_in_two_splits_fails(store) -> None:
     edit(
         path / "train.parquet", kind, schema, lambda df: pd.concat([df, leaked], ignore_index=True)
     )
-    result = validate_store(kind, path)
+    result = validate_store(kind, path, VALIDATE)
     check = failed(result, "expect_column_values_to_be_unique", "piece_splits", "piece_id")
     assert leaked_id in check["examples"]
     split_check = failed(
@@ -394,7 +404,7 @@ def test_piece_in_two_splits_fails(store) -> None:
 def test_empty_train_split_fails(store) -> None:
     path = store("prv")
     edit(path / "train.parquet", "prv", PROCESSED_SCHEMAS["prv"], lambda df: df.iloc[:0])
-    result = validate_store("prv", path)
+    result = validate_store("prv", path, VALIDATE)
     check = failed(result, "expect_table_row_count_to_be_between", "train")
     assert check["examples"] == [0]
     assert result["rows"]["train"] == 0
@@ -404,10 +414,10 @@ def test_empty_split_that_pieces_list_fails_but_unlisted_one_passes(store) -> No
     path = store("tuples")
     schema = PROCESSED_SCHEMAS["tuples"]
     edit(path / "test.parquet", "tuples", schema, lambda df: df.iloc[:0])
-    failed(validate_store("tuples", path), "expect_table_row_count_to_be_between", "test")
+    failed(validate_store("tuples", path, VALIDATE), "expect_table_row_count_to_be_between", "test")
     # Once no piece is assigned to test any more, an empty test split is legitimate.
     edit(path / "pieces.parquet", "pieces", PIECES, lambda df: df[df["split"] != "test"])
-    assert validate_store("tuples", path)["success"] is True
+    assert validate_store("tuples", path, VALIDATE)["success"] is True
 
 
 def test_wrong_schema_version_is_a_failed_check(store) -> None:
@@ -417,7 +427,7 @@ def test_wrong_schema_version_is_a_failed_check(store) -> None:
     meta = dict(table.schema.metadata)
     meta[b"etude_version"] = b"0"
     pq.write_table(table.replace_schema_metadata(meta), file)
-    result = validate_store("notes", path)
+    result = validate_store("notes", path, VALIDATE)
     check = failed(result, "expect_store_schema_version", "notes")
     assert "version 0" in check["examples"][0]
     assert str(file) in check["examples"][0]
@@ -426,7 +436,9 @@ def test_wrong_schema_version_is_a_failed_check(store) -> None:
 def test_missing_split_file_is_a_failed_check(store) -> None:
     path = store("pianoroll")
     (path / "test.parquet").unlink()
-    check = failed(validate_store("pianoroll", path), "expect_store_file_to_exist", "test")
+    check = failed(
+        validate_store("pianoroll", path, VALIDATE), "expect_store_file_to_exist", "test"
+    )
     assert check["examples"] == [str(path / "test.parquet")]
 
 
@@ -436,7 +448,10 @@ def test_notes_of_an_unknown_piece_fail(store) -> None:
     dropped = pieces["piece_id"].iloc[-1]
     edit(path / "pieces.parquet", "pieces", PIECES, lambda df: df.iloc[:-1])
     check = failed(
-        validate_store("notes", path), "expect_column_values_to_be_null", "per_piece", UNKNOWN_PIECE
+        validate_store("notes", path, VALIDATE),
+        "expect_column_values_to_be_null",
+        "per_piece",
+        UNKNOWN_PIECE,
     )
     assert check["examples"] == [dropped]
 
@@ -450,7 +465,10 @@ def test_prv_pitch_beyond_n_pitches_fails(store) -> None:
 
     edit(path / "train.parquet", "prv", PROCESSED_SCHEMAS["prv"], change)
     check = failed(
-        validate_store("prv", path), "expect_column_values_to_be_between", "train", "pitch"
+        validate_store("prv", path, VALIDATE),
+        "expect_column_values_to_be_between",
+        "train",
+        "pitch",
     )
     assert check["examples"] == [48]
 
@@ -460,28 +478,28 @@ def test_missing_column_is_reported_not_raised(store) -> None:
     table = pq.read_table(path / "validation.parquet").drop_columns(["duration"])
     pq.write_table(table, path / "validation.parquet")
     check = failed(
-        validate_store("tuples", path), "expect_table_columns_to_match_set", "validation"
+        validate_store("tuples", path, VALIDATE), "expect_table_columns_to_match_set", "validation"
     )
     assert check["examples"] == [{"missing": ["duration"]}]
 
 
 def test_unknown_kind_and_missing_folder_raise(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="unknown store kind 'midi'"):
-        validate_store("midi", tmp_path)
+        validate_store("midi", tmp_path, VALIDATE)
     with pytest.raises(ValidationError, match="store folder not found"):
-        validate_store("notes", tmp_path / "nope")
+        validate_store("notes", tmp_path / "nope", VALIDATE)
 
 
 def test_params_section() -> None:
-    assert from_mapping({}, ValidateParams, "validate") == ValidateParams(200.0, 5)
+    assert VALIDATE == ValidateParams(200.0, 5)  # as params.yaml ships it
+    with pytest.raises(ParamsError, match="missing key 'validate.max_examples'"):
+        from_mapping({"max_notes_per_second": 50}, ValidateParams, "validate")
     parsed = from_mapping(
         {"max_notes_per_second": 50, "max_examples": 3}, ValidateParams, "validate"
     )
     assert parsed == ValidateParams(50.0, 3)
-    from pipeline.params import ParamsError
-
     with pytest.raises(ParamsError, match="max_examples"):
-        from_mapping({"max_examples": 0}, ValidateParams, "validate")
+        from_mapping({"max_notes_per_second": 50, "max_examples": 0}, ValidateParams, "validate")
 
 
 # --- speed -------------------------------------------------------------------------------
@@ -512,7 +530,7 @@ def test_large_store_validates_with_the_same_outcome(
             rows.loc[12_345, "pitch"] = 300
         write_store(rows, out / f"{split}.parquet", "tuples", PROCESSED_SCHEMAS["tuples"])
     write_store(pieces, out / "pieces.parquet", "pieces", PIECES)
-    result = validate_store("tuples", out)
+    result = validate_store("tuples", out, VALIDATE)
     assert failures(result) == [("train", "expect_column_values_to_be_between", "pitch")]
     assert failed(result, "expect_column_values_to_be_between", "train", "pitch")["examples"] == [
         300
@@ -539,7 +557,7 @@ def _run(tmp_path: Path, kind: str, path: Path, *extra: str):
         "--data-report",
         str(reports / "data" / f"{kind}.json"),
         "--params",
-        str(tmp_path / "no-params.yaml"),
+        str(DEFAULT_PARAMS_FILE),
         *extra,
     ]
     return CliRunner().invoke(_app(), args), reports
@@ -608,7 +626,7 @@ def test_etude_cli_stderr_holds_only_failure_lines(tmp_path: Path, store) -> Non
         "--report",
         str(report),
     ]
-    args += ["--data-report", str(tmp_path / "d.json"), "--params", str(tmp_path / "none.yaml")]
+    args += ["--data-report", str(tmp_path / "d.json"), "--params", str(DEFAULT_PARAMS_FILE)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
@@ -637,7 +655,7 @@ def test_command_user_errors(tmp_path: Path, built: dict[str, Path]) -> None:
     result, _ = _run(tmp_path, "midi", built["notes"])
     assert result.exit_code == 1 and "unknown store kind 'midi'" in result.stderr
     params = tmp_path / "params.yaml"
-    params.write_text("validate:\n  max_examples: 0\n")
+    params.write_text("validate:\n  max_notes_per_second: 200.0\n  max_examples: 0\n")
     result, _ = _run(tmp_path, "notes", built["notes"], "--params", str(params))
     assert result.exit_code == 1 and "max_examples" in result.stderr
     assert "Traceback" not in result.output
@@ -698,7 +716,7 @@ def test_failure_line_is_one_line() -> None:
 
 
 def test_rate_of_an_instant_piece_is_infinite() -> None:
-    from pipeline.validation.suites import _rate
+    from pipeline.validation.expect import rate as _rate
 
     rate = _rate(pd.Series([3, 4]), pd.Series([0.0, 2.0]))
     assert math.isinf(rate.iloc[0]) and rate.iloc[1] == 2.0

@@ -14,9 +14,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.io import write_parquet
+from pipeline.core.io import write_parquet
 
 SCHEMA_VERSION = 1
+
+# A fetched source folder (data/raw/<source>/) holds MIDI files and this table: path
+# relative to the folder, split, composer, title (empty strings where unknown).
+MANIFEST = "manifest.csv"
+MANIFEST_COLUMNS = ("path", "split", "composer", "title")
 
 NOTES = pa.schema(
     [

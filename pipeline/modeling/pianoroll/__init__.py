@@ -1,4 +1,10 @@
-"""Windows of the pianoroll store for the autoencoder and the VAE, and their baseline.
+"""The pianoroll family: what the autoencoder and the VAE share.
+
+Windows of the pianoroll store and their baseline, the config checks and ``prepare``
+both configs use, and the convolutional backbone (`ConvEncoder`, `ConvDecoder`) with
+its loss helpers. The models are `pipeline.modeling.pianoroll.autoencoder` and
+`pipeline.modeling.pianoroll.vae`; their samplers are in
+`pipeline.modeling.pianoroll.sampling`.
 
 The pianoroll store is sparse: one row (piece_id, frame, pitch, velocity) per active
 cell. Pieces stay sparse in memory (frame-sorted cell arrays, so memory follows the
@@ -10,21 +16,29 @@ min_pitch + n_pitches - 1``, plus a per-frame mask that is 0 past the piece's en
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import Dataset
 
-from pipeline.modeling.base import StoreData
-from pipeline.modeling.windows import WindowIndex
+from pipeline.core.params import require
+from pipeline.modeling.base import StoreData, WindowIndex
 
 log = logging.getLogger(__name__)
 
 # Per-pitch activation rates of the baseline are clipped into [EPS, 1 - EPS].
 BASELINE_EPS = 1e-4
+# Typical share of active cells: the decoder's initial output bias, and the
+# autoencoder's initial running density.
+INITIAL_DENSITY = 0.05
 
 
 @dataclass
@@ -230,3 +244,131 @@ def store_pitch_range(store: StoreData) -> tuple[int, int, float]:
             "(need min_pitch, max_pitch, frame_ms)"
         ) from exc
     return min_pitch, max_pitch - min_pitch + 1, frame_ms
+
+
+# --------------------------------------------------------------------------------------
+# Config checks shared by the autoencoder and VAE configs
+
+
+def validate_backbone(config: Any) -> None:
+    """Checks shared by the autoencoder and VAE configs."""
+    levels = len(config.filters)
+    require(levels >= 1, "filters must list at least one level")
+    require(all(f > 0 for f in config.filters), "filters must be > 0")
+    require(
+        config.window_frames > 0 and config.window_frames % (2**levels) == 0,
+        f"window_frames must be a positive multiple of {2**levels} (2 ** levels)",
+    )
+    require(0.0 <= config.threshold < 1.0, "threshold must be in [0, 1) (0 = expected count)")
+    require(1 <= config.velocity <= 127, "velocity must be in 1..127")
+    require(config.n_pitches >= 0 and config.min_pitch >= 0, "pitch range must be >= 0")
+    require(config.frame_ms >= 0, "frame_ms must be >= 0")
+
+
+def prepare(store: StoreData, config: Any) -> Any:
+    """Fill the pitch range and frame length in from the pianoroll store's params."""
+    min_pitch, n_pitches, frame_ms = store_pitch_range(store)
+    return dataclasses.replace(config, min_pitch=min_pitch, n_pitches=n_pitches, frame_ms=frame_ms)
+
+
+def padded_pitches(config: Any) -> int:
+    """Pitch axis rounded up to a multiple of 2 ** levels (the pooling needs it)."""
+    unit = 2 ** len(config.filters)
+    return int(math.ceil(config.n_pitches / unit) * unit)
+
+
+def check_prepared(config: Any) -> None:
+    if config.n_pitches <= 0 or config.frame_ms <= 0:
+        raise ValueError(
+            "config has no pitch range/frame length: build it with the spec's prepare(store, "
+            "config) (fit does) or load it from a checkpoint"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# The shared convolutional backbone
+
+
+class ConvEncoder(nn.Module):
+    """Per level conv3x3 + ReLU then 2x2 max pooling; then a conv3x3 bottleneck."""
+
+    def __init__(self, filters: tuple[int, ...]):
+        super().__init__()
+        channels = [1, *filters]
+        self.levels = nn.ModuleList(
+            nn.Conv2d(channels[i], channels[i + 1], 3, padding=1) for i in range(len(filters))
+        )
+        self.bottleneck = nn.Conv2d(filters[-1], filters[-1], 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(B, 1, T, P) -> bottleneck (B, F_last, T / 2^L, P / 2^L) and per-level maps."""
+        skips = []
+        for conv in self.levels:
+            x = F.relu(conv(x))  # (B, F_i, T_i, P_i)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)  # (B, F_i, T_i / 2, P_i / 2)
+        return F.relu(self.bottleneck(x)), skips
+
+
+class ConvDecoder(nn.Module):
+    """Per level a 2x2 transposed conv (x2 upsampling) [+ skip] then conv3x3 + ReLU."""
+
+    def __init__(self, filters: tuple[int, ...]):
+        super().__init__()
+        reversed_filters = list(reversed(filters))
+        inputs = [filters[-1], *reversed_filters[:-1]]
+        self.ups = nn.ModuleList(
+            nn.ConvTranspose2d(c_in, c_out, 2, stride=2)
+            for c_in, c_out in zip(inputs, reversed_filters, strict=True)
+        )
+        self.convs = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1) for c in reversed_filters)
+        self.out = nn.Conv2d(filters[0], 1, 1)
+        # start at the log-odds of a typical cell density rather than at p = 0.5: the
+        # first steps then learn music, not that most cells are silent
+        nn.init.constant_(self.out.bias, math.log(INITIAL_DENSITY / (1 - INITIAL_DENSITY)))
+
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Bottleneck (B, F_last, T / 2^L, P / 2^L) -> logits (B, 1, T, P)."""
+        for level, (up, conv) in enumerate(zip(self.ups, self.convs, strict=True)):
+            x = up(x)  # (B, F_i, T_i, P_i)
+            if skips is not None:
+                x = x + skips[-1 - level]  # U-Net style skip connection
+            x = F.relu(conv(x))
+        return self.out(x)
+
+
+def masked_bce(
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of per-cell BCE over valid frames, and the number of valid cells.
+
+    Args:
+        logits, target: (B, T, P); mask: (B, T) with 1 for frames inside the piece.
+    """
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")  # (B, T, P)
+    cells = mask.sum() * target.size(-1)
+    return (bce * mask[..., None]).sum(), cells.clamp(min=1.0)
+
+
+def pad_pitches(roll: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, T, P) -> (B, T, width), zero cells above the pitch range."""
+    return F.pad(roll, (0, width - roll.size(-1)))
+
+
+# --------------------------------------------------------------------------------------
+# Dataset and baseline of both models
+
+
+def make_dataset(store: StoreData, config: Any, split: str) -> PianorollWindows:
+    """Windows of one split (random offsets for train); see `PianorollWindows`.
+
+    Any prepared config with window_frames/min_pitch/n_pitches (autoencoder and VAE).
+    """
+    check_prepared(config)
+    return make_windows(store, config.window_frames, config.min_pitch, config.n_pitches, split)
+
+
+def baseline(store: StoreData, config: Any) -> dict[str, float]:
+    """Per-pitch Bernoulli baseline (train activation rates), BCE per test cell (both models)."""
+    min_pitch, n_pitches, _ = store_pitch_range(store)
+    return bernoulli_baseline(store, min_pitch, n_pitches)

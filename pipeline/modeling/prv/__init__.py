@@ -1,4 +1,10 @@
-"""Windows of the prv (play/replay/volume) store for biaxial and poph, and their baseline.
+"""The prv family: what the biaxial LSTM and PopH share.
+
+Windows of the prv (play/replay/volume) store, styles and their baseline, and the
+biaxial LSTM network itself (`Config`, `BiaxialLSTM`, `prv_losses`, `prepare`): the
+``biaxial`` model registers it as is (`pipeline.modeling.prv.biaxial`) and ``poph``
+subclasses it (`pipeline.modeling.prv.poph`). Sampling for both is
+`pipeline.modeling.prv.sampling`.
 
 The prv store is sparse: one row (piece_id, step, pitch, replay, volume) per played
 cell, pitch an index ``0 .. n_pitches - 1`` above the store's ``min_pitch``. Pieces
@@ -24,18 +30,22 @@ any other style (a composer seen only in test) maps to index 0.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import Dataset
 
-from pipeline.modeling.base import StoreData
-from pipeline.modeling.windows import WindowIndex
+from pipeline.core.params import require
+from pipeline.modeling.base import StoreData, WindowIndex
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,9 @@ UNKNOWN_STYLE = "<unk>"
 # Baseline probabilities are clipped into [BASELINE_EPS, 1 - BASELINE_EPS].
 BASELINE_EPS = 1e-4
 PRV_COLUMNS = ("piece_id", "step", "pitch", "replay", "volume")
+# Initial bias of the play logit: sigmoid(-2) ~= 0.12, about the share of played cells
+# in piano music on 48 pitches, so training does not spend its first steps on it.
+INITIAL_PLAY_LOGIT = -2.0
 
 
 @dataclass
@@ -326,3 +339,259 @@ def store_prv_params(store: StoreData) -> tuple[int, int, float]:
             "(need min_pitch, n_pitches, steps_per_second)"
         ) from exc
     return min_pitch, n_pitches, steps_per_second
+
+
+# --------------------------------------------------------------------------------------
+# The biaxial LSTM (DeepJ), shared by biaxial and poph; described in
+# `pipeline.modeling.prv.biaxial`
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The `models.biaxial` params section.
+
+    Defaults beat the baseline after about a minute on two CPU cores (learning rate
+    1e-2). Scale toward DeepJ: ``time_hidden: 256``, ``note_hidden: 128``,
+    ``n_layers: 2``, ``style_dim: 64``, ``seq_len: 128``, ``dropout: 0.5``.
+    ``styles``, ``min_pitch``, ``n_pitches`` and ``steps_per_second`` are filled in
+    from the prv store by the spec's ``prepare`` (leave them empty/0); checkpoints
+    keep the filled-in values, so ``--style NAME`` works from the checkpoint alone.
+    """
+
+    time_hidden: int  # time-axis LSTM units
+    note_hidden: int  # note-axis LSTM units
+    n_layers: int  # layers of each LSTM
+    style_dim: int  # style embedding size (0: no style conditioning)
+    neighbour_window: int  # semitones each side whose previous play/replay is input
+    seq_len: int  # steps per training window (32 x 1/8 s = 4 s)
+    dropout: float  # on the time- and note-axis outputs (and between layers)
+    style_dropout: float  # P(a training window's style is replaced by <unk>)
+    styles: tuple[str, ...]  # style vocabulary, "<unk>" first (prepare)
+    min_pitch: int = 0  # MIDI pitch of index 0 (prepare)
+    n_pitches: int = 0  # pitch axis size (prepare)
+    steps_per_second: float = 0.0  # prv grid (prepare)
+
+    def validate(self) -> None:
+        require(self.time_hidden > 0 and self.note_hidden > 0, "hidden sizes must be > 0")
+        require(self.n_layers >= 1, "n_layers must be >= 1")
+        require(self.style_dim >= 0, "style_dim must be >= 0")
+        require(self.neighbour_window >= 0, "neighbour_window must be >= 0")
+        require(self.seq_len >= 1, "seq_len must be >= 1")
+        require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        require(0.0 <= self.style_dropout <= 1.0, "style_dropout must be in [0, 1]")
+        require(
+            not self.styles or self.styles[0] == UNKNOWN_STYLE,
+            f"styles must start with {UNKNOWN_STYLE!r}",
+        )
+        require(len(set(self.styles)) == len(self.styles), "styles must be distinct")
+        require(self.min_pitch >= 0 and self.n_pitches >= 0, "pitch range must be >= 0")
+        require(self.min_pitch + self.n_pitches <= 128, "pitch range must end at <= 127")
+        require(self.steps_per_second >= 0, "steps_per_second must be >= 0")
+
+
+def prepare(store: StoreData, config: Any) -> Any:
+    """Fill the style vocabulary and the grid (pitch range, steps/s) in from the store.
+
+    A non-empty ``styles`` in params.yaml is kept (a fixed vocabulary); otherwise it
+    is ``["<unk>", *sorted styles of the train pieces]``.
+    """
+    min_pitch, n_pitches, steps_per_second = store_prv_params(store)
+    styles = tuple(config.styles) or tuple(style_vocabulary(store))
+    return dataclasses.replace(
+        config,
+        styles=styles,
+        min_pitch=min_pitch,
+        n_pitches=n_pitches,
+        steps_per_second=steps_per_second,
+    )
+
+
+def check_prepared(config: Any) -> None:
+    if config.n_pitches <= 0 or config.steps_per_second <= 0 or not config.styles:
+        raise ValueError(
+            "config has no pitch range/grid/styles: build it with the spec's prepare(store, "
+            "config) (fit does) or load it from a checkpoint"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Losses
+
+
+def prv_losses(
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """DeepJ's three terms, each a mean over the cells it is defined on.
+
+    Args:
+        logits: (B, T, P, 3) play logit, replay logit, dynamics logit.
+        target: (B, T, P, 3) true play, replay, volume.
+        mask: (B, T), 1 for steps inside the piece.
+
+    Returns:
+        play (BCE per pitch-step), replay (BCE per played cell), dynamics (MSE per
+        played cell), cells (number of pitch-steps), played (number of played cells).
+    """
+    cell_mask = mask[..., None].expand_as(target[..., PLAY])  # (B, T, P)
+    played = target[..., PLAY] * cell_mask  # (B, T, P)
+    cells = cell_mask.sum().clamp(min=1.0)
+    n_played = played.sum()
+    play = F.binary_cross_entropy_with_logits(
+        logits[..., PLAY], target[..., PLAY], reduction="none"
+    )
+    replay = F.binary_cross_entropy_with_logits(
+        logits[..., REPLAY], target[..., REPLAY], reduction="none"
+    )
+    volume_error = (torch.sigmoid(logits[..., VOLUME]) - target[..., VOLUME]) ** 2
+    return {
+        "play": (play * cell_mask).sum() / cells,
+        "replay": (replay * played).sum() / n_played.clamp(min=1.0),
+        "dynamics": (volume_error * played).sum() / n_played.clamp(min=1.0),
+        "cells": cells,
+        "played": n_played,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# The model
+
+
+class BiaxialLSTM(nn.Module):
+    """Time-axis then note-axis LSTM over prv steps; see `pipeline.modeling.prv.biaxial`.
+
+    Subclasses change the architecture through two hooks: ``mix`` (time-axis
+    features -> features for the note axis) with ``mix_out``/``context_steps``, and
+    ``extra_losses`` (terms added to the loss).
+    """
+
+    def __init__(self, config: Config):
+        super().__init__()
+        check_prepared(config)
+        self.config = config
+        n_pitches, window = config.n_pitches, config.neighbour_window
+        pitch = torch.arange(n_pitches)
+        pitch_class = F.one_hot((pitch + config.min_pitch) % 12, 12).float()  # (P, 12)
+        position = (pitch.float() / max(1, n_pitches - 1))[:, None]  # (P, 1)
+        self.register_buffer("pitch_features", torch.cat([position, pitch_class], dim=1))
+        self.style_embedding = (
+            nn.Embedding(len(config.styles), config.style_dim) if config.style_dim else None
+        )
+        time_in = 2 * (2 * window + 1) + 1 + 13 + config.style_dim
+        between = config.dropout if config.n_layers > 1 else 0.0
+        self.time_lstm = nn.LSTM(
+            time_in, config.time_hidden, config.n_layers, batch_first=True, dropout=between
+        )
+        note_in = self.mix_out + 2 + config.style_dim
+        self.note_lstm = nn.LSTM(
+            note_in, config.note_hidden, config.n_layers, batch_first=True, dropout=between
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.note_hidden, 3)
+        with torch.no_grad():  # start near the data's sparsity, not at P(play) = 0.5
+            self.head.bias[PLAY] = INITIAL_PLAY_LOGIT
+
+    # -- hooks --------------------------------------------------------------------------
+
+    @property
+    def mix_out(self) -> int:
+        """Feature size ``mix`` returns (the note axis's input size)."""
+        return self.config.time_hidden
+
+    @property
+    def context_steps(self) -> int:
+        """Time-axis steps ``mix`` needs to see when generating (1: only the current)."""
+        return 1
+
+    def mix(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, P, T, time_hidden) time-axis outputs -> (B, P, T, mix_out); causal in T."""
+        return h
+
+    def extra_losses(
+        self, logits: torch.Tensor, batch: dict[str, torch.Tensor], mask: torch.Tensor
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Extra loss terms: name -> (weighted term added to the loss, value to log)."""
+        return {}
+
+    # -- pieces -------------------------------------------------------------------------
+
+    def style_vectors(self, style: torch.Tensor) -> torch.Tensor:
+        """(B,) style indices -> (B, style_dim) embeddings ((B, 0) without styles)."""
+        if self.style_embedding is None:
+            return torch.zeros(style.size(0), 0, device=style.device)
+        return self.style_embedding(style)
+
+    def time_inputs(self, prev: torch.Tensor, style_vec: torch.Tensor) -> torch.Tensor:
+        """(B, T, P, 3) previous steps + (B, S) style -> (B, T, P, F) time-axis inputs."""
+        b, t, p, _ = prev.shape
+        w = self.config.neighbour_window
+        padded = F.pad(prev[..., :VOLUME], (0, 0, w, w))  # (B, T, P + 2w, 2)
+        neighbours = padded.unfold(2, 2 * w + 1, 1)  # (B, T, P, 2, 2w + 1)
+        neighbours = neighbours.reshape(b, t, p, 2 * (2 * w + 1))
+        return torch.cat(
+            [
+                neighbours,
+                prev[..., VOLUME:],  # (B, T, P, 1) own volume
+                self.pitch_features.expand(b, t, p, 13),
+                style_vec[:, None, None, :].expand(b, t, p, style_vec.size(-1)),
+            ],
+            dim=-1,
+        )
+
+    def note_inputs(
+        self, h: torch.Tensor, current: torch.Tensor, style_vec: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, T, P, H) features + (B, T, P, 3) this step's truth -> (B, T, P, H + 2 + S).
+
+        Pitch p gets pitch p - 1's play and replay (zeros for the lowest pitch).
+        """
+        b, t, p, _ = h.shape
+        lower = F.pad(current[..., :VOLUME], (0, 0, 1, 0))[:, :, :p]  # (B, T, P, 2)
+        style = style_vec[:, None, None, :].expand(b, t, p, style_vec.size(-1))
+        return torch.cat([h, lower, style], dim=-1)
+
+    def logits(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """(B, T + 1, P, 3) steps, (B,) styles -> (B, T, P, 3) logits for steps 1..T."""
+        prev, current = x[:, :-1], x[:, 1:]  # (B, T, P, 3) each
+        b, t, p, _ = prev.shape
+        style_vec = self.style_vectors(style)  # (B, S)
+        inputs = self.time_inputs(prev, style_vec)  # (B, T, P, F)
+        inputs = inputs.permute(0, 2, 1, 3).reshape(b * p, t, -1)  # (B*P, T, F)
+        h, _ = self.time_lstm(inputs)  # (B*P, T, Ht)
+        h = self.mix(self.drop(h).reshape(b, p, t, -1))  # (B, P, T, H)
+        h = h.permute(0, 2, 1, 3)  # (B, T, P, H)
+        note_in = self.note_inputs(h, current, style_vec).reshape(b * t, p, -1)
+        out, _ = self.note_lstm(note_in)  # (B*T, P, Hn)
+        return self.head(self.drop(out)).reshape(b, t, p, 3)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        x, mask, style = batch["x"], batch["mask"], batch["style"]  # (B,T+1,P,3) (B,T) (B,)
+        if self.training and self.config.style_dropout > 0:
+            drop = torch.rand(style.shape, device=style.device) < self.config.style_dropout
+            style = torch.where(drop, torch.zeros_like(style), style)
+        logits = self.logits(x, style)
+        terms = prv_losses(logits, x[:, 1:], mask)
+        loss = terms["play"] + terms["replay"] + terms["dynamics"]
+        out = {
+            "nll": terms["play"].detach(),
+            "play": terms["play"].detach(),
+            "replay": terms["replay"].detach(),
+            "dynamics": terms["dynamics"].detach(),
+            "n_units": terms["cells"].detach(),
+        }
+        for name, (weighted, value) in self.extra_losses(logits, batch, mask).items():
+            loss = loss + weighted
+            out[name] = value.detach()
+        out["loss"] = loss
+        return out
+
+
+def make_dataset(store: StoreData, config: Any, split: str) -> PrvWindows:
+    """Windows of one split (random offsets for train); see `PrvWindows`."""
+    check_prepared(config)
+    return make_windows(store, config.seq_len, config.n_pitches, config.styles, split)
+
+
+def baseline(store: StoreData, config: Any) -> dict[str, float]:
+    """Per-pitch play rates, replay rate and mean volume of train, scored on test."""
+    _, n_pitches, _ = store_prv_params(store)
+    return prv_baseline(store, n_pitches)

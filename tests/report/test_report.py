@@ -21,8 +21,12 @@ import typer
 from fixture_stores import FIXTURES
 from typer.testing import CliRunner
 
-from pipeline.evaluation import metrics, render, report
-from pipeline.io import write_json
+from pipeline import report
+from pipeline.core.io import write_json
+from pipeline.core.params import default_params
+from pipeline.evaluation import metrics, render
+
+DEFAULTS = default_params("report", report.ReportParams)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CLIP_S = 2.0
@@ -60,7 +64,7 @@ def reports_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             render.render_clip(fake[i], samples / f"sample-{i}", seconds=CLIP_S, sample_rate=8000)
             render.render_clip(clips[i], samples / f"real-{i}", seconds=CLIP_S, sample_rate=8000)
         write_json(
-            root / "metrics" / f"{model}.json",
+            root / "evaluate" / f"{model}.json",
             {
                 "model": {"name": model, "representation": "tuples", "n_parameters": 1234},
                 "test": {"nll": NLL[model], "baseline_nll": 3.0, "loss": NLL[model] + 0.1},
@@ -102,7 +106,7 @@ def reports_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def built(reports_dir: Path) -> Path:
-    return report.build_report(reports_dir, models=["rnn", "transformer", "vae"])
+    return report.build_report(reports_dir, models=["rnn", "transformer", "vae"], params=DEFAULTS)
 
 
 class Page(HTMLParser):
@@ -274,7 +278,7 @@ def test_fake_pairs_capped_and_reproducible(reports_dir: Path, tmp_path: Path) -
 
 
 def test_empty_reports_folder_says_not_run_yet(tmp_path: Path) -> None:
-    out = report.build_report(tmp_path / "reports")
+    out = report.build_report(tmp_path / "reports", params=DEFAULTS)
     text = " ".join(parse(out).text)
     assert "Models: not run yet" in text and "Validation: not run yet" in text
     assert "No pairs" in " ".join(parse(out.with_name("fake.html")).text)
@@ -282,11 +286,11 @@ def test_empty_reports_folder_says_not_run_yet(tmp_path: Path) -> None:
 
 def test_unreadable_files_are_listed_not_fatal(tmp_path: Path) -> None:
     root = tmp_path / "reports"
-    (root / "metrics").mkdir(parents=True)
-    (root / "metrics" / "rnn.json").write_text("{not json")
+    (root / "evaluate").mkdir(parents=True)
+    (root / "evaluate" / "rnn.json").write_text("{not json")
     (root / "train" / "rnn").mkdir(parents=True)
     (root / "train" / "rnn" / "summary.json").write_text("[1, 2]")
-    page = parse(report.build_report(root))
+    page = parse(report.build_report(root, params=DEFAULTS))
     assert page.row_models["models"] == ["rnn"]
     text = " ".join(page.text)
     assert "rnn.json: unreadable JSON" in text and "expected a JSON object" in text
@@ -311,7 +315,7 @@ def test_report_command(reports_dir: Path, tmp_path: Path) -> None:
 
 
 def test_dvc_plots_template_is_offline_and_complete() -> None:
-    template = Path(report.__file__).with_name("templates") / "dvc_plots.html"
+    template = Path(report.__file__).with_name("plots") / "dvc_plots.html"
     text = template.read_text(encoding="utf-8")
     assert "{plot_divs}" in text and "{scripts}" not in text
     assert "<script src" not in text
@@ -549,7 +553,7 @@ def test_dvc_plots_template_renders_offline(browser: Browser, tmp_path: Path) ->
     points = [{"step": s, "loss": 3.0 / (1 + s), "rev": "workspace", "filename": "loss.tsv",
                "field": "loss"} for s in range(20)]  # fmt: skip
     renderer = VegaRenderer(points, "train/loss.tsv", x="step", y="loss")
-    template = Path(report.__file__).with_name("templates") / "dvc_plots.html"
+    template = Path(report.__file__).with_name("plots") / "dvc_plots.html"
     page = Path(render_html([renderer], tmp_path / "index.html", html_template=template))
     assert "cdn.jsdelivr" not in page.read_text()
     session = browser.open(page)
@@ -567,13 +571,13 @@ def test_pitch_class_profiles_compare_poph_with_biaxial(tmp_path: Path) -> None:
     c_major = [1 / 7 if pc in (0, 2, 4, 5, 7, 9, 11) else 0.0 for pc in range(12)]
     chromatic = [1 / 12] * 12
     for name, generated in (("biaxial", chromatic), ("poph", c_major)):
-        path = tmp_path / "metrics" / f"{name}.json"
+        path = tmp_path / "evaluate" / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         profile = {"generated": generated, "real": c_major}
         path.write_text(
             json.dumps({"test": {"nll": 1.0}, "samples": {"pitch_class_profile": profile}})
         )
-    page = parse(report.build_report(tmp_path, models=["biaxial", "poph"]))
+    page = parse(report.build_report(tmp_path, models=["biaxial", "poph"], params=DEFAULTS))
     rows = page.rows["pitch-classes"][1:]
     assert [r[:2] for r in rows] == [
         ["biaxial", "generated"],

@@ -4,7 +4,8 @@ Both pages are static and open offline from disk: CSS and JavaScript are inlined
 ``templates/``, images and audio are relative links into ``reports/samples/``, and
 nothing refers to another host. The report reads only what the other stages wrote:
 
-* ``reports/metrics/<model>.json`` (evaluate): {"test": {"nll", "baseline_nll", ...},
+* ``reports/evaluate/<model>.json`` (evaluate's full results):
+  {"test": {"nll", "baseline_nll", ...},
   "train": {...}, "samples": {"n", ..., "oa_mean", "kl_mean", "metrics": {name: {...}}}}
 * ``reports/train/<model>/summary.json`` (train): {"steps", "best_val_loss",
   "wall_time_s", "n_parameters"}, and DVCLive's curves under
@@ -15,10 +16,10 @@ nothing refers to another host. The report reads only what the other stages wrot
 
 Whatever is missing shows as "not run yet"; unreadable files are listed on the page.
 
-`dvc plots show` normally loads vega from a CDN; ``templates/dvc_plots.html`` is an
+`dvc plots show` normally loads vega from a CDN; ``plots/dvc_plots.html`` is an
 HTML template with vega, vega-lite and vega-embed inlined (see
 `write_dvc_plots_template`) so that it works offline too, once ``.dvc/config`` has
-``plots.html_template = ../pipeline/evaluation/templates/dvc_plots.html``.
+``plots.html_template = ../pipeline/report/plots/dvc_plots.html``.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from urllib.parse import quote
 
 import typer
 
-from pipeline.config import PARAMS_FILE, REPORTS
-from pipeline.params import require
+from pipeline.core.config import PARAMS_FILE, REPORTS
+from pipeline.core.params import require
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,8 @@ PALETTE = ("#3a3aa0", "#d1495b", "#2e933c", "#edae49", "#00798c", "#7a4988", "#6
 class ReportParams:
     """params.yaml `report`: the find-the-fake page."""
 
-    fake_pairs: int = 12  # pairs of (real, generated) clips; 0 = every pair available
-    seed: int = 0  # shuffles the pairs and which side the fake is on
+    fake_pairs: int  # pairs of (real, generated) clips; 0 = every pair available
+    seed: int  # shuffles the pairs and which side the fake is on
 
     def validate(self) -> None:
         require(self.fake_pairs >= 0, "fake_pairs must be >= 0")
@@ -176,7 +177,7 @@ def read_clips(samples_dir: Path) -> list[Clip]:
 def discover_models(reports_dir: Path) -> list[str]:
     """Model names that any stage has written something for."""
     names: set[str] = set()
-    metrics = reports_dir / "metrics"
+    metrics = reports_dir / "evaluate"
     if metrics.is_dir():
         names.update(p.stem for p in metrics.glob("*.json"))
     for folder in (reports_dir / "train", reports_dir / "samples"):
@@ -193,7 +194,7 @@ def collect(reports_dir: Path, models: Sequence[str], problems: list[str]) -> li
         result.append(
             ModelReport(
                 name=name,
-                metrics=_read_json(reports_dir / "metrics" / f"{name}.json", problems),
+                metrics=_read_json(reports_dir / "evaluate" / f"{name}.json", problems),
                 summary=_read_json(train / "summary.json", problems),
                 curves=read_curves(train / "plots" / "metrics", problems),
                 clips=read_clips(reports_dir / "samples" / name),
@@ -291,7 +292,7 @@ def _n_parameters(model: ModelReport) -> Any:
 
 def _asset(name: str) -> str:
     return (
-        resources.files("pipeline.evaluation")
+        resources.files("pipeline.report")
         .joinpath("templates")
         .joinpath(name)
         .read_text("utf-8")
@@ -666,7 +667,7 @@ def blind_copies(pairs: list[FakePair], folder: Path) -> list[FakePair]:
     """
     import shutil
 
-    from pipeline.io import atomic_dir
+    from pipeline.core.io import atomic_dir
 
     blinded = []
     with atomic_dir(folder) as tmp:
@@ -747,7 +748,7 @@ def build_report(
     out: Path | None = None,
     models: Sequence[str] | None = None,
     *,
-    params: ReportParams = ReportParams(),
+    params: ReportParams,
 ) -> Path:
     """Write the report page and the find-the-fake page beside it.
 
@@ -796,7 +797,7 @@ def build_report(
         sections.append(f'<section id="problems"><h2>Problems</h2><ul>{items}</ul></section>')
         for problem in problems:
             log.warning("%s", problem)
-    from pipeline.io import atomic_path
+    from pipeline.core.io import atomic_path
 
     with atomic_path(fake_path) as tmp:
         tmp.write_text(fake_page(pairs, page_dir, out.name), encoding="utf-8")
@@ -825,17 +826,13 @@ def report_command(
     params: Annotated[Path, typer.Option("--params", help="params.yaml to read.")] = PARAMS_FILE,
 ) -> None:
     """Write reports/index.html (table, curves, clips) and the find-the-fake page."""
-    from pipeline.params import from_mapping, get_section, read_params_file
-    from pipeline.stage_utils import user_errors
+    from pipeline.core.params import from_mapping, get_section, read_params_file
+    from pipeline.core.stage_utils import user_errors
 
     with user_errors(OSError):
-        models = None
-        settings = ReportParams()
-        if params.exists():
-            data = read_params_file(params)
-            settings = from_mapping(get_section(data, "report"), ReportParams, "report")
-            models = models_from_params(data)
-        page = build_report(reports, out, models, params=settings)
+        data = read_params_file(params)
+        settings = from_mapping(get_section(data, "report"), ReportParams, "report")
+        page = build_report(reports, out, models_from_params(data), params=settings)
         typer.echo(f"report -> {page}")
 
 
@@ -856,7 +853,7 @@ def write_dvc_plots_template(
     BSD-3-Clause) with their ``build/*.min.js`` in order vega, vega-lite, vega-embed;
     `notice` (their LICENSE text) is kept in a comment at the top.
     """
-    from pipeline.io import atomic_path
+    from pipeline.core.io import atomic_path
 
     scripts = []
     labels = list(labels) if labels is not None else [Path(p).name for p in js_files]

@@ -1,9 +1,11 @@
 """PopH: the biaxial LSTM plus self-attention over time, an octave convolution and a harmony loss.
 
 PopH, as this project's design card describes it, is DeepJ's biaxial model
-(`pipeline.modeling.biaxial`) with three additions. This module subclasses
-`BiaxialLSTM` and fills its ``mix`` and ``extra_losses`` hooks, so features, the two
-LSTMs, the heads, the three DeepJ losses and sampling are the biaxial code itself.
+(`pipeline.modeling.prv.biaxial`) with three additions. This module subclasses
+`BiaxialLSTM` (in the family package `pipeline.modeling.prv`) and fills its ``mix``
+and ``extra_losses`` hooks, so features, the two LSTMs, the heads, the three DeepJ
+losses and sampling (`pipeline.modeling.prv.sampling.generate_poph`) are the biaxial
+code itself.
 
 1. **Self-attention over time** (``mix``, first): multi-head causal self-attention
    (``attention_heads`` heads, width ``time_hidden``) over the time-axis LSTM outputs
@@ -53,23 +55,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.modeling import biaxial
+from pipeline.core.params import require
+from pipeline.modeling import prv
 from pipeline.modeling.base import ModelSpec, register
-from pipeline.params import require
 
 # Tones outside the scale, index 0 = C (PopH's disharmony vectors).
 C_MAJOR_DISHARMONY = (0, 1, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0)
 C_MINOR_DISHARMONY = (0, 1, 0, 0, 1, 0, 1, 0, 0, 1, 0, 1)
 
 
-@dataclass(frozen=True)
-class Config(biaxial.Config):
+@dataclass(frozen=True, kw_only=True)
+class Config(prv.Config):
     """The `models.poph` params section: the biaxial fields plus PopH's additions."""
 
-    attention_heads: int = 4  # heads of the self-attention over time (divide time_hidden)
-    octave_reach: int = 1  # octave conv sees pitches +-12k semitones away, k <= this
-    harmony_weight: float = 0.2  # weight of the harmony loss (0: logged only)
-    harmony_keys: Literal["all", "c"] = "all"  # "c": PopH's C major/minor rows only
+    attention_heads: int  # heads of the self-attention over time (divide time_hidden)
+    octave_reach: int  # octave conv sees pitches +-12k semitones away, k <= this
+    harmony_weight: float  # weight of the harmony loss (0: logged only)
+    harmony_keys: Literal["all", "c"]  # "c": PopH's C major/minor rows only
 
     def validate(self) -> None:
         super().validate()
@@ -149,7 +151,7 @@ class OctaveConv(nn.Module):
         return self.norm(h + self.drop(y))
 
 
-class PopH(biaxial.BiaxialLSTM):
+class PopH(prv.BiaxialLSTM):
     """BiaxialLSTM + attention over time + octave conv + harmony loss (module docstring)."""
 
     def __init__(self, config: Config):
@@ -173,7 +175,7 @@ class PopH(biaxial.BiaxialLSTM):
     def extra_losses(
         self, logits: torch.Tensor, batch: dict[str, torch.Tensor], mask: torch.Tensor
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        probs = torch.sigmoid(logits[..., biaxial.PLAY])  # (B, T, P)
+        probs = torch.sigmoid(logits[..., prv.PLAY])  # (B, T, P)
         harmony = harmony_loss(probs, self.pitch_class, self.disharmony, mask)
         return {"harmony": (self.config.harmony_weight * harmony, harmony)}
 
@@ -184,8 +186,8 @@ SPEC = register(
         representation="prv",
         config_cls=Config,
         model_cls=PopH,
-        make_dataset=biaxial.make_dataset,
-        baseline=biaxial.baseline,
-        prepare=biaxial.prepare,
+        make_dataset=prv.make_dataset,
+        baseline=prv.baseline,
+        prepare=prv.prepare,
     )
 )

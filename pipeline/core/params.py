@@ -9,6 +9,7 @@ with a one-line message naming the offending key otherwise.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from collections.abc import Mapping
@@ -17,7 +18,9 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
-from pipeline.config import PARAMS_FILE
+from pipeline.core.config import DEFAULT_PARAMS_FILE, PARAMS_FILE
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -26,9 +29,29 @@ class ParamsError(ValueError):
     """A params.yaml problem, worded for the user (one line, names the key)."""
 
 
+def resolve_params_file(path: str | Path = PARAMS_FILE) -> Path:
+    """`path`, or Etude's shipped defaults when `path` is the default and absent.
+
+    A project's params.yaml is the one place every value is set. Outside a project
+    (no params.yaml in the working directory) commands read the copy of the
+    repository's params.yaml that ships in the package, so no value has a second,
+    code-side default; an explicit `--params` that does not exist stays an error.
+    """
+    path = Path(path)
+    if path == PARAMS_FILE and not path.exists() and DEFAULT_PARAMS_FILE.exists():
+        log.info("no %s here: using Etude's defaults (%s)", path, DEFAULT_PARAMS_FILE)
+        return DEFAULT_PARAMS_FILE
+    return path
+
+
+def default_params(section: str, cls: type[T]) -> T:
+    """`section` as Etude ships it (the repository's params.yaml), for tools and tests."""
+    return load_params(section, cls, DEFAULT_PARAMS_FILE)
+
+
 def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     """Parse params.yaml into a dict (raises ParamsError on YAML syntax errors)."""
-    path = Path(path)
+    path = resolve_params_file(path)
     try:
         with path.open(encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
@@ -58,14 +81,18 @@ def load_params(section: str, cls: type[T], path: str | Path = PARAMS_FILE) -> T
     return from_mapping(get_section(read_params_file(path), section), cls, section)
 
 
-def load_list(key: str, allowed: typing.Iterable[str], path: str | Path = PARAMS_FILE) -> list[str]:
-    """Load a top-level list of names (e.g. `sources`), each one of `allowed`."""
+def load_list(
+    key: str, allowed: typing.Iterable[str] | None, path: str | Path = PARAMS_FILE
+) -> list[str]:
+    """Load a top-level list of names (e.g. `sources`), each one of `allowed` (None: any)."""
     value = get_section(read_params_file(path), key)
-    allowed = sorted(allowed)
+    allowed = sorted(allowed) if allowed is not None else None
     if not isinstance(value, list) or not value:
-        raise ParamsError(f"params.yaml: '{key}' must be a non-empty list of {allowed}")
+        raise ParamsError(f"params.yaml: '{key}' must be a non-empty list of {allowed or 'names'}")
     for item in value:
-        if item not in allowed:
+        if not isinstance(item, str):
+            raise ParamsError(f"params.yaml: '{key}' entries must be names, got {item!r}")
+        if allowed is not None and item not in allowed:
             raise ParamsError(
                 f"params.yaml: '{key}' has unknown entry {item!r}; allowed: {allowed}"
             )

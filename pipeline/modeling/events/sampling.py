@@ -1,0 +1,204 @@
+"""Sampling from the events model (`transformer`): autoregressive, with a key/value cache.
+
+`generate_transformer` draws tokens with `sample_next` (temperature, then top-k and
+top-p filters; PAD and BOS never drawn), feeding each back through
+`MusicTransformer.logits` with the per-layer key/value cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.modeling.sampling import filter_logits
+from pipeline.representations.events import (
+    BOS,
+    EOS,
+    MAX_SHIFT_STEPS,
+    PAD,
+    STEP_S,
+    TIME_SHIFT,
+    VOCAB_SIZE,
+)
+
+__all__ = ["filter_logits", "generate_transformer", "sample_next", "time_shift_seconds"]
+
+# TIME_SHIFT tokens TIME_SHIFT + k (k = 1..MAX_SHIFT_STEPS) advance time by k * STEP_S.
+TIME_SHIFT_FIRST = TIME_SHIFT + 1
+TIME_SHIFT_LAST = TIME_SHIFT + MAX_SHIFT_STEPS
+# Without `length`, generation stops after seconds * this many tokens even if the model
+# never emits enough TIME_SHIFTs (dense piano music has ~30-100 events per second).
+MAX_TOKENS_PER_SECOND = 200
+
+
+def sample_next(
+    logits: torch.Tensor,
+    generator: torch.Generator | None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> torch.Tensor:
+    """Draw one token per row of `logits` (B, V); temperature <= 0 means greedy."""
+    logits = logits.float().clone()
+    logits[:, PAD] = float("-inf")  # never part of a sequence
+    logits[:, BOS] = float("-inf")  # only ever the first token
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits / temperature, top_k, top_p)
+    probs = logits.softmax(dim=-1)  # (B, V)
+    if generator is not None and probs.device != generator.device:
+        probs = probs.to(generator.device)
+    # inverse-CDF draw: one uniform per row (several times cheaper than multinomial
+    # for one draw); a zero-probability token never owns an interval of the CDF
+    cdf = probs.double().cumsum(dim=-1)  # (B, V)
+    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device, dtype=cdf.dtype)
+    drawn = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1)  # (B,)
+    return drawn.clamp(max=probs.size(-1) - 1).to(logits.device)
+
+
+def time_shift_seconds(tokens: np.ndarray | torch.Tensor) -> Any:
+    """Seconds that TIME_SHIFT `tokens` advance (0 for other tokens), elementwise."""
+    is_shift = (tokens >= TIME_SHIFT_FIRST) & (tokens <= TIME_SHIFT_LAST)
+    return (tokens - TIME_SHIFT) * is_shift * STEP_S
+
+
+@torch.no_grad()
+def generate_transformer(
+    model: Any,
+    n: int,
+    *,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    primer: pd.DataFrame | None = None,
+    seconds: float = 30.0,
+    length: int | None = None,
+    style: str | None = None,
+) -> list[pd.DataFrame]:
+    """Sample `n` event sequences autoregressively with a key/value cache.
+
+    Sampling uses `temperature` (<= 0: greedy), then top-k and top-p filters; PAD
+    and BOS are never drawn. A sample stops at EOS, after `length` new tokens
+    when given, otherwise once its TIME_SHIFTs add up to `seconds` (capped at
+    ``seconds * MAX_TOKENS_PER_SECOND`` tokens). A sample that did not end with
+    EOS gets one appended, so rows always end with EOS. Past `seq_len` tokens the
+    cache keeps the last ``seq_len - 1`` positions, so attention spans stay those
+    of training and relative distances stay exact (with `sine_positions`, absolute
+    positions past seq_len were never seen in training).
+
+    Args:
+        model: a `MusicTransformer`.
+        n: number of samples.
+        generator: torch random generator (seeded by the caller).
+        primer: events store rows (a ``tokens`` column); sample i continues row
+            ``i % len(primer)`` after removing its trailing EOS/PAD, and the returned
+            tokens are primer + continuation. The model sees at most the last
+            `seq_len` primer tokens. Without a primer samples start from BOS.
+        seconds: length of the continuation in seconds of TIME_SHIFTs.
+        length: number of new tokens; overrides `seconds`.
+        style: ignored (the transformer is unconditioned).
+
+    Returns:
+        n DataFrames with columns piece_id ("sample-i") and tokens (np.uint16).
+    """
+    del style
+    primers = _primers(n, primer)
+    limit = length if length is not None else max(1, int(seconds * MAX_TOKENS_PER_SECOND))
+    was_training = model.training
+    model.eval()
+    try:
+        results: list[np.ndarray | None] = [None] * n
+        groups: dict[bytes, list[int]] = {}
+        for i, p in enumerate(primers):  # samples sharing a primer are one batch
+            groups.setdefault(p.tobytes(), []).append(i)
+        for members in groups.values():
+            prime = primers[members[0]]
+            continuations = _sample_batch(
+                model,
+                prime,
+                len(members),
+                generator,
+                temperature,
+                top_k,
+                top_p,
+                limit,
+                None if length is not None else seconds,
+            )
+            for i, cont in zip(members, continuations, strict=True):
+                results[i] = np.concatenate([prime, cont]).astype(np.uint16)
+    finally:
+        model.train(was_training)
+    return [
+        pd.DataFrame({"piece_id": [f"sample-{i}"], "tokens": [tokens]})
+        for i, tokens in enumerate(results)
+    ]
+
+
+def _primers(n: int, primer: pd.DataFrame | None) -> list[np.ndarray]:
+    if primer is None or len(primer) == 0:
+        return [np.array([BOS], dtype=np.int64) for _ in range(n)]
+    if "tokens" not in primer:
+        raise ValueError(f"primer: no 'tokens' column (columns: {list(primer.columns)})")
+    rows = [np.asarray(t, dtype=np.int64) for t in primer["tokens"]]
+    out = []
+    for i in range(n):
+        tokens = rows[i % len(rows)]
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= VOCAB_SIZE):
+            raise ValueError(f"primer row {i % len(rows)}: token ids outside 0..{VOCAB_SIZE - 1}")
+        end = len(tokens)
+        while end > 0 and tokens[end - 1] in (EOS, PAD):
+            end -= 1
+        out.append(tokens[:end] if end else np.array([BOS], dtype=np.int64))
+    return out
+
+
+def _sample_batch(
+    model: Any,
+    prime: np.ndarray,
+    batch: int,
+    generator: torch.Generator | None,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    limit: int,
+    seconds: float | None,
+) -> list[np.ndarray]:
+    """Continue `prime` `batch` times; returns each continuation (ending with EOS)."""
+    device = next(model.parameters()).device
+    context = model.config.seq_len
+    window = torch.as_tensor(prime[-context:], device=device).repeat(batch, 1)  # (B, P)
+    logits, past = model.logits(window)
+    position = window.size(1)
+    drawn: list[torch.Tensor] = []
+    n_drawn = torch.full((batch,), limit, dtype=torch.long)
+    elapsed = torch.zeros(batch, dtype=torch.float64)
+    done = torch.zeros(batch, dtype=torch.bool)
+    for step in range(limit):
+        token = sample_next(logits[:, -1], generator, temperature, top_k, top_p)  # (B,)
+        drawn.append(token)
+        token_cpu = token.cpu()
+        elapsed += time_shift_seconds(token_cpu).double()
+        stop = token_cpu == EOS
+        if seconds is not None:
+            stop |= elapsed >= seconds
+        newly = stop & ~done
+        n_drawn[newly] = step + 1
+        done |= stop
+        if bool(done.all()) or step + 1 == limit:
+            break
+        # keep at most seq_len - 1 cached positions: relative distances stay exact
+        past = [(k[:, :, -(context - 1) :], v[:, :, -(context - 1) :]) for k, v in past]
+        logits, past = model.logits(token[:, None], past, start_pos=position)
+        position += 1
+    tokens = torch.stack(drawn, dim=1).cpu().numpy() if drawn else np.zeros((batch, 0), int)
+    out = []
+    for i in range(batch):
+        cont = tokens[i, : int(n_drawn[i])]
+        if cont.size == 0 or cont[-1] != EOS:
+            cont = np.append(cont, EOS)
+        out.append(cont.astype(np.int64))
+    return out

@@ -1,0 +1,311 @@
+"""Sampling from the prv models (`biaxial`, `poph`): step by step, pitch by pitch.
+
+At each step the time axis advances one step (`_TimeStepper`, which keeps the LSTM
+state and the history the model's ``mix`` needs), then the note axis runs from the
+lowest pitch to the highest, drawing each pitch's play and replay (`_bernoulli`) and
+feeding the draws to the next pitch and to the next step, exactly as the ground truth
+is fed in training. PopH samples with the biaxial code (its ``mix`` and
+``context_steps`` hooks do the rest), so `generate_poph` is `generate_biaxial`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from pipeline.modeling.prv import (
+    PLAY,
+    REPLAY,
+    VOLUME,
+    BiaxialLSTM,
+    check_columns,
+    dense_steps,
+    dense_to_rows,
+    sparse_pieces,
+)
+
+__all__ = [
+    "generate_biaxial",
+    "generate_poph",
+    "lstm_step",
+    "resolve_style",
+    "stepwise_logits",
+]
+
+# A primer runs through the time-axis LSTM in chunks of this many steps (bounds memory).
+PRIMER_CHUNK_STEPS = 512
+
+
+def resolve_style(model: Any, style: str | None) -> int:
+    """Index of `style` (None -> "<unk>"); ValueError listing the known styles."""
+    if style is None:
+        return 0
+    styles = list(model.config.styles)
+    if style not in styles:
+        known = ", ".join(repr(s) for s in styles[1:]) or "none"
+        raise ValueError(f"unknown style {style!r}; this model knows: {known}")
+    return styles.index(style)
+
+
+@torch.no_grad()
+def generate_biaxial(
+    model: Any,
+    n: int,
+    *,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    primer: pd.DataFrame | None = None,
+    seconds: float = 30.0,
+    length: int | None = None,
+    style: str | None = None,
+) -> list[pd.DataFrame]:
+    """Sample `n` pieces step by step, and within a step pitch by pitch (low to high).
+
+    At each pitch the play and replay logits are divided by `temperature` and each
+    drawn as a Bernoulli (``temperature <= 0``: greedy, probability > 0.5); the
+    replay draw only counts where the pitch plays, and a pitch that plays after a
+    silent step is always a replay (a new onset). Volume is the dynamics head's
+    output. The draws feed the note axis (next pitch) and the time axis (next step),
+    exactly as the ground truth does in training.
+
+    Args:
+        model: a `BiaxialLSTM` (or a subclass: PopH).
+        n: number of samples.
+        generator: torch random generator (seeded by the caller).
+        temperature: Bernoulli temperature for play and replay.
+        top_k, top_p: ignored (each cell is a Bernoulli draw; there is no ranked
+            vocabulary to truncate).
+        primer: prv rows; sample i continues primer piece ``i % k`` of the k pieces
+            in it (by sorted piece_id), its steps from step 0 kept in the output.
+        seconds: length of the continuation; ``length`` (steps) overrides it.
+        style: a style of ``config.styles`` (None: "<unk>", any style).
+
+    Returns:
+        n DataFrames of prv rows (piece_id "sample-i", step, pitch, replay, volume),
+        primer included.
+
+    Raises:
+        ValueError: unknown style (the message lists the known ones), bad primer.
+    """
+    del top_k, top_p
+    cfg = model.config
+    style_id = resolve_style(model, style)
+    steps = int(length) if length is not None else round(seconds * cfg.steps_per_second)
+    steps = max(0, steps)
+    device = model.pitch_features.device
+    primers = _primers(model, n, primer)
+    prime_len = max((len(p) for p in primers), default=0)
+    # left-pad shorter primers with silence so every sample continues at one step
+    prime = torch.zeros(n, prime_len, cfg.n_pitches, 3, device=device)
+    for i, p in enumerate(primers):
+        if len(p):
+            prime[i, prime_len - len(p) :] = torch.from_numpy(p).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        new = _sample(model, prime, steps, style_id, generator, temperature)
+    finally:
+        model.train(was_training)
+    out = []
+    for i, p in enumerate(primers):
+        full = np.concatenate([p, new[i].cpu().numpy()], axis=0)
+        out.append(dense_to_rows(full, f"sample-{i}"))
+    return out
+
+
+def _primers(model: Any, n: int, primer: pd.DataFrame | None) -> list[np.ndarray]:
+    p = model.config.n_pitches
+    if primer is None or len(primer) == 0:
+        return [np.zeros((0, p, 3), dtype=np.float32) for _ in range(n)]
+    check_columns(primer, "primer")
+    pieces = sparse_pieces(primer, p)
+    if not pieces.piece_ids:
+        raise ValueError(f"primer: no cells inside pitches 0..{p - 1}")
+    dense = [
+        dense_steps(pieces, k, 0, int(pieces.n_steps[k]), p) for k in range(len(pieces.piece_ids))
+    ]
+    return [dense[i % len(dense)] for i in range(n)]
+
+
+def _sample(
+    model: Any,
+    prime: torch.Tensor,
+    steps: int,
+    style_id: int,
+    generator: torch.Generator | None,
+    temperature: float,
+) -> torch.Tensor:
+    """Continue (n, Tp, P, 3) `prime` by `steps` sampled steps -> (n, steps, P, 3)."""
+    n, prime_len, p, _ = prime.shape
+    device = prime.device
+    style_vec = model.style_vectors(torch.full((n,), style_id, dtype=torch.long, device=device))
+    stepper = _TimeStepper(model, style_vec)
+    prev = torch.zeros(n, p, 3, device=device)
+    if prime_len:  # the primer only advances the time axis (inputs: steps -1 .. Tp - 2)
+        stepper.feed(torch.cat([prev[:, None], prime[:, :-1]], dim=1))
+        prev = prime[:, -1]
+    out = torch.zeros(n, steps, p, 3, device=device)
+    for t in range(steps):
+        stepper.advance(prev)
+        feats = stepper.features()
+        out[:, t], _ = _note_step(model, feats, prev, style_vec, generator, temperature)
+        prev = out[:, t]
+    return out
+
+
+@torch.no_grad()
+def stepwise_logits(model: Any, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    """Logits computed the way sampling computes them, step by step and pitch by pitch.
+
+    With the ground truth in place of the draws this equals ``logits(x, style)`` in
+    eval mode; the tests use it to check that sampling runs the trained model.
+
+    Args:
+        x: (B, T + 1, P, 3) steps; style: (B,) style indices.
+
+    Returns:
+        (B, T, P, 3) logits for steps 1..T.
+    """
+    style_vec = model.style_vectors(style)
+    stepper = _TimeStepper(model, style_vec)
+    logits = []
+    for t in range(x.size(1) - 1):
+        stepper.advance(x[:, t])
+        feats = stepper.features()
+        logits.append(_note_step(model, feats, x[:, t], style_vec, None, 1.0, x[:, t + 1])[1])
+    return torch.stack(logits, dim=1)
+
+
+def _note_step(
+    model: Any,
+    feats: torch.Tensor,
+    prev: torch.Tensor,
+    style_vec: torch.Tensor,
+    generator: torch.Generator | None,
+    temperature: float,
+    forced: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step pitch by pitch (low to high): (n, P, H) features -> (n, P, 3) cells.
+
+    Each pitch's play and replay are drawn (`_bernoulli`), or taken from `forced`
+    (n, P, 3) when given; the cells feed the next pitch's note-axis input.
+
+    Returns:
+        the step's play/replay/volume (n, P, 3) and its logits (n, P, 3).
+    """
+    n, p, _ = feats.shape
+    current = torch.zeros(n, p, 3, device=feats.device)
+    all_logits = torch.zeros(n, p, 3, device=feats.device)
+    lower = torch.zeros(n, 2, device=feats.device)
+    state = None
+    for k in range(p):
+        note_in = torch.cat([feats[:, k], lower, style_vec], dim=-1)  # (n, I)
+        out, state = lstm_step(model.note_lstm, note_in, state)  # (n, Hn)
+        logits = model.head(out)  # (n, 3)
+        all_logits[:, k] = logits
+        if forced is not None:
+            current[:, k] = forced[:, k]
+        else:
+            play = _bernoulli(logits[:, PLAY], temperature, generator)
+            replay = _bernoulli(logits[:, REPLAY], temperature, generator)
+            replay = play * torch.maximum(replay, 1.0 - prev[:, k, PLAY])  # onset after rest
+            current[:, k, PLAY] = play
+            current[:, k, REPLAY] = replay
+            current[:, k, VOLUME] = torch.sigmoid(logits[:, VOLUME]) * play
+        lower = current[:, k, :VOLUME]
+    return current, all_logits
+
+
+class _TimeStepper:
+    """The time axis one step at a time: LSTM state plus the history ``mix`` needs."""
+
+    def __init__(self, model: BiaxialLSTM, style_vec: torch.Tensor):
+        self.model = model
+        self.style_vec = style_vec
+        self.state: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.history: list[torch.Tensor] = []  # time-axis outputs, (n, P, Ht) per step
+
+    def advance(self, prev: torch.Tensor) -> None:
+        """Feed step t - 1 (n, P, 3): update the LSTM state and the history."""
+        n, p, _ = prev.shape
+        model = self.model
+        inputs = model.time_inputs(prev[:, None], self.style_vec)[:, 0]  # (n, P, F)
+        h, self.state = lstm_step(model.time_lstm, inputs.reshape(n * p, -1), self.state)
+        self.history = [*self.history, h.reshape(n, p, -1)][-model.context_steps :]
+
+    def feed(self, steps: torch.Tensor) -> None:
+        """Feed (n, L, P, 3) steps at once (``advance`` L times, one LSTM call per chunk)."""
+        n, length, p, _ = steps.shape
+        model = self.model
+        for start in range(0, length, PRIMER_CHUNK_STEPS):
+            chunk = steps[:, start : start + PRIMER_CHUNK_STEPS]
+            inputs = model.time_inputs(chunk, self.style_vec)  # (n, L, P, F)
+            inputs = inputs.permute(0, 2, 1, 3).reshape(n * p, chunk.size(1), -1)
+            state = None
+            if self.state is not None:
+                state = tuple(torch.stack(parts) for parts in zip(*self.state, strict=True))
+            out, (h_n, c_n) = model.time_lstm(inputs, state)  # (n*P, L, Ht)
+            self.state = [(h_n[k], c_n[k]) for k in range(h_n.size(0))]
+            out = out.reshape(n, p, chunk.size(1), -1)
+            recent = [
+                out[:, :, t]
+                for t in range(max(0, chunk.size(1) - model.context_steps), chunk.size(1))
+            ]
+            self.history = [*self.history, *recent][-model.context_steps :]
+
+    def features(self) -> torch.Tensor:
+        """The note-axis features (n, P, H) of the step after the last one fed."""
+        return self.model.mix(torch.stack(self.history, dim=2))[:, :, -1]
+
+
+def lstm_step(
+    lstm: nn.LSTM, x: torch.Tensor, state: list[tuple[torch.Tensor, torch.Tensor]] | None
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """One time step of a (batch_first, unidirectional) `nn.LSTM` in eval mode.
+
+    Calling ``nn.LSTM`` on length-1 sequences costs a kernel launch per call, which
+    dominates pitch-by-pitch sampling; the gate arithmetic on its own weights is the
+    same function (tested against ``nn.LSTM``) at a fraction of the cost.
+
+    Args:
+        x: (N, input_size); state: per layer (h, c), each (N, hidden); None = zeros.
+
+    Returns:
+        the top layer's h (N, hidden) and the new per-layer state.
+    """
+    new_state = []
+    for layer in range(lstm.num_layers):
+        w_ih = getattr(lstm, f"weight_ih_l{layer}")
+        w_hh = getattr(lstm, f"weight_hh_l{layer}")
+        bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
+        if state is None:
+            h = c = x.new_zeros(x.size(0), lstm.hidden_size)
+        else:
+            h, c = state[layer]
+        gates = torch.addmm(bias, x, w_ih.T) + h @ w_hh.T  # (N, 4H): input, forget, cell, output
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        new_state.append((h, c))
+        x = h
+    return x, new_state
+
+
+def _bernoulli(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """0/1 draws with P(1) = sigmoid(logits / temperature); greedy when temperature <= 0."""
+    if temperature <= 0:
+        return (logits > 0).float()
+    probs = torch.sigmoid(logits / temperature)
+    u = torch.rand(probs.shape, generator=generator, device=probs.device)
+    return (u < probs).float()
+
+
+generate_poph = generate_biaxial
