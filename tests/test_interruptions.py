@@ -82,6 +82,7 @@ TRAIN_PARAMS = {
         "patience": 0,
         "checkpoint_every": 10,
         "num_threads": 1,
+        "augment": shipped("train")["augment"],
     },
     "models": {"rnn": {**shipped("models.rnn"), "seq_len": 16, "hidden_size": 32, "train": {}}},
 }

@@ -79,6 +79,39 @@ CHECKPOINT_VERSION = 1
 
 
 @dataclass(frozen=True)
+class Augment:
+    """Train-time data augmentation (`train.augment`), drawn per training window.
+
+    Each window is transposed by a number of semitones and stretched in time by a
+    factor, each drawn uniformly from its list (Huang et al. 2018 train the Music
+    Transformer on MAESTRO with transpositions in -3..3 and stretches of 0.95, 0.975,
+    1, 1.025 and 1.05). ``[0]`` and ``[1.0]`` turn it off. The draw is a pure function
+    of (seed, epoch, window index), so a resumed run replays the same augmentations;
+    datasets apply it through ``set_augment`` and never grow the stores.
+    """
+
+    transpositions: tuple[int, ...]  # semitones
+    stretches: tuple[float, ...]  # time factors (> 1: slower)
+
+    def validate(self) -> None:
+        require(len(self.transpositions) > 0, "augment.transpositions: list at least 0")
+        require(len(self.stretches) > 0, "augment.stretches: list at least 1.0")
+        require(all(-12 <= t <= 12 for t in self.transpositions), "transpositions: -12..12")
+        require(all(0.5 <= s <= 2.0 for s in self.stretches), "stretches: 0.5..2.0")
+
+    @property
+    def active(self) -> bool:
+        return set(self.transpositions) != {0} or set(self.stretches) != {1.0}
+
+    def draw(self, seed: int, epoch: int, index: int) -> tuple[int, float]:
+        """(semitones, time factor) of training window `index` in `epoch`."""
+        rng = np.random.default_rng([seed, epoch, int(index), 0xA06])
+        semitones = self.transpositions[int(rng.integers(len(self.transpositions)))]
+        factor = self.stretches[int(rng.integers(len(self.stretches)))]
+        return int(semitones), float(factor)
+
+
+@dataclass(frozen=True)
 class TrainParams:
     """The shared `train` section: one training loop for every model."""
 
@@ -95,6 +128,7 @@ class TrainParams:
     patience: int  # evaluations without validation improvement before stopping; 0 = off
     checkpoint_every: int
     num_threads: int  # torch CPU threads; 0 = torch's default
+    augment: Augment  # train-time transpositions and time stretches
 
     def validate(self) -> None:
         require(self.batch_size > 0, "batch_size must be > 0")

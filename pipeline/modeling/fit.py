@@ -168,6 +168,14 @@ def _fit(
         config = spec.prepare(store, config)
     train_data = spec.make_dataset(store, config, "train")
     val_data = spec.make_dataset(store, config, "validation")
+    if tp.augment.active:  # train windows only: validation and test stay as recorded
+        set_augment = getattr(train_data, "set_augment", None)
+        if not callable(set_augment):
+            raise FitError(
+                f"{spec.name}: its dataset cannot augment; set train.augment "
+                f"(or models.{spec.name}.train.augment) to transpositions [0], stretches [1.0]"
+            )
+        set_augment(tp.augment)
     if len(train_data) == 0:
         raise FitError(f"{spec.name}: the train split of {store.path or 'the store'} is empty")
     if len(val_data) == 0:

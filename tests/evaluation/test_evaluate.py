@@ -178,6 +178,7 @@ def test_evaluate_command_writes_metrics_and_samples(stores: Path, tmp_path: Pat
         patience=0,
         checkpoint_every=2,
         num_threads=1,
+        augment=base.Augment((0,), (1.0,)),
     )
     fit(
         spec,

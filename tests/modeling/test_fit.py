@@ -16,9 +16,11 @@ import torch
 from fixture_stores import SMALL, SMALL_2, SMALL_3, encoded_store, model_config
 
 from pipeline.modeling import base
-from pipeline.modeling.base import CHECKPOINT_VERSION, StoreData, TrainParams
+from pipeline.modeling.base import CHECKPOINT_VERSION, Augment, StoreData, TrainParams
 from pipeline.modeling.checkpoint import CheckpointError, load_checkpoint, load_model
 from pipeline.modeling.fit import FitError, _lr_lambda, fit
+
+OFF = Augment(transpositions=(0,), stretches=(1.0,))  # train.augment as shipped
 
 TINY = {
     "rnn": {"seq_len": 8, "hidden_size": 16},
@@ -65,6 +67,7 @@ def train_params(**kw: object) -> TrainParams:
         patience=0,
         checkpoint_every=4,
         num_threads=1,
+        augment=OFF,
     )
     return TrainParams(**{**values, **kw})  # type: ignore[arg-type]
 
@@ -257,7 +260,7 @@ out = Path(sys.argv[2])
 spec = base.get("rnn")
 params = base.TrainParams(seed=0, device="cpu", batch_size=4, max_steps=6, learning_rate=3e-3,
     warmup_steps=1, weight_decay=0.01, grad_clip=1.0, eval_every=3, eval_batches=2, patience=0,
-    checkpoint_every=3, num_threads=1)
+    checkpoint_every=3, num_threads=1, augment=base.Augment((0,), (1.0,)))
 import dataclasses
 from pipeline.core.config import DEFAULT_PARAMS_FILE
 from pipeline.modeling.train import load_train_params
@@ -318,3 +321,26 @@ def test_finished_checkpoint_is_not_reused_after_a_code_or_data_change(
     smaller = dataclasses.replace(store, rows=fewer_rows)
     again = fit(spec, config_for("rnn"), train_params(), smaller, tmp_path / "m", tmp_path / "l")
     assert again["resumed_from"] is None
+
+
+def test_augment_draws_are_reproducible_and_cover_the_lists() -> None:
+    aug = Augment(transpositions=(-3, -2, -1, 0, 1, 2, 3), stretches=(0.95, 1.0, 1.05))
+    assert aug.active and not OFF.active
+    draws = [aug.draw(0, epoch, i) for epoch in range(3) for i in range(200)]
+    assert draws == [aug.draw(0, epoch, i) for epoch in range(3) for i in range(200)]
+    assert {d[0] for d in draws} == set(aug.transpositions)
+    assert {d[1] for d in draws} == set(aug.stretches)
+    assert aug.draw(0, 0, 5) != aug.draw(0, 1, 5) or aug.draw(0, 0, 6) != aug.draw(0, 1, 6)
+
+
+def test_augment_on_a_dataset_that_cannot_augment_is_a_clear_error(tmp_path: Path) -> None:
+    """A model whose dataset has no set_augment refuses an active train.augment by name."""
+    import dataclasses
+
+    spec = base.get("rnn")
+    store = encoded_store("tuples", {"train": [SMALL], "validation": [SMALL_2]})
+    plain = dataclasses.replace(spec, make_dataset=lambda *a: list(spec.make_dataset(*a)))
+    params = train_params(augment=Augment(transpositions=(0, 1), stretches=(1.0,)))
+    with pytest.raises(FitError, match="rnn: its dataset cannot augment"):
+        fit(plain, model_config("rnn", seq_len=8, hidden_size=16), params, store,
+            tmp_path / "m", tmp_path / "live")  # fmt: skip

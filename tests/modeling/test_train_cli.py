@@ -41,6 +41,7 @@ PARAMS = {
         "patience": 0,
         "checkpoint_every": 2,
         "num_threads": 1,
+        "augment": shipped("train")["augment"],
     },
     "models": {  # the shipped sections, made tiny
         "rnn": {
