@@ -167,14 +167,30 @@ def table(report: dict[str, Any]) -> str:
     for name, r in report["rates"].items():
         how = "all cores, Parquet" if name == "ingest" else "1 core, parse only"
         rss = r.get("peak_rss_tree_mib", {}).get("median", "")
-        rows.append([name, how, r["files_per_repeat"], r["files_per_s"]["median"],
-                     r["notes_per_s"]["median"], r["notes_per_cpu_s"]["median"], rss])
+        rows.append(
+            [
+                name,
+                how,
+                r["files_per_repeat"],
+                r["files_per_s"]["median"],
+                r["notes_per_s"]["median"],
+                r["notes_per_cpu_s"]["median"],
+                rss,
+            ]
+        )
     headers = ["what", "how", "files/repeat", "files/s", "notes/s", "notes/CPU-s", "peak RSS MiB"]
     ratio_rows = []
     for k, v in report["ratios_notes_per_s"].items():
         target = report["targets"].get(k, {})
-        ratio_rows.append([k, v, report["ratios_notes_per_cpu_s"][k],
-                           target.get("target", ""), target.get("met", "")])
+        ratio_rows.append(
+            [
+                k,
+                v,
+                report["ratios_notes_per_cpu_s"][k],
+                target.get("target", ""),
+                target.get("met", ""),
+            ]
+        )
     ratio_headers = ["ratio", "notes/s", "notes/CPU-s", "target (notes/s)", "met"]
     return markdown_table(headers, rows) + "\n\n" + markdown_table(ratio_headers, ratio_rows)
 
@@ -184,8 +200,9 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=20_000, help="files in the ingested folder")
     parser.add_argument("--repeats", type=int, default=5, help="repeats; medians are reported")
     parser.add_argument("--sample", type=int, default=2_000, help="symusic files per repeat")
-    parser.add_argument("--slow-sample", type=int, default=20,
-                        help="pretty_midi / miditoolkit files per repeat")
+    parser.add_argument(
+        "--slow-sample", type=int, default=20, help="pretty_midi / miditoolkit files per repeat"
+    )
     parser.add_argument("--workers", type=int, default=0, help="ingest workers (0 = all cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmp-dir", type=Path, default=None, help="where the folder is built")

@@ -51,8 +51,11 @@ def synthetic_midi(rng: np.random.Generator, n_notes: int) -> bytes:
     ev[:, 6], ev[:, 7], ev[:, 8] = 0x80, pitch, 0x40
     program = int(rng.integers(0, 128))
     body = (
-        b"\x00\xff\x51\x03" + int(rng.integers(300_000, 1_000_000)).to_bytes(3, "big")
-        + bytes([0x00, 0xC0, program]) + ev.tobytes() + b"\x00\xff\x2f\x00"
+        b"\x00\xff\x51\x03"
+        + int(rng.integers(300_000, 1_000_000)).to_bytes(3, "big")
+        + bytes([0x00, 0xC0, program])
+        + ev.tobytes()
+        + b"\x00\xff\x2f\x00"
     )
     header = b"MThd" + struct.pack(">IHHH", 6, 0, 1, 480)
     return header + b"MTrk" + struct.pack(">I", len(body)) + body
@@ -119,8 +122,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row = measure(in_dir, work / "out", args.workers)
             row["n"] = n
             by_size.append(row)
-            print(f"{n} files: {row['seconds']:.1f} s, peak RSS {row['peak_rss_tree_mib']:.0f} MiB",
-                  flush=True)
+            print(
+                f"{n} files: {row['seconds']:.1f} s, peak RSS {row['peak_rss_tree_mib']:.0f} MiB",
+                flush=True,
+            )
             if in_dir != work / "all":
                 shutil.rmtree(in_dir)
         shards = []
@@ -128,8 +133,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row = measure(work / "all", work / "out", args.workers, shard=(i, args.shards))
             row["shard"] = i
             shards.append(row)
-            print(f"shard {i}/{args.shards}: {row['files']} files, {row['seconds']:.1f} s",
-                  flush=True)
+            print(
+                f"shard {i}/{args.shards}: {row['files']} files, {row['seconds']:.1f} s", flush=True
+            )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -157,7 +163,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "peak_rss_tree_mib_at_smallest": smallest["peak_rss_tree_mib"],
             "ratio_n_vs_smallest": full["peak_rss_tree_mib"] / smallest["peak_rss_tree_mib"],
             "parent_mib_per_10k_files": (full["parent_maxrss_mib"] - smallest["parent_maxrss_mib"])
-            / max(1, (full["n"] - smallest["n"])) * 10_000,
+            / max(1, (full["n"] - smallest["n"]))
+            * 10_000,
             "target_mib": TARGET_PEAK_RSS_MIB,
             "met": peak < TARGET_PEAK_RSS_MIB,
         },
@@ -181,15 +188,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def table(report: dict[str, Any]) -> str:
     """Markdown: one row per folder size, then one per shard."""
-    headers = ["run", "files", "seconds", "files/s", "CPU-s", "peak RSS tree MiB",
-               "parent MiB", "notes row groups"]
-    rows = [[f"{r['n']:,} files", r["files"], r["seconds"], r["files_per_s"], r["cpu_s"],
-             r["peak_rss_tree_mib"], r["parent_maxrss_mib"], r["notes_row_groups"]]
-            for r in report["by_size"]]
+    headers = [
+        "run",
+        "files",
+        "seconds",
+        "files/s",
+        "CPU-s",
+        "peak RSS tree MiB",
+        "parent MiB",
+        "notes row groups",
+    ]
+    rows = [
+        [
+            f"{r['n']:,} files",
+            r["files"],
+            r["seconds"],
+            r["files_per_s"],
+            r["cpu_s"],
+            r["peak_rss_tree_mib"],
+            r["parent_maxrss_mib"],
+            r["notes_row_groups"],
+        ]
+        for r in report["by_size"]
+    ]
     for s in report["sharded"]["shards"]:
-        rows.append([f"shard {s['shard']}/{report['config']['shards']}", s["files"], s["seconds"],
-                     s["files_per_s"], s["cpu_s"], s["peak_rss_tree_mib"], s["parent_maxrss_mib"],
-                     s["notes_row_groups"]])
+        rows.append(
+            [
+                f"shard {s['shard']}/{report['config']['shards']}",
+                s["files"],
+                s["seconds"],
+                s["files_per_s"],
+                s["cpu_s"],
+                s["peak_rss_tree_mib"],
+                s["parent_maxrss_mib"],
+                s["notes_row_groups"],
+            ]
+        )
     g, sh = report["rss_growth"], report["sharded"]
     summary = [
         ["peak RSS at N / at smallest", g["ratio_n_vs_smallest"]],
@@ -209,8 +243,12 @@ def parse_sizes(text: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=180_000, help="N: files generated")
-    parser.add_argument("--sizes", type=parse_sizes, default=[10_000, 50_000],
-                        help="smaller folder sizes to ingest besides N (comma-separated)")
+    parser.add_argument(
+        "--sizes",
+        type=parse_sizes,
+        default=[10_000, 50_000],
+        help="smaller folder sizes to ingest besides N (comma-separated)",
+    )
     parser.add_argument("--shards", type=int, default=4, help="0 skips the sharded runs")
     parser.add_argument("--workers", type=int, default=0, help="ingest workers (0 = all cores)")
     parser.add_argument("--seed", type=int, default=0)

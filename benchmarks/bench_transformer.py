@@ -8,6 +8,11 @@ Measures, in one run and on one device:
 * generation throughput (tokens/s): ours samples with its key/value cache; torch's
   module has no cache, so it re-runs the whole prefix for every new token (how it
   is used for sampling);
+* long generation (4 x seq_len tokens, past the training window): our sampler, which
+  re-encodes its context every quarter window (`ContextWindow`), against the same
+  model with a sliding key/value cache (the previous sampler: one cached step per
+  token, but keys computed with more context than any training window), i.e. what
+  sampling exactly as trained costs;
 * peak memory of one forward + backward at sequence lengths 512, 1024 and 2048
   (batch 1): ``torch.cuda.max_memory_allocated`` on a GPU; on CPU the peak RSS
   (VmHWM, reset through ``/proc/self/clear_refs`` just before) minus the RSS before,
@@ -45,7 +50,7 @@ from torch import nn
 from pipeline.core.config import DEFAULT_PARAMS_FILE, ROOT
 from pipeline.core.io import write_json
 from pipeline.modeling.events import transformer
-from pipeline.modeling.events.sampling import generate_transformer
+from pipeline.modeling.events.sampling import ContextWindow, generate_transformer, sample_next
 from pipeline.modeling.events.transformer import MusicTransformer, sine_positions
 from pipeline.modeling.train import load_train_params
 from pipeline.representations.events import BOS, VOCAB_SIZE
@@ -58,6 +63,7 @@ SPEED_CONFIG = dataclasses.replace(DEFAULT_CONFIG, dropout=0.0)
 SPEED_BATCH = 16
 SPEED_SEQ_LEN = SPEED_CONFIG.seq_len
 GENERATE_TOKENS = 128
+LONG_TOKENS = 4 * SPEED_SEQ_LEN  # past the window: the sampler re-encodes its context
 REPEATS = 5
 # Memory: a small model at long sequence lengths, batch 1.
 MEMORY_CONFIG = dataclasses.replace(
@@ -199,6 +205,46 @@ def generate_speed(models: dict[str, nn.Module], device: torch.device) -> dict[s
     return {k: samplers[k][1] / s for k, s in seconds.items()}
 
 
+@torch.no_grad()
+def _long_sample(
+    model: MusicTransformer, n_tokens: int, gen: torch.Generator, sliding: bool
+) -> None:
+    """Draw `n_tokens` tokens from BOS (never stopping at EOS), one context per way.
+
+    ``sliding``: the previous sampler's loop, the last seq_len - 1 cached positions and
+    one cached step per token; otherwise `ContextWindow`, as `generate_transformer` does.
+    """
+    device = next(model.parameters()).device
+    bos = torch.full((1, 1), BOS, device=device)
+    if not sliding:
+        context = ContextWindow(model, bos)
+        for _ in range(n_tokens):
+            context.push(sample_next(context.logits, gen))
+        return
+    keep = model.config.seq_len - 1
+    logits, past = model.logits(bos)
+    for position in range(1, n_tokens + 1):
+        token = sample_next(logits[:, -1], gen)
+        past = [(k[:, :, -keep:], v[:, :, -keep:]) for k, v in past]
+        logits, past = model.logits(token[:, None], past, start_pos=position)
+
+
+def generate_long_speed(model: MusicTransformer, device: torch.device) -> dict[str, float]:
+    """Tokens/s sampling LONG_TOKENS tokens: re-encoding context vs a sliding cache."""
+    model.to(device).eval()
+    gen = torch.Generator()
+    seconds = _median_seconds(
+        {
+            way: lambda sliding=(way == "sliding_cache"): _long_sample(
+                model, LONG_TOKENS, gen.manual_seed(0), sliding
+            )
+            for way in ("reencode", "sliding_cache")
+        },
+        device,
+    )
+    return {way: LONG_TOKENS / s for way, s in seconds.items()}
+
+
 def _direct_relative_logits(q: torch.Tensor, rel: torch.Tensor, n_keys: int) -> torch.Tensor:
     """Shaw et al.'s relative logits: gather an (H, Tq, Tk, Dh) tensor, O(L^2 D) memory."""
     n_q = q.size(2)
@@ -266,7 +312,8 @@ def memory_table(device: torch.device) -> dict[str, dict[str, float | None]]:
 
 def main(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    out: Annotated[Path, typer.Option(help="JSON report path.")] = ROOT / "reports"
+    out: Annotated[Path, typer.Option(help="JSON report path.")] = ROOT
+    / "reports"
     / "bench"
     / "transformer.json",
     threads: Annotated[int, typer.Option(help="torch CPU threads; 0 = default.")] = 0,
@@ -290,6 +337,8 @@ def main(
     log.info("train tokens/s: %s", train)
     generate = generate_speed({"ours": ours, "torch": theirs}, dev)
     log.info("generate tokens/s: %s", generate)
+    generate_long = generate_long_speed(ours, dev)
+    log.info("long generate tokens/s: %s", generate_long)
     memory = memory_table(dev)
     report = {
         "device": str(dev),
@@ -315,6 +364,15 @@ def main(
             "ratio_ours_over_torch": round(generate["ours"] / generate["torch"], 3),
             "tokens": GENERATE_TOKENS,
             "note": "ours uses its key/value cache; torch's module recomputes the prefix",
+        },
+        "generate_long_tokens_per_s": {
+            **{k: round(v, 1) for k, v in generate_long.items()},
+            "ratio_reencode_over_sliding": round(
+                generate_long["reencode"] / generate_long["sliding_cache"], 3
+            ),
+            "tokens": LONG_TOKENS,
+            "note": "ours: context re-encoded every seq_len // 4 tokens (as trained); "
+            "sliding_cache: the previous sampler, one cached step per token",
         },
         "peak_memory_mib": {
             "what": "one forward+backward, batch 1; "

@@ -85,6 +85,8 @@ def tiny_params(params: dict) -> dict:
     for model in p["models"].values():
         if isinstance(model.get("train"), dict):
             cap(model["train"], TRAIN_BUDGET)
+        if "kl_anneal_steps" in model:  # the VAE refuses a KL schedule longer than its run
+            model["kl_anneal_steps"] = min(model["kl_anneal_steps"], MAX_STEPS)
     cap(p["evaluate"], EVALUATE_BUDGET)
     if "fake_pairs" in p.get("report", {}):
         p["report"]["fake_pairs"] = 1
@@ -587,9 +589,10 @@ def test_metrics_compare_across_commits_and_experiments(run: Run, tmp_path: Path
         for row in rows:
             assert "error" not in row, (model, row)
             numbers = row["data"][model]
-            assert isinstance(numbers["test_nll"], float), (model, numbers)
-            assert isinstance(numbers["baseline_nll"], float), (model, numbers)
-    rnn = {r["data"]["rnn"]["test_nll"] for r in _metric_rows(shown, "reports/metrics/rnn.json")}
+            tests = [k for k in numbers if k.startswith("test_")]  # named for what it is
+            assert len(tests) == 1 and isinstance(numbers[tests[0]], float), (model, numbers)
+    rows = _metric_rows(shown, "reports/metrics/rnn.json")
+    rnn = {r["data"]["rnn"]["test_pitch_nll"] for r in rows}
     assert len(rnn) == 2, f"the experiment changes rnn's test NLL and nothing else: {rnn}"
     rc, out = run_cmd([dvc, "metrics", "diff", "--json"], repo, env, 120)
     assert rc == 0, out

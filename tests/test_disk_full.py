@@ -242,14 +242,15 @@ def test_ingest_into_a_full_disk_from_the_first_byte(
     opened: list[pq.ParquetWriter] = []
 
     def init(self: pq.ParquetWriter, where: object, *args: object, **kw: object) -> None:
-        if len(opened) == 2:  # pieces.parquet's "PAR1" header does not fit
+        if len(opened) == 2:  # the pieces table's "PAR1" header does not fit
             raise enospc()
         real_init(self, where, *args, **kw)
         opened.append(self)
 
     monkeypatch.setattr(pq.ParquetWriter, "__init__", init)
     argv = ["ingest", str(small_raw), "--out", str(out), "--source", "x", "--params", str(params)]
-    assert assert_one_line(runner.invoke(app, argv), out) == out / "pieces.parquet"
+    # pieces stream to pieces.unsplit.parquet until ingest has drawn the splits by work
+    assert assert_one_line(runner.invoke(app, argv), out) == out / "pieces.unsplit.parquet"
     assert not out.exists() and leftovers(tmp_path) == []
     assert not any(w.is_open for w in opened)  # closed, so their __del__ writes nothing
 

@@ -151,11 +151,14 @@ def zero_length_tracks(f: Smf, positions: list[int]) -> None:
 
 def running_status_abuse(f: Smf, track: int, variant: int) -> None:
     """Data bytes with no status byte, or running status carried across meta/sysex events."""
-    f.prepend(track, [
-        b"\x00\x3c\x40",  # running status with no status ever set
-        b"\x00\x9e\x3c\x40\x00\xff\x01\x00\x10\x3c\x00",  # ... carried across a meta event
-        b"\x00\x9e\x3c\x40\x00\xf0\x01\xf7\x10\x3c\x00",  # ... carried across a sysex event
-    ][variant % 3])
+    f.prepend(
+        track,
+        [
+            b"\x00\x3c\x40",  # running status with no status ever set
+            b"\x00\x9e\x3c\x40\x00\xff\x01\x00\x10\x3c\x00",  # ... carried across a meta event
+            b"\x00\x9e\x3c\x40\x00\xf0\x01\xf7\x10\x3c\x00",  # ... carried across a sysex event
+        ][variant % 3],
+    )
 
 
 def unreleased_notes(f: Smf, track: int, pitches: list[int]) -> None:
@@ -235,7 +238,10 @@ def ingest_bytes(files: dict[str, bytes], workers: int = 1, **changes: object) -
         )
     check_survived(files, outcome)
     assert (summary.files, summary.pieces, summary.rejects, summary.notes) == (
-        len(files), len(outcome.pieces), len(outcome.rejects), len(outcome.notes)
+        len(files),
+        len(outcome.pieces),
+        len(outcome.rejects),
+        len(outcome.notes),
     )
     return outcome
 

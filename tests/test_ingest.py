@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from rawfolder import make_renditions
 from typer.testing import CliRunner
 
 from pipeline import ingest as ingest_mod
@@ -14,6 +15,7 @@ from pipeline.cli import app
 from pipeline.core.params import default_params
 from pipeline.core.stores import read_store
 from pipeline.ingest import IngestError, IngestParams, ingest_dir
+from pipeline.splits import stable_split
 
 DEFAULT_PARAMS = default_params("ingest", IngestParams)
 
@@ -136,6 +138,47 @@ def test_manifest_sets_split_and_composer(tmp_path, fixtures_dir):
     assert pieces.loc[names[3], "composer"] == "Composer 3"
     assert pieces.loc[names[3], "style"] == "Composer 3"
     assert pieces.loc[names[3], "title"] == "Title 3"
+
+
+def test_two_renditions_of_a_piece_share_its_split(tmp_path, fixtures_dir):
+    """24 real files, each also at another tempo, velocities and bytes, no manifest."""
+    pairs = make_renditions(tmp_path / "in", fixtures_dir)
+    assert len(pairs) == 24
+    ingest_dir(tmp_path / "in", tmp_path / "out", source="mine", params=lenient(), progress=False)
+    pieces = read_store(tmp_path / "out" / "pieces.parquet", "pieces").set_index("path")
+    assert len(pieces) == 48
+    for b, a in pairs.items():
+        assert pieces.loc[b, "md5"] != pieces.loc[a, "md5"]
+        assert pieces.loc[b, "fingerprint"] == pieces.loc[a, "fingerprint"], b
+        assert pieces.loc[b, "group"] == pieces.loc[a, "group"] == pieces.loc[a, "fingerprint"]
+        assert pieces.loc[b, "split"] == pieces.loc[a, "split"], b
+    assert set(pieces["split"]) == {"train", "validation", "test"}
+    # drawn per file (the old way), these pairs would have been split apart
+    fractions = (DEFAULT_PARAMS.validation_fraction, DEFAULT_PARAMS.test_fraction)
+    by_file = {p: stable_split(pieces.loc[p, "md5"], *fractions) for p in pieces.index}
+    assert any(by_file[a] != by_file[b] for b, a in pairs.items())
+
+
+def test_manifest_groups_share_a_split_and_lead_fingerprint_twins(tmp_path, fixtures_dir):
+    root = tmp_path / "in"
+    names = sorted(p.name for p in (fixtures_dir / "other").iterdir() if "POP909" in p.name)
+    shutil.copytree(fixtures_dir / "other", root)
+    twin = (root / names[0]).read_bytes()
+    (root / "twin.mid").write_bytes(twin)  # same notes as names[0], no group of its own
+    lines = ["path,split,composer,title,group,style"] + [
+        f"{n},,,,opus-{i % 2},pop" for i, n in enumerate(names)
+    ]
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    ingest_dir(root, tmp_path / "out", source="x", params=lenient(), progress=False)
+    pieces = read_store(tmp_path / "out" / "pieces.parquet", "pieces").set_index("path")
+    fractions = (DEFAULT_PARAMS.validation_fraction, DEFAULT_PARAMS.test_fraction)
+    for i, name in enumerate(names):
+        assert pieces.loc[name, "group"] == f"opus-{i % 2}"
+        assert pieces.loc[name, "split"] == stable_split(f"opus-{i % 2}", *fractions)
+        assert pieces.loc[name, "style"] == "pop"
+    assert pieces.loc["twin.mid", "group"] == pieces.loc["twin.mid", "fingerprint"]
+    assert pieces.loc["twin.mid", "split"] == pieces.loc[names[0], "split"]
+    assert pieces.loc["twin.mid", "style"] == "x"
 
 
 def test_bad_manifest_split_names_the_file(tmp_path, fixtures_dir):

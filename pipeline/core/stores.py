@@ -16,12 +16,16 @@ import pyarrow.parquet as pq
 
 from pipeline.core.io import write_parquet
 
-SCHEMA_VERSION = 1
+# 2: pieces gained `group` and `fingerprint` (splits are drawn per work, not per file)
+SCHEMA_VERSION = 2
 
 # A fetched source folder (data/raw/<source>/) holds MIDI files and this table: path
-# relative to the folder, split, composer, title (empty strings where unknown).
+# relative to the folder, split, composer, title, group (the work the file is a version
+# of: files of one group share a split; empty = ingest groups by content fingerprint),
+# style (conditioning label; empty = the composer, else the source name). Empty strings
+# where unknown; an empty split lets ingest draw it (see pipeline.splits).
 MANIFEST = "manifest.csv"
-MANIFEST_COLUMNS = ("path", "split", "composer", "title")
+MANIFEST_COLUMNS = ("path", "split", "composer", "title", "group", "style")
 
 NOTES = pa.schema(
     [
@@ -42,6 +46,8 @@ PIECES = pa.schema(
         ("split", pa.string()),
         ("path", pa.string()),  # relative to the source's raw folder
         ("md5", pa.string()),
+        ("group", pa.string()),  # the work: the manifest's group, else the fingerprint
+        ("fingerprint", pa.string()),  # pipeline.splits.content_fingerprint of the notes
         ("composer", pa.string()),
         ("title", pa.string()),
         ("style", pa.string()),  # conditioning label: composer, or source name

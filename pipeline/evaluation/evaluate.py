@@ -1,19 +1,28 @@
 """The `evaluate` stage: one trained model scored on the held-out test split.
 
-For model NAME it writes ``reports/metrics/<name>.json``::
+For model NAME it writes ``reports/evaluate/<name>.json``::
 
-    {"model":   {"name", "representation", "step", "n_parameters"},
-     "test":    {every scalar term of forward() averaged over the WHOLE test split
-                 ("loss", "nll", ...), plus the spec's baseline ("baseline_nll", ...)},
+    {"model":     {"name", "representation", "step", "n_parameters"},
+     "objective": {"name", "kind", "unit", "description" (the spec's `Objective`),
+                   "test", "train" (its forward "nll" term on each split),
+                   "baseline": {"key", "name", "description", "test"} or null},
+     "test":      {every scalar term of forward() averaged over the WHOLE test split
+                   ("loss", "nll", ...), plus the spec's baseline ("baseline_nll", ...)},
      "train":   {the same terms over at most `train_batches` random train batches},
      "samples": {"n", "mean_notes", "mean_seconds", "n_real", "real_pieces",
                  + the musical metrics of `pipeline.evaluation.metrics.compare_sets`}}
 
-and ``reports/samples/<name>/`` (replaced atomically): ``sample-<i>.mid`` generated
+its `headline` in ``reports/metrics/<name>.json`` (the DVC metrics), and
+``reports/samples/<name>/`` (replaced atomically): ``sample-<i>.mid`` generated
 clips and ``real-<i>.mid`` test clips cut to the same length, each with ``.wav`` and
 ``.png`` beside it when `pipeline.evaluation.render` is available. Term means are
 weighted by the model's ``n_units`` output when it gives one (per cell, note or
 token), by batch size otherwise. Non-finite numbers are written as null.
+
+Each model's reported number is what its spec's `Objective` says it is (a
+likelihood, a bound on one, or a loss, in its unit), and it is published under that
+name (``test_pitch_nll``, ``test_neg_elbo``, ``test_denoising_bce``, ...), beside a
+baseline only where the spec names one of a comparable kind.
 """
 
 from __future__ import annotations
@@ -66,7 +75,6 @@ class EvaluateParams:
         require(self.num_threads >= 0, "num_threads must be >= 0")
 
 
-
 def evaluate(
     spec: ModelSpec,
     model: Any,
@@ -85,7 +93,8 @@ def evaluate(
             renders) are written there.
 
     Returns:
-        {"test": {...}, "train": {...}, "samples": {...}} (see the module docstring).
+        {"objective": {...}, "test": {...}, "train": {...}, "samples": {...}} (see the
+        module docstring).
     """
     import torch
     from torch.utils.data import DataLoader
@@ -115,7 +124,31 @@ def evaluate(
         else {}
     )
     samples = sample_and_compare(spec, model, store, ep, samples_dir)
-    return _finite({"test": test, "train": train, "samples": samples})
+    return _finite(
+        {
+            "objective": objective_numbers(spec, test, train),
+            "test": test,
+            "train": train,
+            "samples": samples,
+        }
+    )
+
+
+def objective_numbers(
+    spec: ModelSpec, test: dict[str, float], train: dict[str, float]
+) -> dict[str, Any]:
+    """The spec's objective with its test and train values and its baseline's test value.
+
+    The value is the forward ``"nll"`` term; the baseline is the spec's `Baseline`
+    key of the test terms, or null when the spec has no baseline of a kind the
+    objective may be compared with.
+    """
+    objective = spec.objective
+    described = objective.describe()
+    baseline = described.pop("baseline")
+    if baseline is not None:
+        baseline["test"] = test.get(baseline["key"])
+    return {**described, "test": test.get("nll"), "train": train.get("nll"), "baseline": baseline}
 
 
 def sample_and_compare(
@@ -277,7 +310,7 @@ def evaluate_model_dir(
             "n_parameters": int(sum(p.numel() for p in model.parameters())),
         },
         **result,
-    }
+    }  # key order: model, objective, test, train, samples
     if details_path is not None:
         write_json(details_path, result)
     write_json(metrics_path, headline(result))
@@ -291,23 +324,31 @@ HEADLINE_MUSICAL = ("pitch_class_entropy", "polyphony", "scale_consistency")
 def headline(result: dict[str, Any]) -> dict[str, Any]:
     """The few numbers a person compares across runs, under the model's name.
 
-    ``{"<model>": {"test_nll", "baseline_nll", "oa_mean", "kl_mean",
+    ``{"<model>": {"test_<objective>", "baseline_<baseline>", "oa_mean", "kl_mean",
     "pitch_class_entropy", "polyphony", "scale_consistency"}}``: the test objective
-    and its baseline (units as in `evaluate`'s docstring), how far the generated clips'
+    under its own name (its unit and kind are in ``reports/evaluate/<model>.json``):
+    ``autoencoder.test_denoising_bce`` (a loss, nats per cell), ``vae.test_neg_elbo``
+    (a bound, nats per cell), ``rnn.test_pitch_nll`` (nats per note),
+    ``transformer.test_nll`` (nats per token), ``biaxial.test_play_nll`` and
+    ``poph.test_play_nll`` (nats per pitch-step); its baseline when the spec names one
+    of a comparable kind (``baseline_nll``, ``baseline_pitch_nll``,
+    ``baseline_play_nll``; none for the autoencoder); how far the generated clips'
     musical metrics are from the real ones (mean overlapping area, higher is closer, and
     mean KL divergence, lower is closer; Yang & Lerch 2018) and three generated means.
-    Nested under the model's name so `dvc exp show` columns read ``rnn.test_nll`` and
-    sort with ``--sort-by rnn.test_nll``.
+    Nested under the model's name so `dvc exp show` columns read
+    ``rnn.test_pitch_nll`` and sort with ``--sort-by rnn.test_pitch_nll``.
     """
-    test = result.get("test", {})
+    objective = result.get("objective") or {}
     samples = result.get("samples", {})
     per_metric = samples.get("metrics", {})
-    numbers: dict[str, Any] = {
-        "test_nll": test.get("nll"),
-        "baseline_nll": test.get("baseline_nll"),
-        "oa_mean": samples.get("oa_mean"),
-        "kl_mean": samples.get("kl_mean"),
-    }
+    numbers: dict[str, Any] = {}
+    if objective.get("name"):
+        numbers[f"test_{objective['name']}"] = objective.get("test")
+    baseline = objective.get("baseline")
+    if isinstance(baseline, dict) and baseline.get("name"):
+        numbers[f"baseline_{baseline['name']}"] = baseline.get("test")
+    numbers["oa_mean"] = samples.get("oa_mean")
+    numbers["kl_mean"] = samples.get("kl_mean")
     for name in HEADLINE_MUSICAL:
         numbers[name] = per_metric.get(name, {}).get("generated_mean")
     return {result["model"]["name"]: _finite(numbers)}
@@ -355,8 +396,12 @@ def evaluate_command(
             device,
             details or REPORTS / "evaluate" / f"{name}.json",
         )
-        test = result["test"]
+        objective = result["objective"]
+        baseline = objective["baseline"]
+        against = (
+            f" (baseline {baseline['name']} {baseline['test']})" if baseline is not None else ""
+        )
         typer.echo(
-            f"{name}: test nll {test.get('nll')} (baseline {test.get('baseline_nll')}), "
-            f"{result['samples']['n']} samples"
+            f"{name}: test {objective['name']} {objective['test']} {objective['unit']} "
+            f"({objective['kind']}){against}, {result['samples']['n']} samples"
         )

@@ -14,12 +14,17 @@ so `fit()` stays generic):
 * a frozen dataclass config (params section ``models.<name>``);
 * an ``nn.Module`` built as ``model_cls(config)`` whose ``forward(batch)`` takes a
   dict of tensors (one collated batch of its dataset) and returns a dict with
-  ``"loss"`` (scalar training objective), ``"nll"`` (scalar reported as test NLL)
-  and any other scalar terms to log (e.g. ``"kl"``, ``"play"``);
+  ``"loss"`` (scalar training objective; fit selects the checkpoint with the lowest
+  validation ``"loss"``), ``"nll"`` (the scalar its `Objective` names: what evaluate
+  reports, in the objective's unit) and any other scalar terms to log (e.g. ``"kl"``,
+  ``"play"``);
+* an `Objective` in its spec: what the ``"nll"`` term is (a likelihood, a bound on
+  one, or a loss), its unit, and which baseline number it may be compared with;
 * ``make_dataset(store, config, split)``: a ``torch.utils.data.Dataset`` of dicts of
   tensors over one split of the representation's store;
-* ``baseline(store, config)``: trivial-baseline numbers on the test split, at least
-  ``{"baseline_nll": ...}`` in the same units as ``"nll"``.
+* ``baseline(store, config)``: trivial-baseline numbers on the test split (e.g.
+  ``{"baseline_nll": ...}``); the objective's `Baseline` names the one that is of a
+  kind and unit its ``"nll"`` may be compared with, if any.
 
 Generation lives in ``pipeline/modeling/<representation>/sampling.py``, found by
 `pipeline.modeling.sampling.sampler`:
@@ -42,6 +47,9 @@ Optional, honoured by `pipeline.modeling.fit` and `pipeline.evaluation.evaluate`
   cover; split means are then weighted by it (exact per-unit means), and it is not
   logged as a term;
 * ``model.set_step(step)``: called before each training step (e.g. KL annealing);
+* ``check_train(config, train_params)`` (a spec field): raises `ParamsError` when the
+  model's params and the run's train params disagree (e.g. a KL annealing longer
+  than the run); fit calls it before training;
 * ``dataset.set_epoch(epoch)``: called at each epoch; random crops should be a pure
   function of (seed from ``torch.initial_seed()`` at construction, epoch, index), so
   that resuming from a checkpoint replays the same batches (`WindowIndex` does this).
@@ -50,6 +58,7 @@ Optional, honoured by `pipeline.modeling.fit` and `pipeline.evaluation.evaluate`
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -61,11 +70,13 @@ from pipeline.registry import Registry
 from pipeline.representations import StoreData
 
 __all__ = [
+    "Baseline",
     "CHECKPOINT_VERSION",
     "REGISTRY",
     "GenerateError",
     "GenerativeModel",
     "ModelSpec",
+    "Objective",
     "StoreData",
     "TrainParams",
     "WindowIndex",
@@ -124,7 +135,7 @@ class TrainParams:
     weight_decay: float
     grad_clip: float
     eval_every: int
-    eval_batches: int
+    eval_batches: int  # validation batches per evaluation; 0 = the whole split
     patience: int  # evaluations without validation improvement before stopping; 0 = off
     checkpoint_every: int
     num_threads: int  # torch CPU threads; 0 = torch's default
@@ -135,6 +146,7 @@ class TrainParams:
         require(self.max_steps > 0, "max_steps must be > 0")
         require(self.learning_rate > 0, "learning_rate must be > 0")
         require(self.eval_every > 0, "eval_every must be > 0")
+        require(self.eval_batches >= 0, "eval_batches must be >= 0 (0 = the whole split)")
         require(self.checkpoint_every > 0, "checkpoint_every must be > 0")
 
 
@@ -148,6 +160,79 @@ class GenerativeModel(Protocol):
     config: Any
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]: ...
+
+
+ObjectiveKind = Literal["likelihood", "bound", "loss"]
+OBJECTIVE_KINDS: tuple[ObjectiveKind, ...] = ("likelihood", "bound", "loss")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The trivial-baseline number a model's objective may be compared with.
+
+    For a likelihood or a bound: an exact negative log-likelihood of a trivial model
+    of the data (it sees no context), scored on the same test units in the objective's
+    unit; a likelihood objective below it beats it, and so does a bound (the model's
+    true NLL is at most its bound), never the other way round. For a loss: the same
+    loss, computed exactly for a trivial model of that task (same name required).
+    """
+
+    key: str  # its key in the spec's ``baseline(store, config)`` result
+    name: str  # published as ``baseline_<name>`` (e.g. "pitch_nll")
+    description: str  # what trivial model it is
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "baseline name")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a model's reported test number (its forward ``"nll"`` term) is.
+
+    Published as ``test_<name>`` in the headline metrics. ``kind`` says what may be
+    ranked beside what: a "likelihood" (an exact negative log-likelihood of the data
+    or of a named part of it), a "bound" (an upper bound on one, e.g. a negative
+    ELBO) or a "loss" (neither, e.g. a denoising cross-entropy on corrupted input).
+    Numbers are comparable only within one kind and unit (and on the same data).
+    """
+
+    name: str  # short metric name, e.g. "pitch_nll", "neg_elbo", "denoising_bce"
+    kind: ObjectiveKind
+    unit: str  # e.g. "nats per note"
+    description: str  # one sentence: what exactly is measured
+    baseline: Baseline | None  # None: the spec's baseline is of another kind
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "objective name")
+        if self.kind not in OBJECTIVE_KINDS:
+            raise ValueError(f"objective kind {self.kind!r}; known: {list(OBJECTIVE_KINDS)}")
+        if not self.unit.strip():
+            raise ValueError(f"objective {self.name!r}: empty unit")
+        if self.kind == "loss" and self.baseline is not None and self.baseline.name != self.name:
+            raise ValueError(
+                f"objective {self.name!r} is a loss: it compares only with a baseline of the "
+                f"same loss, not {self.baseline.name!r}"
+            )
+
+    @property
+    def label(self) -> str:
+        """``name (unit)``, the caption of its numbers."""
+        return f"{self.name.replace('_', ' ')} ({self.unit})"
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready fields (evaluate writes them beside the numbers)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "unit": self.unit,
+            "description": self.description,
+            "baseline": None if self.baseline is None else dict(vars(self.baseline)),
+        }
+
+
+def _check_name(name: str, what: str) -> None:
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ValueError(f"{what} {name!r}: use lower-case letters, digits and _")
 
 
 @dataclass(frozen=True)
@@ -165,8 +250,11 @@ class ModelSpec:
     model_cls: Callable[..., Any]
     make_dataset: Callable[[StoreData, Any, str], Any]
     baseline: Callable[[StoreData, Any], dict[str, float]]
+    objective: Objective  # what the forward "nll" term (the reported number) is
     # optional: build the config-dependent extras from the store (e.g. style vocabulary)
     prepare: Callable[[StoreData, Any], Any] | None = None
+    # optional: ParamsError when the config and the run's train params disagree
+    check_train: Callable[[Any, TrainParams], None] | None = None
 
 
 # model name -> the module that registers it (pipeline.modeling.<representation>.<name>)

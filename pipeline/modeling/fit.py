@@ -11,9 +11,13 @@ so this loop only moves batches, steps the optimizer, evaluates, logs and saves:
 * AdamW (weight decay on weight matrices and kernels only, as nanoGPT), linear
   warmup over ``warmup_steps`` then cosine decay to 10% of the rate at
   ``max_steps``, gradient-norm clipping at ``grad_clip`` (0 = off);
-* every ``eval_every`` steps the mean validation terms over ``eval_batches``
-  batches; the best validation ``loss`` so far is saved to ``out_dir/model.pt``;
-  training stops early after ``patience`` evaluations without improvement;
+* every ``eval_every`` steps the mean validation terms over the whole validation
+  split (``eval_batches: 0``, the default) or over a fixed sample of ``eval_batches``
+  batches drawn once, spread over the split (`validation_loader`); the checkpoint
+  with the best validation ``loss`` so far is saved to ``out_dir/model.pt`` (models
+  whose training loss differs from what they report make their evaluation ``loss``
+  the reported objective, e.g. the VAE's negative ELBO); training stops early after
+  ``patience`` evaluations without improvement;
 * every ``checkpoint_every`` steps (and at the end) ``out_dir/last.pt`` holds model,
   optimizer, scheduler, step, RNG states and best-so-far, written atomically; a
   later ``fit`` with the same model config, representation params and train params
@@ -164,6 +168,8 @@ def _fit(
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
+    if spec.check_train is not None:
+        spec.check_train(config, tp)
     if spec.prepare is not None:
         config = spec.prepare(store, config)
     train_data = spec.make_dataset(store, config, "train")
@@ -239,6 +245,7 @@ def _fit(
         ids = [device.index] if device.type == "cuda" else None
         net = DistributedDataParallel(model, device_ids=ids)
 
+    val_loader = validation_loader(val_data, tp)
     batches = _batches(train_data, tp, step, dist)
     sums: dict[str, float] = {}
     weight_sum = 0.0
@@ -271,9 +278,7 @@ def _fit(
             last_step = step >= tp.max_steps
             if step % tp.eval_every == 0 or last_step:
                 val = (
-                    evaluate_loader(
-                        model, _eval_loader(val_data, tp), tp.eval_batches, device, tp.seed
-                    )
+                    evaluate_loader(model, val_loader, None, device, tp.seed)
                     if dist.is_main and len(val_data)
                     else {}
                 )
@@ -422,8 +427,21 @@ def _batch_size(batch: Any) -> int:
     return 1
 
 
-def _eval_loader(data: Any, tp: TrainParams) -> DataLoader:
-    return DataLoader(data, batch_size=tp.batch_size, shuffle=False, num_workers=0)
+def validation_loader(data: Any, tp: TrainParams) -> DataLoader:
+    """The validation batches of every evaluation (the same ones each time).
+
+    ``train.eval_batches: 0`` (the default): the whole split, in order. ``N > 0``: a
+    fixed sample of ``N * batch_size`` items drawn once without replacement (numpy
+    generator seeded with ``train.seed``) from the whole split, in index order, so a
+    cap on a large corpus still sees every part of it, not only the first pieces.
+    """
+    items: Any = data
+    size = tp.eval_batches * tp.batch_size
+    if tp.eval_batches > 0 and size < len(data):
+        rng = np.random.default_rng([tp.seed, 0xE7A1])
+        chosen = np.sort(rng.choice(len(data), size=size, replace=False))
+        items = torch.utils.data.Subset(data, chosen.tolist())
+    return DataLoader(items, batch_size=tp.batch_size, shuffle=False, num_workers=0)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -594,7 +612,14 @@ def _training_modules(spec: ModelSpec) -> list[str]:
     module = base.REGISTRY.modules.get(spec.name)
     if module is not None:
         names.update((module, module.rpartition(".")[0]))
-    parts = (spec.config_cls, spec.model_cls, spec.make_dataset, spec.baseline, spec.prepare)
+    parts = (
+        spec.config_cls,
+        spec.model_cls,
+        spec.make_dataset,
+        spec.baseline,
+        spec.prepare,
+        spec.check_train,
+    )
     for part in parts:
         for cls in getattr(part, "__mro__", (part,)):
             owner = getattr(cls, "__module__", None) or ""

@@ -5,7 +5,9 @@ Both pages are static and open offline from disk: CSS and JavaScript are inlined
 nothing refers to another host. The report reads only what the other stages wrote:
 
 * ``reports/evaluate/<model>.json`` (evaluate's full results):
-  {"test": {"nll", "baseline_nll", ...},
+  {"objective": {"name", "kind", "unit", "description", "test", "train",
+  "baseline": {"key", "name", "description", "test"} or null},
+  "test": {"nll", "baseline_nll", ...},
   "train": {...}, "samples": {"n", ..., "oa_mean", "kl_mean", "metrics": {name: {...}}}}
 * ``reports/train/<model>/summary.json`` (train): {"steps", "best_val_loss",
   "wall_time_s", "n_parameters"}, and DVCLive's curves under
@@ -15,6 +17,8 @@ nothing refers to another host. The report reads only what the other stages wrot
 * ``reports/data/*.json`` and ``reports/validation/*.json`` (represent, validate)
 
 Whatever is missing shows as "not run yet"; unreadable files are listed on the page.
+Test numbers are grouped by the objective's kind and unit (one table each), so the
+page never ranks a loss or a bound beside a likelihood, or one unit beside another.
 
 `dvc plots show` normally loads vega from a CDN; ``plots/dvc_plots.html`` is an
 HTML template with vega, vega-lite and vega-embed inlined (see
@@ -292,10 +296,7 @@ def _n_parameters(model: ModelReport) -> Any:
 
 def _asset(name: str) -> str:
     return (
-        resources.files("pipeline.report")
-        .joinpath("templates")
-        .joinpath(name)
-        .read_text("utf-8")
+        resources.files("pipeline.report").joinpath("templates").joinpath(name).read_text("utf-8")
     )
 
 
@@ -309,33 +310,76 @@ def _page(title: str, body: str, script_names: Sequence[str] = ()) -> str:
     )
 
 
+KIND_TITLES = {
+    "likelihood": "Likelihoods",
+    "bound": "Bounds on a likelihood",
+    "loss": "Losses",
+}
+KIND_NOTES = {
+    "likelihood": (
+        "Negative log-likelihoods of the test data (or of the named part of it), beside a "
+        "trivial model's exact NLL on the same units; lower is better."
+    ),
+    "bound": (
+        "Upper bounds on a negative log-likelihood (the true NLL is at most this). A bound "
+        "below the baseline's exact NLL beats it; a bound above it proves nothing."
+    ),
+    "loss": (
+        "Training losses that are not likelihoods of the data (e.g. a denoising loss: the "
+        "model sees most of the answer). Comparable only between runs of the same model."
+    ),
+}
+KIND_ORDER = ("likelihood", "bound", "loss")
+
+
+def _objective(model: ModelReport) -> dict[str, Any] | None:
+    """The model's objective as evaluate recorded it (name, kind, unit, values)."""
+    objective = _get(model.metrics, "objective")
+    if not isinstance(objective, dict):
+        return None
+    if not all(isinstance(objective.get(k), str) for k in ("name", "kind", "unit")):
+        return None
+    return objective
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def _objective_caption(objective: dict[str, Any] | None) -> str:
+    if objective is None:
+        return ""
+    return f"{_label(objective['name'])} ({objective['kind']}, {objective['unit']})"
+
+
 def _summary_table(models: list[ModelReport]) -> str:
+    """One row per model: what it reports and the numbers every model shares.
+
+    Test numbers are not here: they are in one table per objective kind and unit
+    (`_objective_tables`), so that no column ranks a loss or a bound beside a
+    likelihood, or nats per note beside nats per token.
+    """
     head = (
-        "model", "representation", "test NLL", "baseline NLL", "NLL − baseline", "train NLL",
-        "steps", "best val loss", "train time", "parameters", "samples", "mean OA ↑",
-        "mean KL ↓",
+        "model", "representation", "objective", "steps", "train time", "parameters",
+        "samples", "mean OA ↑", "mean KL ↓",
     )  # fmt: skip
     rows = []
     for m in models:
-        test = _get(m.metrics, "test")
-        nll, base = _get(test, "nll"), _get(test, "baseline_nll")
-        delta = (
-            _number(nll) - _number(base)
-            if _number(nll) is not None and _number(base) is not None
-            else None
-        )
+        objective = _objective(m)
         evaluated = m.metrics is not None
         trained = m.summary is not None
         samples = _get(m.metrics, "samples")
+        if objective is not None:
+            objective_cell = _td(_objective_caption(objective))
+        elif evaluated:
+            objective_cell = _td(None, "not recorded (rerun evaluate)", "missing")
+        else:
+            objective_cell = _td(None, NOT_RUN, "missing")
         cells = [
             f'<td data-v="{_esc(m.name)}"><a href="#model-{_esc(m.name)}">{_esc(m.name)}</a></td>',
             _td(str(_get(m.metrics, "model", "representation") or "")),
-            _td(nll) if evaluated else _td(None, NOT_RUN, "missing"),
-            _td(base),
-            _td(delta, None if delta is None else f"{delta:+.4g}"),
-            _td(_get(m.metrics, "train", "nll")),
+            objective_cell,
             _td(_get(m.summary, "steps")) if trained else _td(None, NOT_RUN, "missing"),
-            _td(_get(m.summary, "best_val_loss")),
             _td(_get(m.summary, "wall_time_s"), _duration(_get(m.summary, "wall_time_s"))),
             _td(_n_parameters(m)),
             _td(_n_samples(m)),
@@ -344,6 +388,79 @@ def _summary_table(models: list[ModelReport]) -> str:
         ]
         rows.append(f'<tr data-model="{_esc(m.name)}">' + "".join(cells) + "</tr>")
     return _table("models", head, rows)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def objective_groups(models: list[ModelReport]) -> list[tuple[str, str, list[ModelReport]]]:
+    """Evaluated models grouped by (objective kind, unit): likelihoods, bounds, losses."""
+    groups: dict[tuple[str, str], list[ModelReport]] = {}
+    for m in models:
+        objective = _objective(m)
+        if objective is not None:
+            groups.setdefault((objective["kind"], objective["unit"]), []).append(m)
+
+    def order(key: tuple[str, str]) -> tuple[int, str]:
+        kind, unit = key
+        return (KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER), unit)
+
+    return [(kind, unit, groups[(kind, unit)]) for kind, unit in sorted(groups, key=order)]
+
+
+def _objective_tables(models: list[ModelReport]) -> str:
+    """One sortable table of test numbers per objective kind and unit."""
+    parts = []
+    for kind, unit, members in objective_groups(models):
+        title = KIND_TITLES.get(kind, kind)
+        with_baseline = kind != "loss"
+        head = ["model", "objective", f"test ({unit})"]
+        if with_baseline:
+            head += ["baseline", f"baseline ({unit})", "test − baseline"]
+        head.append(f"train ({unit})")
+        rows = []
+        for m in members:
+            objective = _objective(m) or {}
+            test = objective.get("test")
+            cells = [
+                f'<td data-v="{_esc(m.name)}"><a href="#model-{_esc(m.name)}">'
+                f"{_esc(m.name)}</a></td>",
+                _td(_label(objective["name"])),
+                _td(test),
+            ]
+            if with_baseline:
+                baseline = objective.get("baseline")
+                if isinstance(baseline, dict):
+                    base = baseline.get("test")
+                    delta = (
+                        _number(test) - _number(base)
+                        if _number(test) is not None and _number(base) is not None
+                        else None
+                    )
+                    cells += [
+                        _td(_label(str(baseline.get("name", "")))),
+                        _td(base),
+                        _td(delta, None if delta is None else f"{delta:+.4g}"),
+                    ]
+                else:
+                    cells += [_td(None, "none of this kind", "missing"), _td(None), _td(None)]
+            cells.append(_td(objective.get("train")))
+            rows.append(f'<tr data-model="{_esc(m.name)}">' + "".join(cells) + "</tr>")
+        table_id = f"objective-{_slug(kind)}-{_slug(unit)}"
+        parts.append(
+            f'<h3 id="{table_id}-title">{_esc(title)}, {_esc(unit)}</h3>'
+            f"<p>{_esc(KIND_NOTES.get(kind, ''))}</p>" + _table(table_id, head, rows)
+        )
+    unrecorded = [m.name for m in models if m.metrics is not None and _objective(m) is None]
+    if unrecorded:
+        parts.append(
+            f'<p class="missing">Objective not recorded for {_esc(", ".join(unrecorded))}: '
+            "their evaluation predates named objectives; rerun evaluate.</p>"
+        )
+    if not parts:
+        return f'<p class="missing">Test numbers: {NOT_RUN} (no model evaluated).</p>'
+    return "".join(parts)
 
 
 def _table(table_id: str, head: Sequence[str], rows: list[str]) -> str:
@@ -425,15 +542,44 @@ def _max_key_share(profile: list[float]) -> float | None:
     )
 
 
+def _term_names(objective: dict[str, Any] | None) -> dict[str, str]:
+    """Captions of the forward terms that the objective names: ``nll`` and its baseline."""
+    if objective is None:
+        return {}
+    unit = objective["unit"]
+    names = {"nll": f"nll = {_label(objective['name'])} ({objective['kind']}, {unit})"}
+    baseline = objective.get("baseline")
+    if isinstance(baseline, dict) and isinstance(baseline.get("key"), str):
+        names[baseline["key"]] = (
+            f"{baseline['key']} = baseline {_label(str(baseline.get('name', '')))} "
+            f"(likelihood, {unit})"
+        )
+    return names
+
+
 def _model_metrics(model: ModelReport) -> str:
     if model.metrics is None:
         return f'<p class="missing">Evaluation: {NOT_RUN}.</p>'
     parts = []
+    objective = _objective(model)
+    if objective is not None:
+        baseline = objective.get("baseline")
+        against = (
+            f" Baseline: {baseline.get('description', '')}."
+            if isinstance(baseline, dict)
+            else " No baseline of this kind."
+        )
+        parts.append(
+            f'<p class="objective">Reported: <b>{_esc(_label(objective["name"]))}</b> '
+            f"({_esc(objective['kind'])}, {_esc(objective['unit'])}): "
+            f"{_esc(objective.get('description', ''))}.{_esc(against)}</p>"
+        )
+    names = _term_names(objective)
     for split in ("test", "train"):
         terms = _get(model.metrics, split)
         if isinstance(terms, dict) and terms:
             body = "".join(
-                f"<tr><td>{_esc(k)}</td><td>{_esc(_fmt(v))}</td></tr>"
+                f"<tr><td>{_esc(names.get(k, k))}</td><td>{_esc(_fmt(v))}</td></tr>"
                 for k, v in terms.items()
                 if _number(v) is not None or v is None
             )
@@ -551,12 +697,26 @@ def _model_clips(model: ModelReport, page_dir: Path) -> str:
     return "".join(parts)
 
 
+def _training_line(model: ModelReport) -> str:
+    """Steps, time and the selected checkpoint's validation loss (the model's own units)."""
+    if model.summary is None:
+        return ""
+    best, step = _get(model.summary, "best_val_loss"), _get(model.summary, "best_step")
+    at = f" at step {_fmt(step)}" if _number(step) is not None else ""
+    return (
+        f"<p>{_esc(_fmt(_get(model.summary, 'steps')))} steps in "
+        f"{_esc(_duration(_get(model.summary, 'wall_time_s')))}; model.pt is the checkpoint "
+        f"with the lowest validation loss, {_esc(_fmt(best))}{_esc(at)} (its training loss "
+        "term, in the model's own units: not comparable across models).</p>"
+    )
+
+
 def _model_section(model: ModelReport, page_dir: Path) -> str:
     return (
         f'<section id="model-{_esc(model.name)}" class="model">'
         f"<h2>{_esc(model.name)}</h2>"
         f"<h3>Evaluation</h3>{_model_metrics(model)}"
-        f"<h3>Training</h3>{_model_curves(model)}"
+        f"<h3>Training</h3>{_training_line(model)}{_model_curves(model)}"
         f"<h3>Samples</h3>{_model_clips(model, page_dir)}"
         "</section>"
     )
@@ -775,14 +935,19 @@ def build_report(
 
     sections = [
         "<h1>Etude report</h1>",
-        '<nav><a href="#models">Models</a><a href="#musical">Musical metrics</a>'
+        '<nav><a href="#models">Models</a><a href="#objectives">Test numbers</a>'
+        '<a href="#musical">Musical metrics</a>'
         '<a href="#data">Data</a>'
         f'<a href="{_href(fake_path, page_dir)}">Find the fake ({len(pairs)} pairs)</a></nav>',
         '<h2 id="summary">Models</h2>',
-        "<p>Test NLL is the model's own negative log-likelihood (or loss) on the held-out "
-        "test split, beside a trivial baseline on the same data; lower is better. Click a "
-        "column to sort.</p>",
+        "<p>What each model reports on the held-out test split, and the numbers every "
+        "model shares. Click a column to sort.</p>",
         _summary_table(reports) if reports else f'<p class="missing">Models: {NOT_RUN}.</p>',
+        '<h2 id="objectives">Test numbers, by kind and unit</h2>',
+        "<p>Each model's own objective, in one table per kind (likelihood, bound on a "
+        "likelihood, loss) and unit: numbers in different tables are not comparable. "
+        "Within a table, models are comparable only on the same data.</p>",
+        _objective_tables(reports),
         "<h2>Musical metrics: overlap with real data</h2>",
         "<p>Per metric, the overlapping area (OA, 1 = generated clips differ from real ones "
         "as much as real ones differ among themselves) of the generated-vs-real distance "

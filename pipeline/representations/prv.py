@@ -9,6 +9,13 @@ loudest note on the cell. ``pitch`` is an index 0..n_pitches-1 above
 (so a low bass line keeps its pitch classes instead of vanishing). Drums are left
 out. Times snap to the grid: a note covers steps ``round(start * sps)`` up to (not
 including) ``max(round(end * sps), first + 1)``.
+
+Deliberate deviation from DeepJ's midi_util, which sets replay only where a pitch
+that is already sounding is struck again: here replay marks every onset. The two
+carry the same information (DeepJ's flag = this flag AND the pitch sounded at the
+previous step, and decoding starts a note at every run of played steps either way),
+but with every onset flagged the store's replay cells count its notes (`density`,
+the validate stage) and a sampler can force an onset after a rest.
 """
 
 from __future__ import annotations
@@ -152,7 +159,5 @@ def density(splits: dict[str, Any], meta: dict[str, Any]) -> pd.DataFrame | None
 
 
 register(
-    Representation(
-        NAME, Params, SCHEMA, encode, decode, expectations=expectations, density=density
-    )
+    Representation(NAME, Params, SCHEMA, encode, decode, expectations=expectations, density=density)
 )

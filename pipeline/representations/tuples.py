@@ -142,7 +142,5 @@ def density(splits: dict[str, Any], meta: dict[str, Any]) -> pd.DataFrame:
 
 
 register(
-    Representation(
-        NAME, Params, SCHEMA, encode, decode, expectations=expectations, density=density
-    )
+    Representation(NAME, Params, SCHEMA, encode, decode, expectations=expectations, density=density)
 )

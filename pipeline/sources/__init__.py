@@ -40,6 +40,7 @@ REGISTRY: Registry[Source] = Registry(
         "corpus": "pipeline.sources.corpus",
         "maestro": "pipeline.sources.maestro",
         "lakh": "pipeline.sources.lakh",
+        "folder": "pipeline.sources.folder",
     },
 )
 register = REGISTRY.register
@@ -48,7 +49,7 @@ names = REGISTRY.names
 
 
 def fetch_command(
-    source: Annotated[str, typer.Argument(help="Source name: corpus, maestro or lakh.")],
+    source: Annotated[str, typer.Argument(help="Source name: corpus, maestro, lakh or folder.")],
     out: Annotated[Path, typer.Option(help="Folder to fill (replaced atomically).")],
     params: Annotated[Path, typer.Option("--params", help="params.yaml to read.")] = PARAMS_FILE,
 ) -> None:

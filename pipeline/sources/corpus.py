@@ -1,9 +1,11 @@
 """The embedded default source: real scores shipped inside the music21 wheel.
 
 Works with no network. Each score of the chosen collections is exported to MIDI
-once; scores whose notes are identical to an earlier one (the corpus holds some
-chorales twice, e.g. as .mxl and .krn, or under two BWV numbers) are skipped so
-no piece can land in both train and test.
+once, as `<its path below the music21 corpus, dots made '_'>.mid`
+(`bach/bwv281.krn` -> `bach/bwv281_krn.mid`); scores whose notes are identical to
+an earlier one are skipped. Versions that differ (bwv281 as .krn and .mxl share 97%
+of their pitches) are kept, and the manifest names the work each file is a version
+of (`work_key`), so ingest puts all versions of a work in one split.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import csv
 import hashlib
 import logging
 import multiprocessing as mp
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +67,61 @@ def list_scores(collections: list[str]) -> list[tuple[str, Path]]:
     return sorted(found, key=lambda item: (item[0], item[1].name))
 
 
+_BWV_NAME = re.compile(r"bwv(\d+)(?:\.(\d+))?(?:-[0-9a-z]+)?", re.IGNORECASE)
+_BWV_HEADER = re.compile(r"^BWV:\s*(\d+)(?:\(\d+\))?(?:\.(\d+))?", re.MULTILINE)
+
+
+def corpus_path(path: Path) -> str:
+    """`path` relative to the music21 corpus folder, '/'-separated (`bach/bwv1.6.mxl`)."""
+    parts = path.parts
+    if "corpus" in parts:  # music21/corpus/<collection>/...
+        index = len(parts) - 1 - parts[::-1].index("corpus")
+        return "/".join(parts[index + 1 :])
+    return path.name
+
+
+def work_key(path: Path) -> str:
+    """The work a corpus score is a version of: scores with one key share a split.
+
+    The names music21 9 ships for Bach (`list_scores(["bach"])`, 433 scores) are
+    `bwv<N>.<movement>[-<suffix>].<ext>` or `bwv<N>[-<suffix>].<ext>`, where the
+    extension is the encoding (.mxl, .krn, .xml) and the suffix a version of the
+    same movement: `-inst`/`-w`/`-lz`/`-lpz`/`-sc`/`-a` (instrumental, Weimar,
+    Leipzig, ... settings) or, for the Christmas Oratorio (BWV 248), the part number
+    `-1`..`-6` and `-s`/`-3c` variants. The key keeps number and movement and drops
+    both: bwv248.64-6 and bwv248.64-s -> `bwv248_64`, bwv190.7-inst -> `bwv190_7`,
+    bwv281.krn and .mxl -> `bwv281`, bwv69.6-a -> `bwv69_6`. A suffix with no
+    movement keeps the bare number (bwv145-a -> `bwv145`, distinct from bwv145.5:
+    measured 15% pitch overlap). `riemenschneider<NNN>.rntxt` are Roman-numeral
+    analyses of chorales (their chords exported as MIDI): the key comes from their
+    `BWV:` header line (`BWV: 248(2).12` -> `bwv248_12`, `BWV: 41.6s` -> `bwv41_6`).
+    Any other score (other collections) is keyed by its corpus path without the
+    extension, so encodings of one file share a key
+    (`monteverdi/madrigal.3.1.mxl` and `.rntxt` -> `monteverdi/madrigal.3.1`).
+    Content duplicates under unrelated keys are caught by ingest's fingerprint.
+    """
+    rel = corpus_path(path)
+    stem = path.name.rsplit(".", 1)[0]
+    found = _BWV_NAME.fullmatch(stem)
+    if found is None and path.suffix.lower() == ".rntxt":
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            found = _BWV_HEADER.search(fh.read(2000))
+    if found is not None:
+        number, movement = found.group(1), found.group(2)
+        return f"bwv{int(number)}" + (f"_{int(movement)}" if movement else "")
+    return rel.rsplit(".", 1)[0]
+
+
+def export_name(path: Path) -> str:
+    """A score's MIDI file below the source folder: `bach/bwv1.6.mxl` -> `bach/bwv1_6_mxl.mid`.
+
+    The corpus path, not the bare name: beethoven/opus18no1/movement1.mxl and
+    opus59no1/movement1.mxl would otherwise overwrite each other.
+    """
+    folder, _, name = corpus_path(path).rpartition("/")
+    return f"{folder}/{name.replace('.', '_')}.mid" if folder else f"{name.replace('.', '_')}.mid"
+
+
 def _export(args: tuple[str, str, str]) -> tuple[str, str | None, str]:
     """Export one score to MIDI; return (relpath, content hash or None, error)."""
     import music21
@@ -86,19 +144,24 @@ def _export(args: tuple[str, str, str]) -> tuple[str, str | None, str]:
 
 
 def fetch(params: Params, out_dir: Path) -> None:
-    """Export the collections to `out_dir/<collection>/<name>.mid` plus manifest.csv."""
-    from tqdm import tqdm
-
+    """Export the collections to `out_dir/<corpus path>.mid` plus manifest.csv."""
     scores = list_scores(params.collections)
     if params.max_files:
-        scores = sorted(scores, key=lambda s: stable_fraction(f"{s[0]}/{s[1].name}"))
+        scores = sorted(scores, key=lambda s: stable_fraction(corpus_path(s[1])))
         scores = sorted(scores[: params.max_files], key=lambda s: (s[0], s[1].name))
+    export(scores, out_dir, params.workers)
+
+
+def export(scores: list[tuple[str, Path]], out_dir: Path, workers: int = 0) -> None:
+    """Export (collection, score path) pairs to MIDI in `out_dir`, with manifest.csv."""
+    from tqdm import tqdm
+
     with atomic_dir(out_dir) as tmp:
         tasks = []
-        for collection, path in scores:
-            rel = f"{collection}/{path.name.replace('.', '_')}.mid"
+        for _, path in scores:
+            rel = export_name(path)
             tasks.append((str(path), str(tmp / rel), rel))
-        workers = params.workers or mp.cpu_count()
+        workers = workers or mp.cpu_count()
         with mp.get_context("forkserver").Pool(workers) as pool:
             results = list(
                 tqdm(
@@ -119,7 +182,14 @@ def fetch(params: Params, out_dir: Path) -> None:
                 continue
             seen.add(digest)
             rows.append(
-                {"path": rel, "split": "", "composer": COMPOSERS[collection], "title": path.stem}
+                {
+                    "path": rel,
+                    "split": "",  # ingest draws it per work
+                    "composer": COMPOSERS[collection],
+                    "title": path.stem,
+                    "group": work_key(path),
+                    "style": "",
+                }
             )
         with (tmp / MANIFEST).open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)

@@ -3,10 +3,16 @@
 The archive is downloaded once into a cache folder and verified; its MIDI files
 (all, or a reproducible subset) are extracted with the archive layout
 (`lmd_full/<h>/<md5>.mid`, `lmd_matched/<A>/<B>/<C>/<track>/<md5>.mid`,
-`clean_midi/<Artist>/<Title>.mid`). Lakh has no official split, so each file goes
-to train/validation/test by a stable hash of its MD5: the same file lands in the
-same split on every machine, whichever subset or variant it came from. Files with
-identical bytes (lmd_matched lists a MIDI once per matched track) are kept once.
+`clean_midi/<Artist>/<Title>.mid`). Files with identical bytes (lmd_matched lists a
+MIDI once per matched track) are kept once.
+
+Lakh has no official split. The manifest leaves it empty and names each file's
+group (`group_of`), so ingest draws one split per work (ingest's
+validation_fraction/test_fraction, `pipeline.splits`): clean_midi groups by
+artist/title (case, spacing and Lakh's `.1`, `.2` duplicate numbering ignored),
+lmd_matched by MSD track (tracks that share a MIDI file form one group), lmd_full
+has no names to go by and is grouped by ingest's content fingerprint alone. In all
+three variants ingest also joins files with one fingerprint across groups.
 """
 
 from __future__ import annotations
@@ -21,13 +27,12 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pipeline.core.config import SPLITS
 from pipeline.core.io import atomic_dir
 from pipeline.core.params import require
 from pipeline.core.stores import MANIFEST, MANIFEST_COLUMNS
 from pipeline.download import DownloadError, download, extract_into
 from pipeline.sources import Source, register
-from pipeline.splits import stable_fraction, stable_split
+from pipeline.splits import stable_fraction
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +49,19 @@ KNOWN: dict[str, tuple[str, int]] = {
 }
 MIDI_SUFFIXES = (".mid", ".midi", ".kar")
 _MD5_NAME = re.compile(r"[0-9a-f]{32}")
+_TRACK_ID = re.compile(r"TR[0-9A-Z]{16}")
+_DUPLICATE_NUMBER = re.compile(r"\.\d+$")  # clean_midi's "Title.1.mid", "Title.2.mid"
 
 
 @dataclass(frozen=True)
 class Params:
-    """The `lakh` section: which archive, how much of it, and the split fractions."""
+    """The `lakh` section: which archive and how much of it (ingest draws the splits)."""
 
     variant: Variant
     url: str  # empty = the official URL of the variant
     md5: str | None  # null = the published MD5 of the official archive, if any
     size_bytes: int | None  # null = the published size of the official archive, if any
     max_files: int  # 0 = all; else a reproducible subset
-    test_fraction: float
-    validation_fraction: float
     cache_dir: str  # the archive is kept here between runs
 
     def validate(self) -> None:
@@ -70,12 +75,6 @@ class Params:
         )
         require(self.size_bytes is None or self.size_bytes > 0, "size_bytes must be > 0 or null")
         require(self.max_files >= 0, "max_files must be >= 0")
-        require(0.0 <= self.test_fraction < 1.0, "test_fraction must be in [0, 1)")
-        require(0.0 <= self.validation_fraction < 1.0, "validation_fraction must be in [0, 1)")
-        require(
-            self.test_fraction + self.validation_fraction < 1.0,
-            "test_fraction + validation_fraction must be < 1 (train would be empty)",
-        )
         require(bool(self.cache_dir), "cache_dir must not be empty")
 
     @property
@@ -132,6 +131,66 @@ def title_of(variant: str, member: str) -> str:
     return f"{parts[-2]}/{posixpath.splitext(parts[-1])[0]}" if len(parts) >= 2 else ""
 
 
+def _track_of(name: str) -> str | None:
+    """The MSD track id of an lmd_matched member (`.../<TR...>/<md5>.mid`), if any."""
+    parts = name.split("/")
+    return parts[-2] if len(parts) >= 2 and _TRACK_ID.fullmatch(parts[-2]) else None
+
+
+def matched_groups(names: list[str]) -> dict[str, str]:
+    """lmd_matched: MIDI MD5 -> its group, the smallest MSD track id joined to it.
+
+    One MIDI is matched to several tracks (and a track to several MIDIs); tracks
+    linked through a shared MIDI are one group, computed over every member of the
+    archive (not only the extracted subset) so the groups do not depend on max_files.
+    """
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        root = x
+        while parent.setdefault(root, root) != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    pairs = []
+    for name in names:
+        digest, track = _name_md5(name), _track_of(name)
+        if digest and track:
+            pairs.append((digest, track))
+            a, b = find("m" + digest), find("t" + track)
+            if a != b:
+                # track nodes ("t...") sort after MIDI nodes ("m..."): keep a track as root
+                # where there is one, the smallest such
+                if a.startswith("t") and (not b.startswith("t") or a < b):
+                    parent[b] = a
+                else:
+                    parent[a] = b
+    return {digest: find("m" + digest)[1:] for digest, _ in pairs}
+
+
+def group_of(variant: str, member: str, matched: dict[str, str] | None = None) -> str:
+    """The work a Lakh file belongs to ("" for lmd_full: ingest uses the fingerprint).
+
+    clean_midi: `artist/title` casefolded, runs of spaces collapsed, the `.N`
+    duplicate number dropped ("Sum 41/In Too Deep.1.mid" -> "sum 41/in too deep").
+    lmd_matched: the MSD track group of `matched_groups`, else the track in the path.
+    """
+    if variant == "clean_midi":
+        parts = member.split("/")
+        if len(parts) < 2:
+            return ""
+        title = _DUPLICATE_NUMBER.sub("", posixpath.splitext(parts[-1])[0])
+        return " ".join(f"{parts[-2]}/{title}".casefold().split())
+    if variant == "lmd_matched":
+        digest = _name_md5(member)
+        if matched and digest in matched:
+            return matched[digest]
+        return _track_of(member) or ""
+    return ""
+
+
 def fetch(params: Params, out_dir: Path) -> None:
     """Download the Lakh archive (cached) and write MIDI files plus manifest.csv to `out_dir`."""
     url = params.resolved_url
@@ -140,8 +199,15 @@ def fetch(params: Params, out_dir: Path) -> None:
         posixpath.basename(urlparse(url).path) or f"{params.variant}.tar.gz"
     )
     download(url, archive, md5=md5, size=size)
+    matched: dict[str, str] = {}
+
+    def choose(names: list[str]) -> list[str]:
+        if params.variant == "lmd_matched":
+            matched.update(matched_groups(names))
+        return select(names, params.max_files)
+
     with atomic_dir(out_dir) as tmp:
-        files = extract_into(archive, tmp, choose=lambda names: select(names, params.max_files))
+        files = extract_into(archive, tmp, choose=choose)
         if not files:
             raise DownloadError(f"{archive}: contains no MIDI files")
         rows = []
@@ -156,13 +222,14 @@ def fetch(params: Params, out_dir: Path) -> None:
                 path.unlink()
                 continue
             seen[digest] = rel
-            split = stable_split(digest, params.validation_fraction, params.test_fraction)
             rows.append(
                 {
                     "path": rel,
-                    "split": split,
+                    "split": "",  # ingest draws it per group and fingerprint
                     "composer": "",
                     "title": title_of(params.variant, rel),
+                    "group": group_of(params.variant, rel, matched),
+                    "style": "",
                 }
             )
         rows.sort(key=lambda r: r["path"])
@@ -170,14 +237,14 @@ def fetch(params: Params, out_dir: Path) -> None:
             writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-    counts = {s: sum(r["split"] == s for r in rows) for s in SPLITS}
+    groups = len({r["group"] for r in rows if r["group"]})
     dropped = len(files) - len(rows)
     log.info(
-        "lakh %s: wrote %d files to %s (%s; %d duplicates dropped)",
+        "lakh %s: wrote %d files to %s (%d named groups; %d duplicates dropped)",
         params.variant,
         len(rows),
         out_dir,
-        counts,
+        groups,
         dropped,
     )
 

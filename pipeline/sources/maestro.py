@@ -148,7 +148,14 @@ def fetch(params: Params, out_dir: Path) -> None:
             writer.writeheader()
             for p in chosen:
                 writer.writerow(
-                    {"path": p.member, "split": p.split, "composer": p.composer, "title": p.title}
+                    {
+                        "path": p.member,
+                        "split": p.split,  # official: ingest keeps it
+                        "composer": p.composer,
+                        "title": p.title,
+                        "group": "",  # performances: ingest's fingerprint joins exact copies
+                        "style": "",
+                    }
                 )
     counts = {s: sum(p.split == s for p in chosen) for s in SPLITS}
     log.info("maestro: wrote %d performances to %s (%s)", len(chosen), out_dir, counts)

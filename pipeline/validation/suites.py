@@ -218,8 +218,41 @@ def notes_suite(store: _Store, params: ValidateParams) -> tuple[list[Table], dic
                 part = notes.loc[split_of == split, ["piece_id"]].reset_index(drop=True)
                 tables.append(Table(split, part, [row_count(1)]))
         tables.append(Table("per_piece", per_piece, specs))
+    if pieces is not None and {"split", "path", "group", "fingerprint"} <= set(pieces.columns):
+        tables.append(_split_leaks(pieces))
     n_pieces = len(pieces) if pieces is not None else 0
     return tables, rows, n_pieces
+
+
+GROUP_LEAK = "group_in_two_splits"
+FINGERPRINT_LEAK = "fingerprint_in_two_splits"
+LEAK_PATHS = 3  # paths named per leaking group in an example
+
+
+def _split_leaks(pieces: pd.DataFrame) -> Table:
+    """One row per piece: its group (fingerprint) described where it spans two splits.
+
+    Versions of one work on both sides of the train/test line make test scores
+    measure memory, so a group or a content fingerprint in two splits fails. Like
+    UNKNOWN_PIECE the derived columns are null where all is well and name the
+    offence otherwise ("bwv281 in test, train: bach/bwv281_krn.mid (train), ...").
+    """
+    frame = pd.DataFrame({"piece_id": pieces["piece_id"]})
+    for column, key in ((GROUP_LEAK, "group"), (FINGERPRINT_LEAK, "fingerprint")):
+        keyed = pieces[[key, "split", "path"]].dropna(subset=[key])
+        keyed = keyed[keyed[key] != ""]
+        n_splits = keyed.groupby(key)["split"].nunique()
+        described: dict[str, str] = {}
+        for value, part in keyed[keyed[key].isin(n_splits.index[n_splits > 1])].groupby(key):
+            part = part.sort_values("path")
+            shown = part.head(LEAK_PATHS)
+            head = ", ".join(f"{p} ({s})" for p, s in shown[["path", "split"]].itertuples(False))
+            more = f", ... ({len(part)} pieces)" if len(part) > LEAK_PATHS else ""
+            splits = ", ".join(sorted(set(part["split"])))
+            described[value] = f"{value} in {splits}: {head}{more}"
+        leak = pieces[key].map(described)
+        frame[column] = leak.astype(object).where(leak.notna(), None)
+    return Table("split_leaks", frame, [is_null(GROUP_LEAK), is_null(FINGERPRINT_LEAK)])
 
 
 def _required_splits(pieces: pd.DataFrame) -> list[str]:
@@ -349,9 +382,7 @@ def suite_for(kind: str) -> SuiteFn:
 # --- running --------------------------------------------------------------------------
 
 
-def validate_store(
-    kind: str, path: str | Path, params: ValidateParams
-) -> dict[str, Any]:
+def validate_store(kind: str, path: str | Path, params: ValidateParams) -> dict[str, Any]:
     """Validate the store folder `path` of kind `kind` against its suite.
 
     Returns:

@@ -23,6 +23,7 @@ from pipeline.evaluation.evaluate import (
     cut,
     evaluate,
     evaluate_command,
+    headline,
     real_piece_ids,
 )
 from pipeline.midi import parse_midi
@@ -135,6 +136,22 @@ def test_pianoroll_models_write_samples_and_real_clips(
     params = dataclasses.replace(SMALL_EVAL, render=render)
     result = evaluate(base.get(name), model, store, params, samples_dir=out)
     assert result["test"]["nll"] > 0 and result["test"]["baseline_nll"] > 0
+    objective = result["objective"]
+    assert objective["test"] == result["test"]["nll"] and objective["unit"] == "nats per cell"
+    numbers = headline({"model": {"name": name}, **result})[name]
+    if name == "autoencoder":  # a denoising loss, beside the same loss of a one-cell denoiser
+        assert objective["kind"] == "loss"
+        assert objective["baseline"]["name"] == "denoising_bce"
+        assert objective["baseline"]["test"] == result["test"]["baseline_denoising_bce"]
+        assert numbers["test_denoising_bce"] == result["test"]["nll"]
+        assert numbers["baseline_denoising_bce"] == result["test"]["baseline_denoising_bce"]
+        assert not [k for k in numbers if k in ("baseline_nll", "test_nll")]  # no likelihood
+    else:  # a bound, beside the Bernoulli baseline's exact NLL
+        assert objective["kind"] == "bound"
+        assert objective["baseline"]["test"] == result["test"]["baseline_nll"]
+        assert numbers["test_neg_elbo"] == result["test"]["nll"]
+        assert numbers["baseline_nll"] == result["test"]["baseline_nll"]
+        assert "test_nll" not in numbers
     names = {p.name for p in out.iterdir()}
     for stem in ("sample-0", "sample-1", "real-0", "real-1"):
         assert f"{stem}.mid" in names
@@ -217,11 +234,18 @@ def test_evaluate_command_writes_metrics_and_samples(stores: Path, tmp_path: Pat
     data = json.loads(details.read_text())
     head = json.loads(metrics.read_text())
     assert list(head) == ["rnn"]  # DVC metrics: a handful of numbers under the model's name
-    assert head["rnn"]["test_nll"] == data["test"]["nll"]
-    assert head["rnn"]["baseline_nll"] == data["test"]["baseline_nll"]
+    # the reported number under its own name: the pitch NLL, nats per note
+    assert head["rnn"]["test_pitch_nll"] == data["test"]["nll"]
+    assert head["rnn"]["baseline_pitch_nll"] == data["test"]["baseline_nll"]
+    assert data["objective"]["name"] == "pitch_nll" and data["objective"]["kind"] == "likelihood"
+    assert data["objective"]["unit"] == "nats per note"
+    assert data["objective"]["test"] == data["test"]["nll"]
+    assert data["objective"]["train"] == data["train"]["nll"]
+    assert data["objective"]["baseline"]["test"] == data["test"]["baseline_nll"]
+    assert "test pitch_nll" in result.output and "nats per note (likelihood)" in result.output
     assert set(head["rnn"]) == {
-        "test_nll",
-        "baseline_nll",
+        "test_pitch_nll",
+        "baseline_pitch_nll",
         "oa_mean",
         "kl_mean",
         "pitch_class_entropy",

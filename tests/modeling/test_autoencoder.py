@@ -233,3 +233,37 @@ def test_real_store_test_windows_cover_every_frame() -> None:
     assert active == len(store.rows["test"])  # all cells are inside the piano range
     result = prd.bernoulli_baseline(store, config.min_pitch, config.n_pitches)
     assert 0 < result["baseline_nll"] < math.log(2)
+
+
+def test_denoising_baseline_is_the_exact_expected_loss_of_the_one_cell_denoiser() -> None:
+    """baseline_denoising_bce equals a Monte-Carlo estimate of the one-cell Bayes denoiser's
+    BCE under the model's own corruption, and sits between perfect and the no-input NLL."""
+    import numpy as np
+
+    from pipeline.modeling.pianoroll import pitch_rates, split_pieces
+    from pipeline.modeling.pianoroll.autoencoder import denoising_baseline
+
+    store = encoded_store(
+        "pianoroll", {"train": [SMALL], "test": [SMALL]}, max_frames_per_piece=400
+    )
+    config = prepare(store, model_config("autoencoder"))
+    got = denoising_baseline(store, config)
+    assert 0 < got["baseline_denoising_bce"] < got["baseline_nll"]
+    # Monte Carlo over the same cells with the same corruption
+    test = split_pieces(store, "test", config.min_pitch, config.n_pitches)
+    p = np.clip(pitch_rates(split_pieces(store, "train", config.min_pitch, config.n_pitches),
+                            config.n_pitches), 1e-4, 1 - 1e-4)  # fmt: skip
+    d, a = config.drop_prob, config.add_prob
+    rng = np.random.default_rng(0)
+    losses = []
+    for frames, pitches, n in zip(test.frames, test.pitches, test.n_frames, strict=True):
+        clean = np.zeros((int(n), config.n_pitches), bool)
+        clean[frames, pitches] = True
+        for _ in range(200):
+            u = rng.random(clean.shape)
+            noisy = (clean & (u >= d)) | (~clean & (u < a))
+            q = np.where(noisy, p * (1 - d) / (p * (1 - d) + (1 - p) * a),
+                         p * d / (p * d + (1 - p) * (1 - a)))  # fmt: skip
+            q = np.clip(q, 1e-4, 1 - 1e-4)
+            losses.append(-np.where(clean, np.log(q), np.log1p(-q)).mean())
+    assert abs(np.mean(losses) - got["baseline_denoising_bce"]) < 3e-3

@@ -245,9 +245,10 @@ def test_lstm_step_matches_nn_lstm() -> None:
         torch.testing.assert_close(out, expected[:, t])
 
 
-def test_sampling_path_computes_training_logits() -> None:
+@pytest.mark.parametrize("vicinity", [0, 24])
+def test_sampling_path_computes_training_logits(vicinity: int) -> None:
     torch.manual_seed(0)
-    model = BiaxialLSTM(tiny_config(n_layers=2)).eval()
+    model = BiaxialLSTM(tiny_config(n_layers=2, vicinity_filters=vicinity, beat_period=3)).eval()
     x = (torch.rand(2, 6, 12, 3) < 0.3).float()
     style = torch.tensor([1, 2])
     torch.testing.assert_close(
@@ -259,17 +260,44 @@ def test_sampling_path_computes_training_logits() -> None:
 # training and sampling
 
 
-def test_forward_terms(store: StoreData) -> None:
-    config = prepare(store, tiny_config(styles=(), n_pitches=0))
+@pytest.mark.parametrize("cells", ["all", "played"])
+def test_forward_terms(store: StoreData, cells: str) -> None:
+    config = prepare(store, tiny_config(styles=(), n_pitches=0, aux_loss_cells=cells))
     model = BiaxialLSTM(config)
     batch = next(iter(DataLoader(make_dataset(store, config, "validation"), batch_size=2)))
     out = model(batch)
-    assert {"loss", "nll", "play", "replay", "dynamics", "n_units"} <= set(out)
-    assert float(out["loss"].detach()) == pytest.approx(
-        float(out["play"]) + float(out["replay"]) + float(out["dynamics"]), rel=1e-5
-    )
+    assert {"loss", "nll", "play", "replay", "dynamics", "n_units", "play_rate_bias"} <= set(out)
+    aux = float(out["replay"]) + float(out["dynamics"])  # both per played cell
+    if cells == "all":  # DeepJ: averaged over every pitch-step, unplayed cells zero
+        played = float((batch["x"][:, 1:, :, 0] * batch["mask"][..., None]).sum())
+        aux *= played / float(out["n_units"])
+    assert float(out["loss"].detach()) == pytest.approx(float(out["play"]) + aux, rel=1e-5)
     assert float(out["nll"]) == float(out["play"])
     assert float(out["n_units"]) == float(batch["mask"].sum()) * 48
+
+
+def test_inputs_context_beat_and_note_axis_volume() -> None:
+    torch.manual_seed(0)
+    model = BiaxialLSTM(tiny_config(neighbour_window=0, vicinity_filters=0, beat_period=4))
+    prev = torch.zeros(1, 2, 12, 3)
+    prev[0, 0, [0, 4, 7], 0] = 1.0  # C E G at the first step
+    feats = model.time_inputs(prev, torch.zeros(1, 0), torch.tensor([[5, 6]]))
+    # own play/replay (2), volume (1), position + pitch class (13), context (1), beat (4)
+    assert feats.shape == (1, 2, 12, 2 + 1 + 13 + 1 + 4)
+    assert feats[0, 0, :, 16].tolist() == [1.0 if k in (0, 4, 7) else 0.0 for k in range(12)]
+    assert feats[0, 1, :, 16].abs().sum() == 0
+    assert feats[0, 0, 0, 17:].tolist() == [0, 1, 0, 0] and feats[0, 1, 0, 17:].tolist() == [
+        0, 0, 1, 0,
+    ]  # fmt: skip
+    model.eval()
+    x = (torch.rand(1, 3, 12, 3) < 0.4).float()
+    louder = x.clone()
+    louder[0, 1, 3, 2] = 0.9  # volume of pitch 3 at predicted step 0
+    a, b = model.logits(x, torch.tensor([1])), model.logits(louder, torch.tensor([1]))
+    torch.testing.assert_close(a[0, 0, :4], b[0, 0, :4])  # the pitch itself and below
+    assert not torch.allclose(a[0, 0, 4], b[0, 0, 4])  # the next pitch sees its volume
+    moved = model.logits(x, torch.tensor([1]), torch.tensor([1]))  # another beat
+    assert not torch.allclose(a, moved)
 
 
 def test_overfits_one_batch(store: StoreData) -> None:

@@ -344,3 +344,87 @@ def test_augment_on_a_dataset_that_cannot_augment_is_a_clear_error(tmp_path: Pat
     with pytest.raises(FitError, match="rnn: its dataset cannot augment"):
         fit(plain, model_config("rnn", seq_len=8, hidden_size=16), params, store,
             tmp_path / "m", tmp_path / "live")  # fmt: skip
+
+
+def test_model_selection_scores_the_whole_validation_split(tmp_path: Path) -> None:
+    """eval_batches 0: the selected checkpoint's validation loss is the mean over every
+    validation window, not over the first batches."""
+    from torch.utils.data import DataLoader
+
+    from pipeline.modeling.fit import evaluate_loader
+
+    spec, config, store = base.get("rnn"), config_for("rnn"), store_for("rnn")
+    params = train_params(eval_batches=0, max_steps=4, eval_every=4)
+    summary = fit(spec, config, params, store, tmp_path / "m", tmp_path / "l")
+    model, _, _ = load_model(tmp_path / "m" / "model.pt", "rnn")
+    val = spec.make_dataset(store, config, "validation")
+    assert len(val) > 2 * params.batch_size  # so that a 2-batch cap would differ
+    loader = DataLoader(val, batch_size=params.batch_size, shuffle=False)
+    whole = evaluate_loader(model, loader, None, torch.device("cpu"), params.seed)["loss"]
+    first = evaluate_loader(model, loader, 2, torch.device("cpu"), params.seed)["loss"]
+    assert summary["best_val_loss"] == pytest.approx(whole, rel=1e-6)
+    assert first != pytest.approx(whole, rel=1e-6)
+
+
+def test_capped_validation_is_a_fixed_sample_spread_over_the_split() -> None:
+    from pipeline.modeling.fit import validation_loader
+
+    spec, config, store = base.get("rnn"), config_for("rnn"), store_for("rnn")
+    val = spec.make_dataset(store, config, "validation")
+    capped = validation_loader(val, train_params(eval_batches=2))
+    indices = list(capped.dataset.indices)
+    assert len(indices) == 8 and indices == sorted(set(indices))
+    assert indices != list(range(8)) and max(indices) >= len(val) // 2  # not the first batches
+    assert list(validation_loader(val, train_params(eval_batches=2)).dataset.indices) == indices
+    assert validation_loader(val, train_params(eval_batches=0)).dataset is val
+    assert validation_loader(val, train_params(eval_batches=10_000)).dataset is val
+
+
+def test_negative_eval_batches_is_an_error() -> None:
+    from fixture_stores import shipped
+
+    from pipeline.core.params import ParamsError, from_mapping
+
+    with pytest.raises(ParamsError, match="eval_batches must be >= 0"):
+        from_mapping({**shipped("train"), "eval_batches": -1}, TrainParams, "train")
+
+
+def test_check_train_runs_before_training(tmp_path: Path) -> None:
+    from pipeline.core.params import ParamsError
+
+    def refuse(config: object, train: TrainParams) -> None:
+        raise ParamsError(f"models.rnn: not with max_steps {train.max_steps}")
+
+    spec = dataclasses.replace(base.get("rnn"), check_train=refuse)
+    with pytest.raises(ParamsError, match="not with max_steps 12"):
+        fit(
+            spec,
+            config_for("rnn"),
+            train_params(),
+            store_for("rnn"),
+            tmp_path / "m",
+            tmp_path / "l",
+        )
+    assert not (tmp_path / "m" / "last.pt").exists()
+
+
+def test_every_model_names_its_objective() -> None:
+    """Each reported number says what it is; a loss is compared only with the same loss."""
+    expected = {
+        "autoencoder": ("denoising_bce", "loss", "nats per cell", "denoising_bce"),
+        "vae": ("neg_elbo", "bound", "nats per cell", "nll"),
+        "rnn": ("pitch_nll", "likelihood", "nats per note", "pitch_nll"),
+        "transformer": ("nll", "likelihood", "nats per token", "nll"),
+        "biaxial": ("play_nll", "likelihood", "nats per pitch-step", "play_nll"),
+        "poph": ("play_nll", "likelihood", "nats per pitch-step", "play_nll"),
+    }
+    for name, (objective, kind, unit, baseline) in expected.items():
+        got = base.get(name).objective
+        assert (got.name, got.kind, got.unit) == (objective, kind, unit), name
+        assert (got.baseline.name if got.baseline else None) == baseline, name
+        key = "baseline_denoising_bce" if name == "autoencoder" else "baseline_nll"
+        assert got.baseline is not None and got.baseline.key == key, name
+    with pytest.raises(ValueError, match="is a loss"):
+        base.Objective("x", "loss", "nats", "d", base.Baseline("baseline_nll", "nll", "d"))
+    with pytest.raises(ValueError, match="kind"):
+        base.Objective("x", "score", "nats", "d", None)  # type: ignore[arg-type]

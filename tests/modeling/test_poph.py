@@ -120,7 +120,7 @@ def test_harmony_loss_masks_steps_and_follows_min_pitch() -> None:
 
 
 def test_harmony_term_added_with_its_weight(store: StoreData) -> None:
-    config = prv.prepare(store, tiny_config(styles=(), n_pitches=0))
+    config = prv.prepare(store, tiny_config(styles=(), n_pitches=0, aux_loss_cells="played"))
     batch = next(iter(DataLoader(prv.make_dataset(store, config, "validation"), batch_size=2)))
     outs = []
     for weight in (0.0, 2.0):
@@ -136,17 +136,51 @@ def test_harmony_term_added_with_its_weight(store: StoreData) -> None:
     assert float(weighted["loss"]) == pytest.approx(three + 2.0 * float(weighted["harmony"]))
 
 
+def test_harmony_silence_reward_and_neutral() -> None:
+    matrix, pcs, mask = disharmony_matrix("all"), torch.arange(24) % 12, torch.ones(1, 1)
+    silent = torch.zeros(1, 1, 24)
+    # the seed's softmax form: silence scores 5/12, as bad as all twelve pitch classes
+    assert float(harmony_loss(silent, pcs, matrix, mask)) == pytest.approx(5 / 12)
+    assert float(harmony_loss(torch.ones(1, 1, 24), pcs, matrix, mask)) == pytest.approx(5 / 12)
+    triad = pitch_class_probs([0, 4, 7], octaves=2)
+    assert float(harmony_loss(triad, pcs, matrix, mask)) < 5 / 12  # sound in scale pays
+    # neutral: silence 0, scale-free (half as loud scores the same), off-scale share counts
+    assert float(harmony_loss(silent, pcs, matrix, mask, "neutral")) == 0.0
+    assert float(harmony_loss(triad, pcs, matrix, mask, "neutral")) == pytest.approx(0.0)
+    cluster = pitch_class_probs([0, 1, 2, 3], octaves=2)  # C C# D D#: best key has 1 of 4 out
+    full = float(harmony_loss(cluster, pcs, matrix, mask, "neutral"))
+    assert full == pytest.approx(1 / 4)
+    assert float(harmony_loss(0.5 * cluster, pcs, matrix, mask, "neutral")) == pytest.approx(full)
+    with pytest.raises(ValueError, match="harmony_silence"):
+        harmony_loss(silent, pcs, matrix, mask, "quiet")
+
+
+def test_forward_reports_play_rate_bias(store: StoreData) -> None:
+    config = prv.prepare(store, tiny_config(styles=(), n_pitches=0))
+    batch = next(iter(DataLoader(prv.make_dataset(store, config, "validation"), batch_size=2)))
+    model = PopH(config).eval()
+    with torch.no_grad():
+        out = model(batch)
+        probs = torch.sigmoid(model.logits(batch["x"], batch["style"], batch["start"]))
+    cells = batch["mask"][..., None].expand_as(probs[..., 0])
+    predicted = float((probs[..., 0] * cells).sum() / cells.sum())
+    true = float((batch["x"][:, 1:, :, 0] * cells).sum() / cells.sum())
+    assert float(out["play_rate_bias"]) == pytest.approx(predicted - true, abs=1e-6)
+
+
 # --------------------------------------------------------------------------------------
 # architecture
 
 
 def test_octave_conv_sees_octave_related_pitches_only() -> None:
     torch.manual_seed(0)
-    conv = OctaveConv(dim=4, reach=1, dropout=0.0)
+    conv = OctaveConv(4, 4, reach=1, dropout=0.0)
     h = torch.randn(1, 48, 1, 4, requires_grad=True)
     (conv(h)[0, 20] * torch.randn(1, 4)).sum().backward()  # (LayerNorm rows sum to 0)
     touched = (h.grad[0, :, 0].abs().sum(dim=-1) > 0).nonzero().flatten().tolist()
     assert touched == [8, 20, 32]  # G#: one octave down, itself, one octave up
+    projection = OctaveConv(5, 4, reach=1, dropout=0.0)  # the seed order: on input features
+    assert projection(torch.randn(2, 48, 3, 5)).shape == (2, 48, 3, 4)
 
 
 def test_time_attention_is_causal() -> None:
@@ -179,9 +213,10 @@ def test_registered_and_shares_biaxial_data() -> None:
     assert spec.prepare is prv.prepare and spec.make_dataset is prv.make_dataset
 
 
-def test_sampling_path_computes_training_logits() -> None:
+@pytest.mark.parametrize("order", ["seed", "after_lstm"])
+def test_sampling_path_computes_training_logits(order: str) -> None:
     torch.manual_seed(0)
-    model = PopH(tiny_config(seq_len=5)).eval()
+    model = PopH(tiny_config(seq_len=5, layer_order=order)).eval()
     x = (torch.rand(2, 6, 24, 3) < 0.3).float()  # 5 predicted steps = seq_len
     style = torch.tensor([1, 2])
     torch.testing.assert_close(
@@ -189,10 +224,13 @@ def test_sampling_path_computes_training_logits() -> None:
     )
 
 
-def test_primer_fed_at_once_equals_step_by_step(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("order", ["seed", "after_lstm"])
+def test_primer_fed_at_once_equals_step_by_step(
+    monkeypatch: pytest.MonkeyPatch, order: str
+) -> None:
     monkeypatch.setattr(prv_sampling, "PRIMER_CHUNK_STEPS", 3)  # several chunks
     torch.manual_seed(0)
-    model = PopH(tiny_config(seq_len=4, n_layers=2)).eval()
+    model = PopH(tiny_config(seq_len=4, n_layers=2, layer_order=order)).eval()
     steps = (torch.rand(2, 7, 24, 3) < 0.3).float()
     style_vec = model.style_vectors(torch.tensor([1, 2]))
     at_once, one_by_one = (prv_sampling._TimeStepper(model, style_vec) for _ in range(2))
@@ -200,7 +238,10 @@ def test_primer_fed_at_once_equals_step_by_step(monkeypatch: pytest.MonkeyPatch)
         at_once.feed(steps)
         for t in range(7):
             one_by_one.advance(steps[:, t])
-        assert len(at_once.history) == len(one_by_one.history) == 4  # the attention span
+        span = at_once.inputs if order == "seed" else at_once.history  # what attention sees
+        assert len(span) == 4  # the attention span
+        assert len(at_once.history) == len(one_by_one.history)
+        assert len(at_once.inputs) == len(one_by_one.inputs)
         torch.testing.assert_close(at_once.features(), one_by_one.features())
         for (h1, c1), (h2, c2) in zip(at_once.state, one_by_one.state, strict=True):
             torch.testing.assert_close(h1, h2)

@@ -16,7 +16,12 @@ from pipeline.core.params import ParamsError, from_mapping
 from pipeline.modeling import base
 from pipeline.modeling.base import StoreData
 from pipeline.modeling.events import baseline, make_dataset
-from pipeline.modeling.events.sampling import generate_transformer, sample_next
+from pipeline.modeling.events.sampling import (
+    ContextWindow,
+    generate_transformer,
+    reencode_chunk,
+    sample_next,
+)
 from pipeline.modeling.events.transformer import (
     Config,
     MusicTransformer,
@@ -356,6 +361,78 @@ def test_generation_continues_the_primer() -> None:
         model, 1, generator=torch.Generator().manual_seed(1), primer=primer, length=40
     )
     assert not np.array_equal(other[0]["tokens"][0], rows[0]["tokens"][0])
+
+
+def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) in nats per row of two (B, V) logit tensors."""
+    log_p, log_q = p_logits.log_softmax(-1), q_logits.log_softmax(-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+@pytest.mark.parametrize("sine", [True, False])
+def test_context_past_seq_len_equals_a_fresh_forward_pass(sine: bool) -> None:
+    """Every next-token distribution is that of a fresh pass over a training-size window."""
+    torch.manual_seed(0)
+    config = Config(**{**TINY.__dict__, "sine_positions": sine})
+    model = MusicTransformer(config).double().eval()
+    seq_len, chunk = config.seq_len, reencode_chunk(config.seq_len)
+    tokens = torch.randint(3, VOCAB_SIZE, (2, 4 * seq_len + 7))
+    sliding_kl = []
+    with torch.no_grad():
+        context = ContextWindow(model, tokens[:, :5])
+        past = None
+        for t in range(5, tokens.size(1)):
+            logits = context.push(tokens[:, t])
+            n = context.window.size(1)
+            assert seq_len - chunk < n <= seq_len or t < seq_len  # a training-size window
+            torch.testing.assert_close(context.window, tokens[:, t + 1 - n : t + 1])
+            fresh, _ = model.logits(context.window)
+            torch.testing.assert_close(logits, fresh[:, -1], atol=1e-9, rtol=0)
+            assert float(_kl(fresh[:, -1], logits).max()) < 1e-12
+            # the old sliding cache (the last seq_len - 1 positions) at the same point
+            if past is None:
+                slide, past = model.logits(tokens[:, : t + 1])
+            else:
+                past = [(k[:, :, -(seq_len - 1) :], v[:, :, -(seq_len - 1) :]) for k, v in past]
+                slide, past = model.logits(tokens[:, t : t + 1], past, start_pos=t)
+            if t >= 2 * seq_len:
+                window = tokens[:, t + 1 - seq_len : t + 1]
+                sliding_kl.append(float(_kl(model.logits(window)[0][:, -1], slide[:, -1]).mean()))
+    assert context.reencodes == (tokens.size(1) - 1 - seq_len) // chunk + 1
+    # what the re-encoding fixes: the sliding cache is measurably off a fresh window
+    assert np.mean(sliding_kl) > 1e-4
+
+
+def test_sampler_past_seq_len_draws_from_fresh_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """generate_transformer over 3 windows' length: each draw's logits are a fresh pass's."""
+    from pipeline.modeling.events import sampling
+
+    seen: list[torch.Tensor] = []
+
+    def recording(logits: torch.Tensor, *args: object) -> torch.Tensor:
+        seen.append(logits.clone())
+        return sample_next(logits, *args)
+
+    monkeypatch.setattr(sampling, "sample_next", recording)
+    torch.manual_seed(1)
+    model = MusicTransformer(TINY).double().eval()
+    seq_len, keep = TINY.seq_len, TINY.seq_len - reencode_chunk(TINY.seq_len) + 1
+    primer_tokens = np.concatenate([[BOS], np.random.default_rng(0).integers(3, 259, 40)])
+    primer = pd.DataFrame({"piece_id": ["p"], "tokens": [primer_tokens.astype(np.uint16)]})
+    rows = generate_transformer(
+        model, 1, generator=torch.Generator().manual_seed(0), primer=primer, length=3 * seq_len
+    )
+    row = rows[0]["tokens"][0].astype(np.int64)
+    assert len(seen) > 2 * seq_len  # well past seq_len (no early EOS)
+    width = min(len(primer_tokens), seq_len)  # the model sees the last seq_len primer tokens
+    for i, logits in enumerate(seen):
+        t = len(primer_tokens) + i  # the position this draw fills
+        with torch.no_grad():
+            fresh, _ = model.logits(torch.from_numpy(row[t - width : t])[None])
+        torch.testing.assert_close(logits, fresh[:, -1], atol=1e-9, rtol=0)
+        width += 1  # row[t] joins the window; past seq_len it is re-encoded shorter
+        if width > seq_len:
+            width = keep
 
 
 def _always(token: int) -> MusicTransformer:

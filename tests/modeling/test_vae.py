@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,12 +31,12 @@ def test_registered_on_pianoroll() -> None:
     assert spec.representation == "pianoroll" and spec.prepare is not None
 
 
-def test_terms_add_up_and_eval_uses_full_beta() -> None:
+def test_terms_add_up_and_eval_scores_the_elbo() -> None:
     torch.manual_seed(0)
     model = PianorollVAE(tiny_config(beta=0.5, kl_anneal_steps=100))
     batch = {"roll": (torch.rand(3, 8, 6) < 0.3).float(), "mask": torch.ones(3, 8)}
     model.train()
-    model.set_step(50)
+    model.set_step(49)  # the 50th optimizer step
     with torch.no_grad():
         out = model(batch)
     assert float(out["kl_weight"]) == pytest.approx(0.25)
@@ -43,18 +45,66 @@ def test_terms_add_up_and_eval_uses_full_beta() -> None:
     )
     assert float(out["nll"]) == pytest.approx(float(out["recon"]) + float(out["kl"]), rel=1e-6)
     assert float(out["kl"]) >= 0
+    model.set_step(0)
+    assert model.kl_weight() == pytest.approx(0.005)  # the first step already counts
+    model.set_step(99)  # the kl_anneal_steps-th step is the first at the full beta
+    assert model.kl_weight() == 0.5
     model.set_step(1000)
     assert model.kl_weight() == 0.5
-    model.set_step(0)
-    assert model.kl_weight() == 0.0
     model.eval()
-    assert model.kl_weight() == 0.5  # evaluation always scores the full objective
+    # evaluation (and so fit's checkpoint selection) scores the negative ELBO that
+    # evaluate reports: KL weight 1, whatever beta and the step
+    assert model.kl_weight() == 1.0
     with torch.no_grad():
         out = model(batch)
     assert "kl_weight" not in out
-    assert float(out["loss"]) == pytest.approx(
-        float(out["recon"]) + 0.5 * float(out["kl"]), rel=1e-6
+    assert float(out["loss"]) == pytest.approx(float(out["recon"]) + float(out["kl"]), rel=1e-6)
+    assert float(out["loss"]) == pytest.approx(float(out["nll"]), rel=1e-6)
+
+
+def test_objective_is_a_bound_beside_an_exact_nll_baseline() -> None:
+    objective = base.get("vae").objective
+    assert (objective.name, objective.kind, objective.unit) == (
+        "neg_elbo",
+        "bound",
+        "nats per cell",
     )
+    assert objective.baseline is not None and objective.baseline.key == "baseline_nll"
+    assert objective.baseline.name == "nll"
+
+
+def test_annealing_longer_than_the_run_is_an_error_naming_both_keys(tmp_path: Path) -> None:
+    from fixture_stores import shipped
+
+    from pipeline.core.params import ParamsError
+    from pipeline.modeling.fit import fit
+
+    spec = base.get("vae")
+    assert spec.check_train is not None
+    train = base.TrainParams(**{**shipped("train"), "augment": base.Augment((0,), (1.0,))})
+    short = dataclasses.replace(train, max_steps=150)
+    with pytest.raises(ParamsError) as caught:
+        spec.check_train(tiny_config(kl_anneal_steps=200), short)
+    message = str(caught.value)
+    assert "models.vae.kl_anneal_steps (200)" in message and "max_steps (150" in message
+    assert "models.vae.train.max_steps" in message and "train.max_steps" in message
+    assert "0.75" in message  # where the weight would have ended
+    spec.check_train(tiny_config(kl_anneal_steps=150), short)  # reaches beta at the last step
+    # fit refuses before building anything
+    store = encoded_store("pianoroll", {"train": [SMALL], "validation": [SMALL]})
+    with pytest.raises(ParamsError, match="kl_anneal_steps"):
+        fit(spec, tiny_config(kl_anneal_steps=200), short, store, tmp_path / "m", tmp_path / "l")
+    assert not (tmp_path / "m").exists()
+
+
+def test_shipped_defaults_anneal_within_the_run() -> None:
+    """The default run trains the ELBO it reports: the weight reaches beta in training."""
+    from fixture_stores import shipped
+
+    vae = shipped("models.vae")
+    max_steps = {**shipped("train"), **vae.get("train", {})}["max_steps"]
+    assert vae["beta"] == 1.0
+    assert 0 < vae["kl_anneal_steps"] <= max_steps // 2, "half the run at the full ELBO"
 
 
 def test_kl_matches_closed_form() -> None:

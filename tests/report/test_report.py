@@ -31,6 +31,28 @@ DEFAULTS = default_params("report", report.ReportParams)
 CHROMIUM = Path("/usr/bin/chromium")
 CLIP_S = 2.0
 NLL = {"rnn": 2.5, "transformer": 1.75}
+OBJECTIVES = {  # as evaluate records them (`pipeline.evaluation.evaluate.objective_numbers`)
+    "rnn": ("pitch_nll", "likelihood", "nats per note", "pitch_nll"),
+    "transformer": ("nll", "likelihood", "nats per token", "nll"),
+    "vae": ("neg_elbo", "bound", "nats per cell", "nll"),
+    "autoencoder": ("denoising_bce", "loss", "nats per cell", None),
+    "biaxial": ("play_nll", "likelihood", "nats per pitch-step", "play_nll"),
+}
+
+
+def objective(model: str, test: float, train: float, baseline: float = 3.0) -> dict[str, Any]:
+    name, kind, unit, base = OBJECTIVES[model]
+    return {
+        "name": name,
+        "kind": kind,
+        "unit": unit,
+        "description": f"what {model} reports",
+        "test": test,
+        "train": train,
+        "baseline": None
+        if base is None
+        else {"key": "baseline_nll", "name": base, "description": "trivial", "test": baseline},
+    }
 
 
 # --- a real reports tree -------------------------------------------------------------
@@ -67,6 +89,7 @@ def reports_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             root / "evaluate" / f"{model}.json",
             {
                 "model": {"name": model, "representation": "tuples", "n_parameters": 1234},
+                "objective": objective(model, NLL[model], NLL[model] - 0.5),
                 "test": {"nll": NLL[model], "baseline_nll": 3.0, "loss": NLL[model] + 0.1},
                 "train": {"nll": NLL[model] - 0.5},
                 "samples": {"n": n_pairs, "n_real": n_pairs, **comparison},
@@ -173,17 +196,34 @@ def test_summary_table_rows_and_not_run_yet(built: Path, reports_dir: Path) -> N
     page = parse(built)
     assert page.row_models["models"] == ["rnn", "transformer", "vae"]
     header, *rows = page.rows["models"]
-    assert header[:4] == ["model", "representation", "test NLL", "baseline NLL"]
+    assert header[:3] == ["model", "representation", "objective"]
+    assert not [h for h in header if "NLL" in h or "loss" in h]  # no cross-model ranking
     by_model = {r[0]: dict(zip(header, r, strict=True)) for r in rows}
-    assert by_model["rnn"]["test NLL"] == "2.5"
-    assert by_model["rnn"]["NLL − baseline"] == "-0.5"
+    assert by_model["rnn"]["objective"] == "pitch nll (likelihood, nats per note)"
+    assert by_model["transformer"]["objective"] == "nll (likelihood, nats per token)"
+    assert by_model["vae"]["objective"] == report.NOT_RUN
+    # test numbers: one table per kind and unit, so rnn and transformer never share one
+    (per_note_header, per_note), (per_token_header, per_token) = (
+        page.rows["objective-likelihood-nats-per-note"],
+        page.rows["objective-likelihood-nats-per-token"],
+    )
+    assert per_note_header == [
+        "model", "objective", "test (nats per note)", "baseline", "baseline (nats per note)",
+        "test − baseline", "train (nats per note)",
+    ]  # fmt: skip
+    assert per_note == ["rnn", "pitch nll", "2.5", "pitch nll", "3", "-0.5", "2"]
+    assert per_token_header[2] == "test (nats per token)"
+    assert per_token == ["transformer", "nll", "1.75", "nll", "3", "-1.25", "1.25"]
     assert by_model["rnn"]["steps"] == "300"
     assert by_model["rnn"]["parameters"] == "98,765"  # training summary wins
     assert by_model["rnn"]["train time"] == "2m05s"
     assert by_model["rnn"]["samples"] == "2"
     assert by_model["transformer"]["steps"] == report.NOT_RUN
     assert by_model["transformer"]["parameters"] == "1,234"  # from the metrics file
-    assert by_model["vae"]["test NLL"] == report.NOT_RUN
+    in_objective_tables = [
+        m for table, ms in page.row_models.items() if table.startswith("objective-") for m in ms
+    ]
+    assert sorted(in_objective_tables) == ["rnn", "transformer"]  # vae: not evaluated
     assert float(by_model["rnn"]["mean OA ↑"]) > 0
     musical_header, *musical = page.rows["musical"]
     assert musical_header == ["model", *metrics.METRICS]
@@ -497,9 +537,9 @@ def test_report_renders_and_sorts_in_chromium(
         "Array.from(document.querySelectorAll('#models tbody tr')).map(r => r.dataset.model)"
     )
     assert browser.js(session, first_rows) == ["rnn", "transformer", "vae"]
-    header = "document.querySelectorAll('#models th')[2]"  # test NLL
+    header = "document.querySelectorAll('#models th')[5]"  # parameters
     browser.js(session, f"{header}.click()")
-    assert browser.js(session, first_rows) == ["transformer", "rnn", "vae"]  # 1.75, 2.5, missing
+    assert browser.js(session, first_rows) == ["transformer", "rnn", "vae"]  # 1234, 98765, none
     browser.js(session, f"{header}.click()")
     assert browser.js(session, first_rows) == ["rnn", "transformer", "vae"]  # missing stays last
     loaded = (  # the piano rolls are lazy: load them all, count those that decode
@@ -590,3 +630,47 @@ def test_pitch_class_profiles_compare_poph_with_biaxial(tmp_path: Path) -> None:
     assert key_share[("biaxial", "generated")] == pytest.approx(
         7 / 12, abs=1e-4
     )  # shown to 4 places
+
+
+def test_test_numbers_are_grouped_by_kind_and_unit(tmp_path: Path) -> None:
+    """A loss and a bound never share a table (or a sortable column) with a likelihood,
+    and each number is captioned with its name and unit."""
+    root = tmp_path / "reports"
+    values = {"rnn": 2.5, "biaxial": 0.2, "vae": 0.15, "autoencoder": 0.05}
+    for model, value in values.items():
+        write_json(
+            root / "evaluate" / f"{model}.json",
+            {
+                "model": {"name": model, "representation": "x"},
+                "objective": objective(model, value, value, baseline=0.3),
+                "test": {"nll": value, "baseline_nll": 0.3},
+                "train": {"nll": value},
+            },
+        )
+    write_json(root / "evaluate" / "old.json", {"test": {"nll": 1.0}})  # before objectives
+    page = parse(report.build_report(root, params=DEFAULTS))
+    tables = {t: ms for t, ms in page.row_models.items() if t.startswith("objective-")}
+    assert tables == {
+        "objective-likelihood-nats-per-note": ["rnn"],
+        "objective-likelihood-nats-per-pitch-step": ["biaxial"],
+        "objective-bound-nats-per-cell": ["vae"],
+        "objective-loss-nats-per-cell": ["autoencoder"],
+    }
+    order = [t for t in page.rows if t.startswith("objective-")]
+    assert order[-2:] == ["objective-bound-nats-per-cell", "objective-loss-nats-per-cell"]
+    loss_header, loss_row = page.rows["objective-loss-nats-per-cell"]
+    assert loss_header == ["model", "objective", "test (nats per cell)", "train (nats per cell)"]
+    assert loss_row == ["autoencoder", "denoising bce", "0.05", "0.05"]  # no baseline column
+    _, bound_row = page.rows["objective-bound-nats-per-cell"]
+    assert bound_row[:6] == ["vae", "neg elbo", "0.15", "nll", "0.3", "-0.15"]
+    text = " ".join(page.text)
+    assert "Bounds on a likelihood, nats per cell" in text and "Losses, nats per cell" in text
+    assert "Objective not recorded for old" in text
+    by_model = {r[0]: r for r in page.rows["models"][1:]}
+    assert by_model["old"][2] == "not recorded (rerun evaluate)"
+    assert by_model["autoencoder"][2] == "denoising bce (loss, nats per cell)"
+    # the model's own section captions the nll term and its baseline with name and unit
+    assert "nll = denoising bce (loss, nats per cell)" in text
+    assert "nll = neg elbo (bound, nats per cell)" in text
+    assert "baseline_nll = baseline nll (likelihood, nats per cell)" in text
+    assert "No baseline of this kind." in text

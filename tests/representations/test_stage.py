@@ -134,7 +134,8 @@ def hand_made_interim(folder: Path, piece_order: list[str]) -> Path:
     write_store(pd.DataFrame(rows), folder / "notes.parquet", "notes", NOTES)
     write_store(pd.DataFrame(columns=PEDALS.names), folder / "pedals.parquet", "pedals", PEDALS)
     pieces = [
-        {"piece_id": p, "source": "x", "split": "train", "path": p, "md5": "", "composer": "",
+        {"piece_id": p, "source": "x", "split": "train", "path": p, "md5": "", "group": p,
+         "fingerprint": "", "composer": "",
          "title": p, "style": "x", "duration": 1.0, "n_notes": 1, "n_tracks": 1,
          "ticks_per_quarter": 480}
         for p in dict.fromkeys(piece_order)

@@ -13,14 +13,17 @@ from pathlib import Path
 import pytest
 from fixture_stores import shipped
 from httpserver import LocalServer
-from rawfolder import read_manifest
+from rawfolder import read_manifest, rendition
 
 import pipeline.sources
 from pipeline.core.params import ParamsError, default_params, from_mapping
+from pipeline.core.stores import read_store
 from pipeline.download import UnsafeArchiveError
+from pipeline.ingest import IngestParams, ingest_dir
 from pipeline.sources import MANIFEST_COLUMNS
-from pipeline.sources.lakh import KNOWN, URLS, Params, fetch
-from pipeline.splits import stable_split
+from pipeline.sources.lakh import KNOWN, URLS, Params, fetch, group_of, matched_groups
+
+INGEST = dataclasses.replace(default_params("ingest", IngestParams), workers=1)
 
 ARTISTS = {
     "Aicha": "Khaled",
@@ -96,12 +99,12 @@ def params_for(url: str, data: bytes, tmp_path: Path, **overrides: object) -> Pa
     return from_mapping({**shipped("lakh"), **raw}, Params, "lakh")
 
 
-def test_lmd_full_split_by_md5_is_deterministic_and_plausible(
+def test_lmd_full_is_deterministic_and_left_to_the_fingerprint(
     server: LocalServer, lmd_full: Archive, tmp_path: Path
 ) -> None:
     data, members = lmd_full
     url = server.add("/craffel/lmd/lmd_full.tar.gz", data)
-    params = params_for(url, data, tmp_path, test_fraction=0.25, validation_fraction=0.15)
+    params = params_for(url, data, tmp_path)
     fetch(params, tmp_path / "a")
     fetch(params, tmp_path / "b")
     columns, rows = read_manifest(tmp_path / "a")
@@ -112,63 +115,81 @@ def test_lmd_full_split_by_md5_is_deterministic_and_plausible(
         content = (tmp_path / "a" / row["path"]).read_bytes()
         assert content == members[row["path"]]
         assert Path(row["path"]).stem == md5(content)
-        assert row["split"] == stable_split(md5(content), 0.15, 0.25)
-        assert row["composer"] == "" and row["title"] == ""
-    counts = Counter(r["split"] for r in rows)
-    # 60 files at 60/15/25 %: each split well populated, none swallowing the rest
-    assert (
-        20 <= counts["train"] <= 50
-        and 4 <= counts["validation"] <= 20
-        and 6 <= counts["test"] <= 26
-    )
+        assert row["split"] == row["group"] == row["composer"] == row["title"] == ""
     assert len(server.requests_for("/craffel/lmd/lmd_full.tar.gz")) == 1  # second run: cache
 
 
-def test_subset_is_reproducible_and_keeps_the_split_mix(
+def test_subset_is_reproducible_and_nested(
     server: LocalServer, lmd_full: Archive, tmp_path: Path
 ) -> None:
     data, members = lmd_full
     url = server.add("/lmd_full.tar.gz", data)
     manifests = []
     for n, name in [(20, "a"), (20, "b"), (30, "c")]:
-        fetch(params_for(url, data, tmp_path, max_files=n, test_fraction=0.3), tmp_path / name)
+        fetch(params_for(url, data, tmp_path, max_files=n), tmp_path / name)
         manifests.append(read_manifest(tmp_path / name)[1])
     first, again, bigger = manifests
     assert first == again and len(first) == 20 and len(bigger) == 30
     assert {r["path"] for r in first} < {r["path"] for r in bigger}
-    # the subset hash is independent of the split hash: the subset is not all one split
-    assert {r["split"] for r in first} == {"train", "test"}
     on_disk = sorted(
         p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").rglob("*.mid")
     )
     assert on_disk == sorted(r["path"] for r in first)
 
 
-def test_default_fractions_give_train_and_test_only(
-    server: LocalServer, lmd_full: Archive, tmp_path: Path
+def test_lmd_full_renditions_share_a_split_after_ingest(
+    server: LocalServer, midi_files: list[Path], tmp_path: Path
 ) -> None:
-    data, _ = lmd_full
+    members = {}
+    for path in midi_files[:12]:
+        for data in (path.read_bytes(), rendition(path.read_bytes())):
+            members[f"lmd_full/{md5(data)[0]}/{md5(data)}.mid"] = data
+    data = tar_gz(members)
     url = server.add("/lmd_full.tar.gz", data)
-    fetch(params_for(url, data, tmp_path), tmp_path / "out")
-    counts = Counter(r["split"] for r in read_manifest(tmp_path / "out")[1])
-    assert set(counts) == {"train", "test"} and counts["train"] > counts["test"] >= 1
+    fetch(params_for(url, data, tmp_path), tmp_path / "raw")
+    ingest_dir(tmp_path / "raw", tmp_path / "interim", source="lakh", params=INGEST, progress=False)
+    pieces = read_store(tmp_path / "interim" / "pieces.parquet", "pieces")
+    assert len(pieces) == 24 and pieces["fingerprint"].nunique() == 12
+    assert (pieces.groupby("fingerprint")["split"].nunique() == 1).all()
+    assert (pieces["group"] == pieces["fingerprint"]).all()
 
 
-def test_clean_midi_titles_and_duplicates(
+def test_clean_midi_titles_groups_and_duplicates(
     server: LocalServer, clean_midi: Archive, tmp_path: Path
 ) -> None:
     data, members = clean_midi
+    # the song again under Lakh's duplicate numbering (and odd spacing), re-saved at
+    # another tempo: other bytes, so it is kept, in the song's group
+    song = members["clean_midi/Sum 41/In Too Deep.mid"]
+    other = rendition(song)
+    members = {**members, "clean_midi/Sum 41/In Too  Deep.2.mid": other}
+    data = tar_gz(members)
     url = server.add("/clean_midi.tar.gz", data)
     fetch(params_for(url, data, tmp_path, variant="clean_midi"), tmp_path / "out")
     _, rows = read_manifest(tmp_path / "out")
-    assert len(rows) == len(ARTISTS)  # the byte-identical "In Too Deep.1.mid" is dropped
+    assert len(rows) == len(ARTISTS) + 1  # the byte-identical "In Too Deep.1.mid" is dropped
     titles = {r["title"] for r in rows}
     assert "Electric Light Orchestra/Mr. Blue Sky" in titles and "Sum 41/In Too Deep" in titles
-    for row in rows:
-        content = (tmp_path / "out" / row["path"]).read_bytes()
-        assert row["split"] == stable_split(md5(content), 0.0, 0.1)
-        assert row["composer"] == ""
+    groups = Counter(r["group"] for r in rows)
+    assert groups["sum 41/in too deep"] == 2 and len(groups) == len(ARTISTS)
+    assert all(r["split"] == r["composer"] == "" for r in rows)
     assert not (tmp_path / "out" / "clean_midi" / "Sum 41" / "In Too Deep.1.mid").exists()
+    ingest_dir(tmp_path / "out", tmp_path / "interim", source="lakh", params=INGEST, progress=False)
+    pieces = read_store(tmp_path / "interim" / "pieces.parquet", "pieces")
+    assert (pieces.groupby("group")["split"].nunique() == 1).all()
+    assert set(pieces[pieces["group"] == "sum 41/in too deep"]["path"]) == {
+        "clean_midi/Sum 41/In Too Deep.mid",
+        "clean_midi/Sum 41/In Too  Deep.2.mid",
+    }
+
+
+def test_clean_midi_group_names() -> None:
+    assert group_of("clean_midi", "clean_midi/ABBA/Dancing Queen.1.mid") == "abba/dancing queen"
+    assert group_of("clean_midi", "clean_midi/ABBA/dancing  queen.mid") == "abba/dancing queen"
+    assert group_of("clean_midi", "clean_midi/R.E.M./Losing My Religion.mid") == (
+        "r.e.m./losing my religion"
+    )
+    assert group_of("lmd_full", "lmd_full/0/" + "0" * 32 + ".mid") == ""
 
 
 def test_lmd_matched_lists_one_file_once(
@@ -186,6 +207,35 @@ def test_lmd_matched_lists_one_file_once(
     fetch(params_for(url, data, tmp_path, variant="lmd_matched"), tmp_path / "out")
     _, rows = read_manifest(tmp_path / "out")
     assert sorted(Path(r["path"]).stem for r in rows) == sorted([a, b])
+    assert {Path(r["path"]).stem: r["group"] for r in rows} == {
+        a: "TRAAAGR128F425B14B",
+        b: "TRCCCYY128F425B14B",
+    }
+
+
+def test_lmd_matched_groups_by_track_through_shared_files(
+    server: LocalServer, midi_files: list[Path], tmp_path: Path
+) -> None:
+    """Tracks that share a MIDI are one work: B's other file goes where A's does."""
+    data_a, data_b, data_c = (midi_files[i].read_bytes() for i in (0, 1, 2))
+    a, b, c = md5(data_a), md5(data_b), md5(data_c)
+    tr_a, tr_b, tr_c = "TRAAAGR128F425B14B", "TRBBBXX128F425B14B", "TRCCCYY128F425B14B"
+    members = {
+        f"lmd_matched/A/A/A/{tr_a}/{a}.mid": data_a,
+        f"lmd_matched/B/B/B/{tr_b}/{a}.mid": data_a,
+        f"lmd_matched/B/B/B/{tr_b}/{b}.mid": data_b,
+        f"lmd_matched/C/C/C/{tr_c}/{c}.mid": data_c,
+    }
+    assert matched_groups(list(members)) == {a: tr_a, b: tr_a, c: tr_c}
+    data = tar_gz(members)
+    url = server.add("/lmd_matched.tar.gz", data)
+    fetch(params_for(url, data, tmp_path, variant="lmd_matched"), tmp_path / "out")
+    _, rows = read_manifest(tmp_path / "out")
+    assert {Path(r["path"]).stem: r["group"] for r in rows} == {a: tr_a, b: tr_a, c: tr_c}
+    ingest_dir(tmp_path / "out", tmp_path / "interim", source="lakh", params=INGEST, progress=False)
+    pieces = read_store(tmp_path / "interim" / "pieces.parquet", "pieces").set_index("md5")
+    assert pieces.loc[a, "split"] == pieces.loc[b, "split"]
+    assert pieces.loc[b, "group"] == tr_a
 
 
 def test_unsafe_archive_leaves_nothing(
@@ -219,7 +269,7 @@ def test_params_published_checksums_validation_and_registry() -> None:
         from_mapping({**shipped, "variant": "lmd_aligned"}, Params, "lakh")
     with pytest.raises(ParamsError, match="max_files"):
         from_mapping({**shipped, "max_files": -3}, Params, "lakh")
-    with pytest.raises(ParamsError, match="train would be empty"):
-        from_mapping({**shipped, "test_fraction": 0.6, "validation_fraction": 0.4}, Params, "lakh")
+    with pytest.raises(ParamsError, match="test_fraction"):  # ingest's now: an unknown key
+        from_mapping({**shipped, "test_fraction": 0.1}, Params, "lakh")
     source = pipeline.sources.get("lakh")
     assert source.params_cls is Params and source.fetch is fetch

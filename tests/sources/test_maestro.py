@@ -91,7 +91,8 @@ def test_fetch_writes_every_file_and_the_official_metadata(
     fetch(params_for(url, data, tmp_path), out)
 
     columns, manifest = read_manifest(out)
-    assert columns == list(MANIFEST_COLUMNS) == ["path", "split", "composer", "title"]
+    assert columns == list(MANIFEST_COLUMNS)
+    assert columns == ["path", "split", "composer", "title", "group", "style"]
     by_path = {r["path"]: r for r in manifest}
     expected = {f"maestro-v3.0.0/{r['midi_filename']}": r for r in rows}
     assert set(by_path) == set(expected)
@@ -102,6 +103,7 @@ def test_fetch_writes_every_file_and_the_official_metadata(
             source["canonical_composer"],
             source["canonical_title"],
         )
+        assert row["group"] == row["style"] == ""  # official split kept; no work key
         assert (out / path).read_bytes() == contents[source["midi_filename"]]
     on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert on_disk == sorted([*expected, "manifest.csv"])  # no CSV, no stray files for ingest

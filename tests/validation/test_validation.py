@@ -32,7 +32,7 @@ from pipeline.core.params import ParamsError, default_params, from_mapping
 from pipeline.core.stores import NOTES, PIECES, read_store, write_store
 from pipeline.ingest import IngestParams, ingest_dir
 from pipeline.validation import ValidateParams, ValidationError, stage, store_kinds, validate_store
-from pipeline.validation.suites import UNKNOWN_PIECE
+from pipeline.validation.suites import FINGERPRINT_LEAK, GROUP_LEAK, UNKNOWN_PIECE
 
 VALIDATE = default_params("validate", ValidateParams)
 
@@ -454,6 +454,41 @@ def test_notes_of_an_unknown_piece_fail(store) -> None:
         UNKNOWN_PIECE,
     )
     assert check["examples"] == [dropped]
+
+
+def test_group_or_fingerprint_in_two_splits_fails_naming_the_pieces(store) -> None:
+    path = store("notes")
+    pieces = read_store(path / "pieces.parquet", "pieces").sort_values("path")
+    assert pieces["group"].is_unique and (pieces["group"] == pieces["fingerprint"]).all()
+    train = pieces[pieces["split"] == "train"]["path"].tolist()
+    a, b = train[0], train[1]
+
+    def same_work(df: pd.DataFrame) -> pd.DataFrame:  # b: a version of a's work, in test
+        df = df.copy()
+        df.loc[df["path"].isin([a, b]), "group"] = "work-1"
+        df.loc[df["path"] == b, "split"] = "test"
+        return df
+
+    edit(path / "pieces.parquet", "pieces", PIECES, same_work)
+    result = validate_store("notes", path, VALIDATE)
+    check = failed(result, "expect_column_values_to_be_null", "split_leaks", GROUP_LEAK)
+    assert check["examples"] == [f"work-1 in test, train: {a} (train), {b} (test)"]
+    assert check["unexpected_count"] == 2
+    assert failures(result) == [("split_leaks", "expect_column_values_to_be_null", GROUP_LEAK)]
+
+    def same_content(df: pd.DataFrame) -> pd.DataFrame:  # one work again, but b's notes = a's
+        df = df.copy()
+        df.loc[df["path"] == b, ["group", "fingerprint"]] = ["work-2", "f" * 32]
+        df.loc[df["path"] == a, "fingerprint"] = "f" * 32
+        return df
+
+    edit(path / "pieces.parquet", "pieces", PIECES, same_content)
+    result = validate_store("notes", path, VALIDATE)
+    check = failed(result, "expect_column_values_to_be_null", "split_leaks", FINGERPRINT_LEAK)
+    assert check["examples"] == [f"{'f' * 32} in test, train: {a} (train), {b} (test)"]
+    assert failures(result) == [
+        ("split_leaks", "expect_column_values_to_be_null", FINGERPRINT_LEAK)
+    ]
 
 
 def test_prv_pitch_beyond_n_pitches_fails(store) -> None:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.core.params import require
-from pipeline.modeling.base import ModelSpec, register
+from pipeline.modeling.base import Baseline, ModelSpec, Objective, register
 from pipeline.modeling.events import baseline, make_dataset
 from pipeline.representations.events import PAD, VOCAB_SIZE
 
@@ -57,6 +57,7 @@ class Config:
     seq_len: int  # tokens per training window (2048 at full scale)
     sine_positions: bool  # add sinusoidal absolute positions to the embeddings
     tie_embeddings: bool  # output projection shares the input embedding matrix
+    bos_window_share: float  # share of training windows anchored at a piece's BOS
 
     def validate(self) -> None:
         require(self.d_model > 0, "d_model must be > 0")
@@ -67,6 +68,7 @@ class Config:
         require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
         require(self.max_relative_position > 0, "max_relative_position must be > 0")
         require(self.seq_len > 1, "seq_len must be > 1")
+        require(0.0 <= self.bos_window_share <= 1.0, "bos_window_share must be in [0, 1]")
 
 
 # --------------------------------------------------------------------------------------
@@ -326,5 +328,16 @@ SPEC = register(
         model_cls=MusicTransformer,
         make_dataset=make_dataset,
         baseline=baseline,
+        objective=Objective(
+            name="nll",
+            kind="likelihood",
+            unit="nats per token",
+            description="next-event-token cross-entropy over every non-padding target",
+            baseline=Baseline(
+                key="baseline_nll",
+                name="nll",
+                description="the better of a unigram and a smoothed bigram over train tokens",
+            ),
+        ),
     )
 )

@@ -12,6 +12,11 @@ store, not frames x pitches), and each window is made dense only when fetched: a
 ``(window_frames, n_pitches)`` 0/1 float array over pitches ``min_pitch ..
 min_pitch + n_pitches - 1``, plus a per-frame mask that is 0 past the piece's end
 (the last active frame), so padding never counts in a loss.
+
+Training windows can be augmented (`train.augment`, `PianorollWindows.set_augment`):
+each is transposed along the pitch axis and stretched along the frame axis by a
+draw that is a pure function of (seed, epoch, index), as its random offset is; see
+`augmented_window` for exactly what a transposition and a stretch do to the cells.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pipeline.core.params import require
-from pipeline.modeling.base import StoreData, WindowIndex
+from pipeline.modeling.base import Augment, StoreData, WindowIndex
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +111,76 @@ def dense_window(
     return roll, mask
 
 
+def _stretched(frames: np.ndarray, factor: float) -> np.ndarray:
+    """Where relative frame boundaries land after a stretch: floor(f * factor + 0.5).
+
+    Monotone in f (half-up rounding, not numpy's half-to-even), so consecutive
+    source frames map to adjacent or overlapping spans and runs stay contiguous.
+    """
+    return np.floor(frames * factor + 0.5).astype(np.int64)
+
+
+def augmented_window(
+    frames: np.ndarray,
+    pitches: np.ndarray,
+    n_frames: int,
+    start: int,
+    length: int,
+    n_pitches: int,
+    semitones: int,
+    factor: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`dense_window`, transposed by `semitones` and stretched in time by `factor`.
+
+    Transposition shifts every cell's pitch index by `semitones`; cells that land
+    outside the store's pitch window (0 .. n_pitches - 1) are dropped, the way
+    `sparse_pieces` drops cells outside it when reading the store.
+
+    Stretch (factor > 1: slower): the window still has `length` frames and starts at
+    source frame `start`; it shows the source span of about ``length / factor``
+    frames that follows. A run of active frames of one pitch, source frames
+    ``[a, e)`` relative to `start`, becomes output frames ``[b(a), max(b(e), b(a) + 1))``
+    with ``b(f) = floor(f * factor + 0.5)``: it keeps at least one frame, and for the
+    allowed factors (0.5..2) two runs of one pitch stay apart, except that a 1-frame
+    gap between them can close when compressing. The mask covers the stretched piece
+    (up to the stretched end of its last frame), so padding stays out of the loss.
+    Cells stay 0/1 (this dataset reads no velocities).
+
+    Returns:
+        roll (length, n_pitches) float32 and mask (length,) float32.
+    """
+    span = math.ceil(length / factor) + 1  # b(span) >= length: every source frame shown
+    lo, hi = np.searchsorted(frames, [start, start + span])
+    rel = frames[lo:hi] - start
+    pitch = pitches[lo:hi] + semitones
+    keep = (pitch >= 0) & (pitch < n_pitches)
+    rel, pitch = rel[keep], pitch[keep]
+    roll = np.zeros((length, n_pitches), dtype=np.float32)
+    if len(rel):
+        order = np.lexsort((rel, pitch))  # by pitch, then frame
+        rel, pitch = rel[order], pitch[order]
+        new_run = np.ones(len(rel), dtype=bool)
+        new_run[1:] = (pitch[1:] != pitch[:-1]) | (rel[1:] != rel[:-1] + 1)
+        firsts = np.flatnonzero(new_run)
+        lasts = np.append(firsts[1:], len(rel)) - 1
+        begin = _stretched(rel[firsts], factor)
+        end = np.minimum(np.maximum(_stretched(rel[lasts] + 1, factor), begin + 1), length)
+        run_pitch = pitch[firsts]
+        inside = begin < length
+        begin, end, run_pitch = begin[inside], end[inside], run_pitch[inside]
+        # per pitch, +1 where a run starts and -1 where it ends: active where > 0
+        edges = np.zeros((length + 1, n_pitches), dtype=np.int32)
+        np.add.at(edges, (begin, run_pitch), 1)
+        np.add.at(edges, (end, run_pitch), -1)
+        roll[np.cumsum(edges[:length], axis=0) > 0] = 1.0
+    mask = np.zeros(length, dtype=np.float32)
+    n_source = n_frames - start
+    if n_source > 0:
+        last = _stretched(np.array([n_source - 1, n_source]), factor)
+        mask[: min(length, max(int(last[1]), int(last[0]) + 1))] = 1.0
+    return roll, mask
+
+
 def roll_to_rows(
     roll: np.ndarray, piece_id: str, min_pitch: int, velocity: int, frame_offset: int = 0
 ) -> pd.DataFrame:
@@ -142,6 +217,11 @@ class PianorollWindows(Dataset):
     a generator seeded by (seed, e, i), so an epoch's windows are a pure function of
     the seed, the epoch and the index (what resuming from a checkpoint relies on).
     Evaluation: consecutive windows every T frames, covering each piece once.
+
+    ``set_augment`` (training only; fit calls it when ``train.augment`` is active):
+    item i of epoch e is then transposed and stretched by ``aug.draw(seed, e, i)``
+    (`augmented_window`), at the same offset it has unaugmented. A draw of (0, 1.0)
+    gives exactly the unaugmented window.
     """
 
     def __init__(
@@ -156,6 +236,11 @@ class PianorollWindows(Dataset):
         self.window_frames = window_frames
         self.n_pitches = n_pitches
         self.index = WindowIndex(pieces.n_frames, window_frames, random_offsets, seed)
+        self.augment: Augment | None = None
+
+    def set_augment(self, aug: Augment | None) -> None:
+        """Transpose and stretch each window by ``aug.draw(seed, epoch, index)``."""
+        self.augment = aug if aug is not None and aug.active else None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's random offsets (fit calls this at each epoch)."""
@@ -167,14 +252,16 @@ class PianorollWindows(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         piece, start = self.index.locate(index)
         n_frames = self.index.lengths[piece]
-        roll, mask = dense_window(
-            self.pieces.frames[piece],
-            self.pieces.pitches[piece],
-            n_frames,
-            start,
-            self.window_frames,
-            self.n_pitches,
-        )
+        cells = (self.pieces.frames[piece], self.pieces.pitches[piece], n_frames, start)
+        semitones, factor = 0, 1.0
+        if self.augment is not None:
+            semitones, factor = self.augment.draw(self.index.seed, self.index.epoch, index)
+        if semitones == 0 and factor == 1.0:
+            roll, mask = dense_window(*cells, self.window_frames, self.n_pitches)
+        else:
+            roll, mask = augmented_window(
+                *cells, self.window_frames, self.n_pitches, semitones, factor
+            )
         return {"roll": torch.from_numpy(roll), "mask": torch.from_numpy(mask)}
 
 

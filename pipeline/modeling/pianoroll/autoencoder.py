@@ -46,8 +46,9 @@ import torch
 from torch import nn
 
 from pipeline.core.params import require
-from pipeline.modeling.base import ModelSpec, register
+from pipeline.modeling.base import Baseline, ModelSpec, Objective, StoreData, register
 from pipeline.modeling.pianoroll import (
+    BASELINE_EPS,
     INITIAL_DENSITY,
     ConvDecoder,
     ConvEncoder,
@@ -57,7 +58,10 @@ from pipeline.modeling.pianoroll import (
     masked_bce,
     pad_pitches,
     padded_pitches,
+    pitch_rates,
     prepare,
+    split_pieces,
+    store_pitch_range,
     validate_backbone,
 )
 
@@ -144,6 +148,41 @@ class PianorollAutoencoder(nn.Module):
         return {"loss": loss, "nll": loss.detach(), "n_units": cells.detach()}
 
 
+def denoising_baseline(store: StoreData, config: Config) -> dict[str, float]:
+    """The autoencoder's loss for the best denoiser that sees one cell: same kind, same unit.
+
+    That denoiser knows each pitch's train activation rate p and the corruption (drop
+    d = ``drop_prob``, add a = ``add_prob``), sees only the corrupted cell x~ and
+    predicts P(clean = 1 | x~) by Bayes: q1 = p(1-d) / (p(1-d) + (1-p)a) when x~ = 1,
+    q0 = pd / (pd + (1-p)(1-a)) when x~ = 0. Its expected BCE over the test cells
+    (exact over the corruption, no sampling; the cells `bernoulli_baseline` counts) is
+    ``baseline_denoising_bce``. The network beats it only by using context (other
+    cells and frames), not the corruption's statistics alone. The per-pitch Bernoulli
+    NLL (no input at all) stays beside it as ``baseline_nll``, another kind.
+    """
+    import numpy as np
+
+    result = baseline(store, config)
+    min_pitch, n_pitches, _ = store_pitch_range(store)
+    train = split_pieces(store, "train", min_pitch, n_pitches)
+    test = split_pieces(store, "test", min_pitch, n_pitches)
+    n_cells = float(test.n_frames.sum()) * n_pitches
+    if not train.piece_ids or n_cells == 0:
+        return {**result, "baseline_denoising_bce": float("nan")}
+    p = np.clip(pitch_rates(train, n_pitches), BASELINE_EPS, 1 - BASELINE_EPS)
+    d, a = config.drop_prob, config.add_prob
+    q1 = np.clip(p * (1 - d) / (p * (1 - d) + (1 - p) * a), BASELINE_EPS, 1 - BASELINE_EPS)
+    q0 = np.clip(p * d / (p * d + (1 - p) * (1 - a)), BASELINE_EPS, 1 - BASELINE_EPS)
+    on = -((1 - d) * np.log(q1) + d * np.log(q0))  # clean cell active
+    off = -(a * np.log1p(-q1) + (1 - a) * np.log1p(-q0))  # clean cell silent
+    active = np.zeros(n_pitches, dtype=np.float64)
+    for pitches in test.pitches:
+        active += np.bincount(pitches, minlength=n_pitches)
+    inactive = test.n_frames.sum() - active
+    total = float((active * on + inactive * off).sum() / n_cells)
+    return {**result, "baseline_denoising_bce": total}
+
+
 SPEC = register(
     ModelSpec(
         name="autoencoder",
@@ -151,7 +190,23 @@ SPEC = register(
         config_cls=Config,
         model_cls=PianorollAutoencoder,
         make_dataset=make_dataset,
-        baseline=baseline,
+        baseline=denoising_baseline,
+        objective=Objective(
+            name="denoising_bce",
+            kind="loss",
+            unit="nats per cell",
+            description=(
+                "binary cross-entropy of the clean window given a corrupted copy (cells "
+                "dropped with drop_prob, added with add_prob): the model sees most of the "
+                "answer, so this is a denoising loss, not a likelihood of the music"
+            ),
+            baseline=Baseline(
+                key="baseline_denoising_bce",
+                name="denoising_bce",
+                description="the best denoiser that sees one corrupted cell and its "
+                "pitch's train activation rate (exact expectation over the corruption)",
+            ),
+        ),
         prepare=prepare,
     )
 )

@@ -14,13 +14,18 @@ Loss (per cell, padding past a piece's end excluded)::
 
     recon = sum BCE(cells) / n_cells                   (nats per cell)
     kl    = sum_windows KL(q(z|x) || N(0, I)) / n_cells   (nats per cell)
-    loss  = recon + beta_t * kl,  beta_t = beta * min(1, step / kl_anneal_steps)
+    loss  = recon + beta_k * kl,  beta_k = beta * min(1, k / kl_anneal_steps)
 
-beta_t grows linearly during training (KL annealing, Bowman et al. 2016); in
-evaluation the full ``beta`` is used so validation losses are comparable over time.
-``nll = recon + kl`` is the negative ELBO per cell: an *upper bound* on the true
-negative log-likelihood per cell (whatever beta is), comparable with the per-pitch
-Bernoulli baseline's exact NLL.
+for the k-th optimizer step (k = 1 .. max_steps): beta_k grows linearly (KL
+annealing, Bowman et al. 2016) and the ``kl_anneal_steps``-th step is the first at
+the full ``beta``. A run shorter than the annealing would end having trained another
+objective than the one it reports, so `check_train` makes ``kl_anneal_steps`` above
+the run's ``max_steps`` an error naming both keys. ``nll = recon + kl`` is the
+negative ELBO per cell: an *upper bound* on the true negative log-likelihood per
+cell (whatever beta is), comparable one way with the per-pitch Bernoulli baseline's
+exact NLL (a bound below it beats it). In evaluation ``loss`` is that negative ELBO
+(KL weight 1, whatever ``beta`` and the step), so fit selects the checkpoint on the
+bound that evaluate reports, and validation losses are comparable over time.
 
 Generation samples ``z ~ N(0, temperature^2 I)`` for every window and turns the
 decoder's probabilities into notes with ``binarize``: by default (``threshold
@@ -48,8 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.core.params import require
-from pipeline.modeling.base import ModelSpec, register
+from pipeline.core.params import ParamsError, require
+from pipeline.modeling.base import Baseline, ModelSpec, Objective, TrainParams, register
 from pipeline.modeling.pianoroll import (
     ConvDecoder,
     ConvEncoder,
@@ -70,15 +75,15 @@ class Config:
 
     Defaults train in about a minute on two CPU cores. Scale: ``window_frames: 128``,
     ``filters: [64, 128, 256]``, ``latent_dim: 256``, more ``train.max_steps`` and
-    ``kl_anneal_steps``. ``min_pitch``, ``n_pitches`` and ``frame_ms`` come from the
-    pianoroll store (spec ``prepare``); leave them 0.
+    ``kl_anneal_steps`` (at most the run's ``max_steps``). ``min_pitch``, ``n_pitches``
+    and ``frame_ms`` come from the pianoroll store (spec ``prepare``); leave them 0.
     """
 
     window_frames: int  # frames per window (64 x 50 ms = 3.2 s)
     filters: tuple[int, ...]  # conv filters per level (one 2x2 pooling each)
     latent_dim: int
     beta: float  # KL weight once annealed
-    kl_anneal_steps: int  # KL weight rises linearly from 0 to beta over these steps
+    kl_anneal_steps: int  # KL weight reaches beta at this step; at most the run's max_steps
     threshold: float  # generation: play cells above it (0: expected count, `binarize`)
     velocity: int  # velocity of generated notes (the model ignores dynamics)
     min_pitch: int = 0  # from the store params (prepare)
@@ -115,10 +120,13 @@ class PianorollVAE(nn.Module):
         self.step = step
 
     def kl_weight(self) -> float:
+        """The KL weight of the loss: annealed in training, 1 (the ELBO) in evaluation."""
         cfg = self.config
-        if not self.training or self.step is None or cfg.kl_anneal_steps == 0:
+        if not self.training:
+            return 1.0
+        if self.step is None or cfg.kl_anneal_steps == 0:
             return cfg.beta
-        return cfg.beta * min(1.0, self.step / cfg.kl_anneal_steps)
+        return cfg.beta * min(1.0, (self.step + 1) / cfg.kl_anneal_steps)
 
     def encode(self, roll: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, P) cells -> posterior mean and log-variance, each (B, latent_dim)."""
@@ -152,6 +160,19 @@ class PianorollVAE(nn.Module):
         return out
 
 
+def check_train(config: Config, train: TrainParams) -> None:
+    """The KL weight must reach ``beta`` within the run (`ModelSpec.check_train`)."""
+    if config.kl_anneal_steps > train.max_steps:
+        final = config.beta * train.max_steps / config.kl_anneal_steps
+        raise ParamsError(
+            f"models.vae.kl_anneal_steps ({config.kl_anneal_steps}) exceeds the run's "
+            f"max_steps ({train.max_steps}: models.vae.train.max_steps, else "
+            f"train.max_steps): the KL weight would end at {final:.3g}, not beta "
+            f"{config.beta:g}, and the model would train another objective than the ELBO "
+            "it reports; lower kl_anneal_steps or raise max_steps"
+        )
+
+
 SPEC = register(
     ModelSpec(
         name="vae",
@@ -160,6 +181,21 @@ SPEC = register(
         model_cls=PianorollVAE,
         make_dataset=make_dataset,
         baseline=baseline,
+        objective=Objective(
+            name="neg_elbo",
+            kind="bound",
+            unit="nats per cell",
+            description=(
+                "negative ELBO (reconstruction BCE + KL to the prior, one sample of z): an "
+                "upper bound on the negative log-likelihood of each window's cells"
+            ),
+            baseline=Baseline(
+                key="baseline_nll",
+                name="nll",
+                description="per-pitch Bernoulli with the train split's activation rates",
+            ),
+        ),
         prepare=prepare,
+        check_train=check_train,
     )
 )

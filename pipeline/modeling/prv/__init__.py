@@ -35,7 +35,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pipeline.core.params import require
-from pipeline.modeling.base import StoreData, WindowIndex
+from pipeline.modeling.base import Augment, StoreData, WindowIndex
 
 log = logging.getLogger(__name__)
 
@@ -211,13 +211,21 @@ def style_index(styles: Sequence[str], style: str | None) -> int:
 
 
 class PrvWindows(Dataset):
-    """Items ``{"x": (seq_len + 1, P, 3), "mask": (seq_len,), "style": int64 scalar}``.
+    """Items ``{"x": (seq_len + 1, P, 3), "mask": (seq_len,), "style", "start"}``.
+
+    ``style`` is the int64 style index, ``start`` the int64 step of ``x[1]`` in its
+    piece (the models' beat feature counts steps from it).
 
     Training (``random_offsets=True``): an epoch has ``ceil(n_steps / seq_len)`` items
     per piece (longer pieces count more); item i of epoch e starts at an offset drawn
     from a generator seeded by (seed, e, i), so an epoch's windows are a pure function
     of the seed, the epoch and the index. Evaluation: consecutive windows every
     ``seq_len`` steps, so each step of each piece is predicted exactly once.
+
+    ``set_augment`` (train only; fit calls it when ``train.augment`` is active)
+    transposes and time-stretches each window by ``Augment.draw(seed, epoch, index)``:
+    see `augment_window`. Without it (or with it inactive) items are exactly the
+    recorded windows.
     """
 
     def __init__(
@@ -234,6 +242,11 @@ class PrvWindows(Dataset):
         self.seq_len = seq_len
         self.n_pitches = n_pitches
         self.index = WindowIndex(pieces.n_steps, seq_len, random_offsets, seed)
+        self.augment: Augment | None = None
+
+    def set_augment(self, augment: Augment) -> None:
+        """Transpose/stretch every window from now on (an inactive `Augment` is a no-op)."""
+        self.augment = augment if augment.active else None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's random offsets (fit calls this at each epoch)."""
@@ -245,14 +258,91 @@ class PrvWindows(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         piece, start = self.index.locate(index)
         n_steps = self.index.lengths[piece]
-        x = dense_steps(self.pieces, piece, start - 1, self.seq_len + 1, self.n_pitches)
+        if self.augment is None:
+            x = dense_steps(self.pieces, piece, start - 1, self.seq_len + 1, self.n_pitches)
+            valid = n_steps - start  # predicted steps inside the piece
+            first = start
+        else:
+            semitones, factor = self.augment.draw(self.index.seed, self.index.epoch, index)
+            x, valid = augment_window(
+                self.pieces, piece, start, self.seq_len, self.n_pitches, semitones, factor
+            )
+            first = int(round(start * factor))
         mask = np.zeros(self.seq_len, dtype=np.float32)
-        mask[: max(0, min(self.seq_len, n_steps - start))] = 1.0
+        mask[: max(0, min(self.seq_len, valid))] = 1.0
         return {
             "x": torch.from_numpy(x),
             "mask": torch.from_numpy(mask),
             "style": torch.tensor(int(self.style_ids[piece]), dtype=torch.long),
+            "start": torch.tensor(first, dtype=torch.long),
         }
+
+
+def stretch_spans(length: int, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Which source steps each of `length` output steps of a time stretch covers.
+
+    Output step j shows source step ``shown[j] = floor(j / factor)`` and spans source
+    steps ``shown[j] .. hi[j] - 1``: when the stretch compresses (factor < 1) it also
+    absorbs the steps skipped before the next output step. Its onsets are those of
+    ``lo[j] .. hi[j] - 1``, the steps no earlier output step covered, so each source
+    onset lands on exactly one output step (``lo[j] == hi[j]``: a held repeat).
+
+    Returns:
+        ``shown`` (length,) and ``[lo, hi]`` (2, length), int64.
+    """
+    j = np.arange(length + 1)
+    shown = np.floor(j / factor + 1e-9).astype(np.int64)
+    hi = np.maximum(shown[:-1] + 1, shown[1:])
+    lo = np.concatenate([[0], hi[:-1]])
+    return shown[:-1], np.stack([lo, hi])
+
+
+def augment_window(
+    pieces: PrvPieces,
+    piece: int,
+    start: int,
+    seq_len: int,
+    n_pitches: int,
+    semitones: int,
+    factor: float,
+) -> tuple[np.ndarray, int]:
+    """The ``(seq_len + 1, P, 3)`` window at `start`, transposed and time-stretched.
+
+    Time stretch (``factor`` > 1: slower): the window keeps its ``seq_len + 1`` steps
+    and reads about ``(seq_len + 1) / factor`` source steps from ``start - 1`` on.
+    Output step j sounds (play, and volume = the loudest) wherever any source step
+    of its span (`stretch_spans`) sounds, and replays wherever an onset of a source
+    step it is the first to cover replays; so a held note stays one note, an onset
+    stays exactly one onset (it is never repeated, and a skipped step's onset moves
+    to the next output step), and replay implies play. Transposition shifts the pitch
+    axis by ``semitones``; cells pushed past either end of ``0 .. n_pitches - 1`` are
+    dropped (not octave-folded back: folding would invent doublings the piece lacks).
+
+    Returns:
+        the window and how many of its predicted steps (``x[1:]``) lie inside the piece.
+    """
+    length = seq_len + 1
+    shown, (lo, hi) = stretch_spans(length, factor)
+    n_src = int(hi[-1])
+    src = dense_steps(pieces, piece, start - 1, n_src, n_pitches)
+    out = np.zeros((length, n_pitches, 3), dtype=np.float32)
+    for j in range(length):
+        span = src[shown[j] : hi[j]]
+        out[j, :, PLAY] = span[..., PLAY].max(axis=0)
+        out[j, :, VOLUME] = span[..., VOLUME].max(axis=0)
+        if lo[j] < hi[j]:
+            out[j, :, REPLAY] = src[lo[j] : hi[j], :, REPLAY].max(axis=0)
+    if semitones:
+        shifted = np.zeros_like(out)
+        if semitones > 0:
+            shifted[:, semitones:] = out[:, : n_pitches - semitones]
+        else:
+            shifted[:, :semitones] = out[:, -semitones:]
+        out = shifted
+    # predicted step j >= 1 lies inside the piece when its shown source step does
+    n_steps = int(pieces.n_steps[piece])
+    valid = int(np.sum(start - 1 + shown[1:] < n_steps))
+    return out, valid
 
 
 def split_pieces(store: StoreData, split: str, n_pitches: int) -> PrvPieces:
@@ -362,7 +452,12 @@ class Config:
     note_hidden: int  # note-axis LSTM units
     n_layers: int  # layers of each LSTM
     style_dim: int  # style embedding size (0: no style conditioning)
-    neighbour_window: int  # semitones each side whose previous play/replay is input
+    neighbour_window: int  # semitones each side whose previous play/replay is input (0: none)
+    vicinity_filters: int  # DeepJ's Conv1D over pitch of the previous step (0: none)
+    vicinity_kernel: int  # its kernel in semitones (DeepJ: 24)
+    pitch_class_context: bool  # input: how many pitches of each pitch class sounded
+    beat_period: int  # input: one-hot of the step's position mod this (0: none)
+    aux_loss_cells: Literal["all", "played"]  # replay/dynamics averaged over these cells
     seq_len: int  # steps per training window (32 x 1/8 s = 4 s)
     dropout: float  # on the time- and note-axis outputs (and between layers)
     style_dropout: float  # P(a training window's style is replaced by <unk>)
@@ -376,6 +471,12 @@ class Config:
         require(self.n_layers >= 1, "n_layers must be >= 1")
         require(self.style_dim >= 0, "style_dim must be >= 0")
         require(self.neighbour_window >= 0, "neighbour_window must be >= 0")
+        require(self.vicinity_filters >= 0, "vicinity_filters must be >= 0")
+        require(self.vicinity_kernel >= 1, "vicinity_kernel must be >= 1")
+        require(self.beat_period >= 0, "beat_period must be >= 0 (0 = no beat feature)")
+        require(
+            self.aux_loss_cells in ("all", "played"), "aux_loss_cells must be 'all' or 'played'"
+        )
         require(self.seq_len >= 1, "seq_len must be >= 1")
         require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
         require(0.0 <= self.style_dropout <= 1.0, "style_dropout must be in [0, 1]")
@@ -430,7 +531,10 @@ def prv_losses(
 
     Returns:
         play (BCE per pitch-step), replay (BCE per played cell), dynamics (MSE per
-        played cell), cells (number of pitch-steps), played (number of played cells).
+        played cell), cells (number of pitch-steps), played (number of played cells),
+        play_rate_bias (mean predicted P(play) minus the true play rate, per
+        pitch-step: > 0 means the model expects more sound than the data has).
+        The model weights replay and dynamics into its loss (``aux_loss_cells``).
     """
     cell_mask = mask[..., None].expand_as(target[..., PLAY])  # (B, T, P)
     played = target[..., PLAY] * cell_mask  # (B, T, P)
@@ -443,12 +547,14 @@ def prv_losses(
         logits[..., REPLAY], target[..., REPLAY], reduction="none"
     )
     volume_error = (torch.sigmoid(logits[..., VOLUME]) - target[..., VOLUME]) ** 2
+    predicted_rate = (torch.sigmoid(logits[..., PLAY]) * cell_mask).sum() / cells
     return {
         "play": (play * cell_mask).sum() / cells,
         "replay": (replay * played).sum() / n_played.clamp(min=1.0),
         "dynamics": (volume_error * played).sum() / n_played.clamp(min=1.0),
         "cells": cells,
         "played": n_played,
+        "play_rate_bias": predicted_rate - n_played / cells,
     }
 
 
@@ -459,29 +565,36 @@ def prv_losses(
 class BiaxialLSTM(nn.Module):
     """Time-axis then note-axis LSTM over prv steps; see `pipeline.modeling.prv.biaxial`.
 
-    Subclasses change the architecture through two hooks: ``mix`` (time-axis
-    features -> features for the note axis) with ``mix_out``/``context_steps``, and
-    ``extra_losses`` (terms added to the loss).
+    Subclasses change the architecture through hooks: ``pre_time`` (per-pitch input
+    features -> time-axis LSTM input, with ``pre_time_out``/``pre_time_steps``),
+    ``mix`` (time-axis features -> note-axis features, with ``mix_out``/
+    ``context_steps``) and ``extra_losses`` (terms added to the loss).
     """
 
     def __init__(self, config: Config):
         super().__init__()
         check_prepared(config)
         self.config = config
-        n_pitches, window = config.n_pitches, config.neighbour_window
+        n_pitches = config.n_pitches
         pitch = torch.arange(n_pitches)
         pitch_class = F.one_hot((pitch + config.min_pitch) % 12, 12).float()  # (P, 12)
         position = (pitch.float() / max(1, n_pitches - 1))[:, None]  # (P, 1)
         self.register_buffer("pitch_features", torch.cat([position, pitch_class], dim=1))
+        self.register_buffer("pitch_class_onehot", pitch_class, persistent=False)
         self.style_embedding = (
             nn.Embedding(len(config.styles), config.style_dim) if config.style_dim else None
         )
-        time_in = 2 * (2 * window + 1) + 1 + 13 + config.style_dim
+        self.vicinity = (
+            nn.Conv1d(3, config.vicinity_filters, config.vicinity_kernel)
+            if config.vicinity_filters
+            else None
+        )
         between = config.dropout if config.n_layers > 1 else 0.0
         self.time_lstm = nn.LSTM(
-            time_in, config.time_hidden, config.n_layers, batch_first=True, dropout=between
-        )
-        note_in = self.mix_out + 2 + config.style_dim
+            self.pre_time_out, config.time_hidden, config.n_layers, batch_first=True,
+            dropout=between,
+        )  # fmt: skip
+        note_in = self.mix_out + 3 + config.style_dim
         self.note_lstm = nn.LSTM(
             note_in, config.note_hidden, config.n_layers, batch_first=True, dropout=between
         )
@@ -490,7 +603,35 @@ class BiaxialLSTM(nn.Module):
         with torch.no_grad():  # start near the data's sparsity, not at P(play) = 0.5
             self.head.bias[PLAY] = INITIAL_PLAY_LOGIT
 
+    @property
+    def n_features(self) -> int:
+        """Size of `time_inputs`' per-pitch feature vector."""
+        cfg = self.config
+        return (
+            2 * (2 * cfg.neighbour_window + 1)
+            + 1
+            + 13
+            + cfg.vicinity_filters
+            + (1 if cfg.pitch_class_context else 0)
+            + cfg.beat_period
+            + cfg.style_dim
+        )
+
     # -- hooks --------------------------------------------------------------------------
+
+    @property
+    def pre_time_out(self) -> int:
+        """Feature size ``pre_time`` returns (the time-axis LSTM's input size)."""
+        return self.n_features
+
+    @property
+    def pre_time_steps(self) -> int:
+        """Input steps ``pre_time`` needs to see when generating (1: only the current)."""
+        return 1
+
+    def pre_time(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, P, T, n_features) inputs -> (B, P, T, pre_time_out); causal in T."""
+        return x
 
     @property
     def mix_out(self) -> int:
@@ -520,42 +661,72 @@ class BiaxialLSTM(nn.Module):
             return torch.zeros(style.size(0), 0, device=style.device)
         return self.style_embedding(style)
 
-    def time_inputs(self, prev: torch.Tensor, style_vec: torch.Tensor) -> torch.Tensor:
-        """(B, T, P, 3) previous steps + (B, S) style -> (B, T, P, F) time-axis inputs."""
+    def time_inputs(
+        self, prev: torch.Tensor, style_vec: torch.Tensor, step: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, T, P, 3) previous steps -> (B, T, P, n_features) time-axis inputs.
+
+        Per pitch: neighbours' previous play/replay (``neighbour_window``), own
+        previous volume, position and pitch class, DeepJ's vicinity convolution of
+        the previous step (``vicinity_filters``), the pitch-class context (how many
+        pitches of this pitch's class sounded), the beat one-hot of the predicted
+        step and the style. ``step`` (B, T) is each predicted step's index in its
+        piece.
+        """
         b, t, p, _ = prev.shape
-        w = self.config.neighbour_window
-        padded = F.pad(prev[..., :VOLUME], (0, 0, w, w))  # (B, T, P + 2w, 2)
-        neighbours = padded.unfold(2, 2 * w + 1, 1)  # (B, T, P, 2, 2w + 1)
-        neighbours = neighbours.reshape(b, t, p, 2 * (2 * w + 1))
-        return torch.cat(
-            [
-                neighbours,
-                prev[..., VOLUME:],  # (B, T, P, 1) own volume
-                self.pitch_features.expand(b, t, p, 13),
-                style_vec[:, None, None, :].expand(b, t, p, style_vec.size(-1)),
-            ],
-            dim=-1,
-        )
+        cfg = self.config
+        w = cfg.neighbour_window
+        parts = []
+        if w:
+            padded = F.pad(prev[..., :VOLUME], (0, 0, w, w))  # (B, T, P + 2w, 2)
+            neighbours = padded.unfold(2, 2 * w + 1, 1)  # (B, T, P, 2, 2w + 1)
+            parts.append(neighbours.reshape(b, t, p, 2 * (2 * w + 1)))
+        else:
+            parts.append(prev[..., :VOLUME])
+        parts += [prev[..., VOLUME:], self.pitch_features.expand(b, t, p, 13)]
+        if self.vicinity is not None:
+            k = cfg.vicinity_kernel  # Keras "same": the extra pad of an even kernel on the right
+            flat = F.pad(prev.reshape(b * t, p, 3).transpose(1, 2), ((k - 1) // 2, k // 2))
+            conv = self.vicinity(flat)  # (B*T, C, P)
+            parts.append(torch.tanh(conv).transpose(1, 2).reshape(b, t, p, -1))
+        if cfg.pitch_class_context:
+            classes = self.pitch_class_onehot  # (P, 12)
+            counts = prev[..., PLAY] @ classes  # (B, T, 12)
+            parts.append((counts @ classes.T)[..., None])  # (B, T, P, 1)
+        if cfg.beat_period:
+            beat = F.one_hot(step.remainder(cfg.beat_period), cfg.beat_period).to(prev.dtype)
+            parts.append(beat[:, :, None, :].expand(b, t, p, cfg.beat_period))
+        parts.append(style_vec[:, None, None, :].expand(b, t, p, style_vec.size(-1)))
+        return torch.cat(parts, dim=-1)
 
     def note_inputs(
         self, h: torch.Tensor, current: torch.Tensor, style_vec: torch.Tensor
     ) -> torch.Tensor:
-        """(B, T, P, H) features + (B, T, P, 3) this step's truth -> (B, T, P, H + 2 + S).
+        """(B, T, P, H) features + (B, T, P, 3) this step's truth -> (B, T, P, H + 3 + S).
 
-        Pitch p gets pitch p - 1's play and replay (zeros for the lowest pitch).
+        Pitch p gets pitch p - 1's play, replay and volume (zeros for the lowest
+        pitch), as DeepJ's note axis does.
         """
         b, t, p, _ = h.shape
-        lower = F.pad(current[..., :VOLUME], (0, 0, 1, 0))[:, :, :p]  # (B, T, P, 2)
+        lower = F.pad(current, (0, 0, 1, 0))[:, :, :p]  # (B, T, P, 3)
         style = style_vec[:, None, None, :].expand(b, t, p, style_vec.size(-1))
         return torch.cat([h, lower, style], dim=-1)
 
-    def logits(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        """(B, T + 1, P, 3) steps, (B,) styles -> (B, T, P, 3) logits for steps 1..T."""
+    def logits(
+        self, x: torch.Tensor, style: torch.Tensor, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T + 1, P, 3) steps, (B,) styles -> (B, T, P, 3) logits for steps 1..T.
+
+        ``start`` (B,): the step index of ``x[:, 1]`` in its piece (zeros if None).
+        """
         prev, current = x[:, :-1], x[:, 1:]  # (B, T, P, 3) each
         b, t, p, _ = prev.shape
+        if start is None:
+            start = torch.zeros(b, dtype=torch.long, device=x.device)
+        step = start[:, None] + torch.arange(t, device=x.device)  # (B, T)
         style_vec = self.style_vectors(style)  # (B, S)
-        inputs = self.time_inputs(prev, style_vec)  # (B, T, P, F)
-        inputs = inputs.permute(0, 2, 1, 3).reshape(b * p, t, -1)  # (B*P, T, F)
+        inputs = self.time_inputs(prev, style_vec, step).permute(0, 2, 1, 3)  # (B, P, T, F)
+        inputs = self.pre_time(inputs).reshape(b * p, t, -1)  # (B*P, T, F')
         h, _ = self.time_lstm(inputs)  # (B*P, T, Ht)
         h = self.mix(self.drop(h).reshape(b, p, t, -1))  # (B, P, T, H)
         h = h.permute(0, 2, 1, 3)  # (B, T, P, H)
@@ -568,14 +739,18 @@ class BiaxialLSTM(nn.Module):
         if self.training and self.config.style_dropout > 0:
             drop = torch.rand(style.shape, device=style.device) < self.config.style_dropout
             style = torch.where(drop, torch.zeros_like(style), style)
-        logits = self.logits(x, style)
+        logits = self.logits(x, style, batch.get("start"))
         terms = prv_losses(logits, x[:, 1:], mask)
-        loss = terms["play"] + terms["replay"] + terms["dynamics"]
+        aux = terms["replay"] + terms["dynamics"]
+        if self.config.aux_loss_cells == "all":  # DeepJ: a mean over every pitch-step
+            aux = aux * (terms["played"] / terms["cells"])
+        loss = terms["play"] + aux
         out = {
             "nll": terms["play"].detach(),
             "play": terms["play"].detach(),
             "replay": terms["replay"].detach(),
             "dynamics": terms["dynamics"].detach(),
+            "play_rate_bias": terms["play_rate_bias"].detach(),
             "n_units": terms["cells"].detach(),
         }
         for name, (weighted, value) in self.extra_losses(logits, batch, mask).items():

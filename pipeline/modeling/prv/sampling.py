@@ -1,11 +1,18 @@
 """Sampling from the prv models (`biaxial`, `poph`): step by step, pitch by pitch.
 
 At each step the time axis advances one step (`_TimeStepper`, which keeps the LSTM
-state and the history the model's ``mix`` needs), then the note axis runs from the
+state and the histories the model's ``pre_time`` and ``mix`` need), then the note axis runs from the
 lowest pitch to the highest, drawing each pitch's play and replay (`_bernoulli`) and
 feeding the draws to the next pitch and to the next step, exactly as the ground truth
-is fed in training. PopH samples with the biaxial code (its ``mix`` and
-``context_steps`` hooks do the rest), so `generate_poph` is `generate_biaxial`.
+is fed in training. PopH samples with the biaxial code (its hooks do the rest), so
+`generate_poph` is `generate_biaxial`.
+
+Long samples from short training windows: the model is trained on ``seq_len``-step
+windows whose time-axis LSTM starts from a zero state, and sampled for hundreds of
+steps from one carried state (as DeepJ generates). The LSTM state is carried over the
+whole sample; the attention/convolution hooks see at most the last ``seq_len`` steps
+(``pre_time_steps``/``context_steps``), the span they were trained on. What carrying
+the state past ``seq_len`` costs is measured in `pipeline.modeling.prv.biaxial`.
 """
 
 from __future__ import annotations
@@ -152,7 +159,7 @@ def _sample(
         prev = prime[:, -1]
     out = torch.zeros(n, steps, p, 3, device=device)
     for t in range(steps):
-        stepper.advance(prev)
+        stepper.advance(prev)  # predicts step prime_len + t
         feats = stepper.features()
         out[:, t], _ = _note_step(model, feats, prev, style_vec, generator, temperature)
         prev = out[:, t]
@@ -202,7 +209,7 @@ def _note_step(
     n, p, _ = feats.shape
     current = torch.zeros(n, p, 3, device=feats.device)
     all_logits = torch.zeros(n, p, 3, device=feats.device)
-    lower = torch.zeros(n, 2, device=feats.device)
+    lower = torch.zeros(n, 3, device=feats.device)
     state = None
     for k in range(p):
         note_in = torch.cat([feats[:, k], lower, style_vec], dim=-1)  # (n, I)
@@ -218,35 +225,59 @@ def _note_step(
             current[:, k, PLAY] = play
             current[:, k, REPLAY] = replay
             current[:, k, VOLUME] = torch.sigmoid(logits[:, VOLUME]) * play
-        lower = current[:, k, :VOLUME]
+        lower = current[:, k]
     return current, all_logits
 
 
 class _TimeStepper:
-    """The time axis one step at a time: LSTM state plus the history ``mix`` needs."""
+    """The time axis one step at a time: LSTM state plus the histories the hooks need.
+
+    ``inputs`` keeps the last ``pre_time_steps`` per-pitch input features (for
+    ``pre_time``), ``history`` the last ``context_steps`` time-axis outputs (for
+    ``mix``); ``step`` is the index of the next step to predict (the beat feature).
+    """
 
     def __init__(self, model: BiaxialLSTM, style_vec: torch.Tensor):
         self.model = model
         self.style_vec = style_vec
         self.state: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.inputs: list[torch.Tensor] = []  # time-axis input features, (n, P, F) per step
         self.history: list[torch.Tensor] = []  # time-axis outputs, (n, P, Ht) per step
+        self.step = 0
+
+    def _step_index(self, n: int, length: int, device: torch.device) -> torch.Tensor:
+        return (self.step + torch.arange(length, device=device)).expand(n, length)
 
     def advance(self, prev: torch.Tensor) -> None:
-        """Feed step t - 1 (n, P, 3): update the LSTM state and the history."""
+        """Feed step t - 1 (n, P, 3): update the LSTM state and the histories."""
         n, p, _ = prev.shape
         model = self.model
-        inputs = model.time_inputs(prev[:, None], self.style_vec)[:, 0]  # (n, P, F)
+        step = self._step_index(n, 1, prev.device)
+        features = model.time_inputs(prev[:, None], self.style_vec, step)[:, 0]  # (n, P, F)
+        self.inputs = [*self.inputs, features][-model.pre_time_steps :]
+        inputs = model.pre_time(torch.stack(self.inputs, dim=2))[:, :, -1]  # (n, P, F')
         h, self.state = lstm_step(model.time_lstm, inputs.reshape(n * p, -1), self.state)
         self.history = [*self.history, h.reshape(n, p, -1)][-model.context_steps :]
+        self.step += 1
 
     def feed(self, steps: torch.Tensor) -> None:
-        """Feed (n, L, P, 3) steps at once (``advance`` L times, one LSTM call per chunk)."""
+        """Feed (n, L, P, 3) steps at once (``advance`` L times, one LSTM call per chunk).
+
+        Models whose ``pre_time`` looks back over steps are fed step by step.
+        """
+        if self.model.pre_time_steps > 1:
+            for t in range(steps.size(1)):
+                self.advance(steps[:, t])
+            return
         n, length, p, _ = steps.shape
         model = self.model
         for start in range(0, length, PRIMER_CHUNK_STEPS):
             chunk = steps[:, start : start + PRIMER_CHUNK_STEPS]
-            inputs = model.time_inputs(chunk, self.style_vec)  # (n, L, P, F)
-            inputs = inputs.permute(0, 2, 1, 3).reshape(n * p, chunk.size(1), -1)
+            step = self._step_index(n, chunk.size(1), chunk.device)
+            features = model.time_inputs(chunk, self.style_vec, step)  # (n, L, P, F)
+            self.inputs = [features[:, -1]]  # pre_time_steps == 1 here
+            inputs = model.pre_time(features.permute(0, 2, 1, 3))
+            inputs = inputs.reshape(n * p, chunk.size(1), -1)
             state = None
             if self.state is not None:
                 state = tuple(torch.stack(parts) for parts in zip(*self.state, strict=True))
@@ -258,6 +289,7 @@ class _TimeStepper:
                 for t in range(max(0, chunk.size(1) - model.context_steps), chunk.size(1))
             ]
             self.history = [*self.history, *recent][-model.context_steps :]
+            self.step += chunk.size(1)
 
     def features(self) -> torch.Tensor:
         """The note-axis features (n, P, H) of the step after the last one fed."""

@@ -2,6 +2,10 @@
 
 The model is `pipeline.modeling.tuples.rnn`; its sampler is
 `pipeline.modeling.tuples.sampling`.
+
+Training windows can be augmented (`train.augment`, `TupleWindows.set_augment`): each
+is transposed and stretched in time by a draw that is a pure function of (seed,
+epoch, index); see `TupleWindows`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.modeling.base import StoreData
+from pipeline.modeling.base import Augment, StoreData
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +67,23 @@ class TupleWindows(Dataset):
     mask (L,) that is 0 past the piece's last note. ``stride=1`` gives the training
     windows (one starting at every note); ``stride=seq_len`` tiles each piece so
     every note is a target exactly once (evaluation).
+
+    ``set_augment`` (training only; fit calls it when ``train.augment`` is active):
+    item i of epoch e, with ``(semitones, factor) = aug.draw(seed, e, i)``, has every
+    pitch (inputs and targets) moved by the semitones and every step and duration
+    multiplied by the factor. A shift that would push a note of the window outside
+    0..127 is reduced to the largest one in the same direction that keeps the whole
+    window inside (possibly 0), so intervals are never distorted and no note is
+    dropped. A draw of (0, 1.0) gives exactly the unaugmented window.
     """
 
-    def __init__(self, pieces: list[dict[str, np.ndarray]], seq_len: int, stride: int):
+    def __init__(
+        self, pieces: list[dict[str, np.ndarray]], seq_len: int, stride: int, seed: int = 0
+    ):
         self.seq_len = seq_len
+        self.seed = seed
+        self.epoch = 0
+        self.augment: Augment | None = None
         self.sequences = []
         self.windows: list[tuple[int, int]] = []
         for piece in pieces:
@@ -83,6 +100,14 @@ class TupleWindows(Dataset):
             last = max(0, n - seq_len) if stride == 1 else n - 1
             self.windows.extend((len(self.sequences) - 1, o) for o in range(0, last + 1, stride))
 
+    def set_augment(self, aug: Augment | None) -> None:
+        """Transpose and stretch each window by ``aug.draw(seed, epoch, index)``."""
+        self.augment = aug if aug is not None and aug.active else None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's augmentation draws (fit calls this at each epoch)."""
+        self.epoch = epoch
+
     def __len__(self) -> int:
         return len(self.windows)
 
@@ -90,6 +115,12 @@ class TupleWindows(Dataset):
         seq_index, offset = self.windows[index]
         inputs_all, piece = self.sequences[seq_index]
         length = self.seq_len
+        if self.augment is not None:
+            semitones, factor = self.augment.draw(self.seed, self.epoch, index)
+            if semitones != 0 or factor != 1.0:
+                inputs_all, piece, offset = augmented_notes(
+                    piece, offset, length, semitones, factor
+                )
         inputs = np.zeros((length, 3), np.float32)
         chunk = inputs_all[offset : offset + length]
         inputs[: len(chunk)] = chunk
@@ -112,10 +143,41 @@ class TupleWindows(Dataset):
         }
 
 
+def augmented_notes(
+    piece: dict[str, np.ndarray], offset: int, length: int, semitones: int, factor: float
+) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+    """The notes one window reads, transposed and stretched: (inputs, piece, offset).
+
+    Only the span of notes the window at `offset` shows (inputs and targets) is
+    copied; the returned offset locates the window in it. See `TupleWindows` for the
+    rule that keeps pitches inside 0..127.
+    """
+    lo, hi = max(0, offset - 1), min(len(piece["pitch"]), offset + length)
+    pitch = piece["pitch"][lo:hi]
+    shift = int(np.clip(semitones, -int(pitch.min()), N_PITCHES - 1 - int(pitch.max())))
+    span = {
+        "pitch": pitch + shift,
+        "step": (piece["step"][lo:hi] * factor).astype(np.float32),
+        "duration": (piece["duration"][lo:hi] * factor).astype(np.float32),
+    }
+    # laid out as TupleWindows.sequences: row k is note lo + k - 1, row 0 the start
+    # tuple (read only when lo == 0: otherwise the window starts at row offset - lo >= 1)
+    inputs = np.concatenate(
+        [np.zeros((1, 3), np.float32), features(span["pitch"], span["step"], span["duration"])]
+    )
+    return inputs, span, offset - lo
+
+
 def make_dataset(store: StoreData, config: Any, split: str) -> TupleWindows:
-    """Stride-1 windows for train (as the tutorial), tiling windows otherwise."""
-    stride = 1 if split == "train" else config.seq_len
-    return TupleWindows(piece_arrays(store, split), config.seq_len, stride)
+    """Stride-1 windows for train (as the tutorial), tiling windows otherwise.
+
+    The train windows' augmentation draws are seeded from ``torch.initial_seed()`` at
+    construction, so the loop's seed (``train.seed``) fixes them.
+    """
+    pieces = piece_arrays(store, split)
+    if split == "train":
+        return TupleWindows(pieces, config.seq_len, 1, seed=int(torch.initial_seed() % (2**63)))
+    return TupleWindows(pieces, config.seq_len, config.seq_len)
 
 
 def baseline(store: StoreData, config: Any) -> dict[str, float]:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.core.params import require
-from pipeline.modeling.base import ModelSpec, register
+from pipeline.modeling.base import Baseline, ModelSpec, Objective, register
 from pipeline.modeling.tuples import N_PITCHES, baseline, make_dataset
 
 
@@ -134,5 +134,19 @@ SPEC = register(
         model_cls=NoteLSTM,
         make_dataset=make_dataset,
         baseline=baseline,
+        objective=Objective(
+            name="pitch_nll",
+            kind="likelihood",
+            unit="nats per note",
+            description=(
+                "cross-entropy of each note's pitch given the previous notes (pitch, step, "
+                "duration); step and duration are regressed and not part of it"
+            ),
+            baseline=Baseline(
+                key="baseline_nll",
+                name="pitch_nll",
+                description="unigram pitch distribution of the train split (add-one)",
+            ),
+        ),
     )
 )
