@@ -41,6 +41,7 @@ REGISTRY: Registry[Source] = Registry(
         "maestro": "pipeline.sources.maestro",
         "lakh": "pipeline.sources.lakh",
         "folder": "pipeline.sources.folder",
+        "jsb": "pipeline.sources.jsb",
     },
 )
 register = REGISTRY.register
@@ -49,7 +50,9 @@ names = REGISTRY.names
 
 
 def fetch_command(
-    source: Annotated[str, typer.Argument(help="Source name: corpus, maestro, lakh or folder.")],
+    source: Annotated[
+        str, typer.Argument(help="Source name: corpus, maestro, lakh, folder or jsb.")
+    ],
     out: Annotated[Path, typer.Option(help="Folder to fill (replaced atomically).")],
     params: Annotated[Path, typer.Option("--params", help="params.yaml to read.")] = PARAMS_FILE,
 ) -> None:
