@@ -331,8 +331,8 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     (a bound, nats per cell), ``rnn.test_pitch_nll`` (nats per note),
     ``transformer.test_nll`` (nats per token), ``biaxial.test_play_nll`` and
     ``poph.test_play_nll`` (nats per pitch-step); its baseline when the spec names one
-    of a comparable kind (``baseline_nll``, ``baseline_pitch_nll``,
-    ``baseline_play_nll``; none for the autoencoder); how far the generated clips'
+    of a comparable kind (``baseline_denoising_bce``, ``baseline_nll``,
+    ``baseline_pitch_nll``, ``baseline_play_nll``); how far the generated clips'
     musical metrics are from the real ones (mean overlapping area, higher is closer, and
     mean KL divergence, lower is closer; Yang & Lerch 2018) and three generated means.
     Nested under the model's name so `dvc exp show` columns read

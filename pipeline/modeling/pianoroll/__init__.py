@@ -287,13 +287,55 @@ def make_windows(
     return PianorollWindows(pieces, window_frames, n_pitches, random_offsets=False)
 
 
-def pitch_rates(pieces: SparsePieces, n_pitches: int) -> np.ndarray:
-    """Fraction of frames in which each pitch is active, over all pieces."""
+def active_per_pitch(pieces: SparsePieces, n_pitches: int) -> np.ndarray:
+    """Number of active cells of each pitch, over all pieces."""
     counts = np.zeros(n_pitches, dtype=np.float64)
     for pitches in pieces.pitches:
         counts += np.bincount(pitches, minlength=n_pitches)
+    return counts
+
+
+def pitch_rates(pieces: SparsePieces, n_pitches: int) -> np.ndarray:
+    """Fraction of frames in which each pitch is active, over all pieces."""
     total = float(pieces.n_frames.sum())
+    counts = active_per_pitch(pieces, n_pitches)
     return counts / total if total else np.full(n_pitches, np.nan)
+
+
+@dataclass(frozen=True)
+class CellCounts:
+    """What a per-pitch baseline needs: train rates and the test cells it is scored on.
+
+    The test cells are the frames up to each piece's last active frame, as the
+    evaluation windows' masks count them.
+    """
+
+    rates: np.ndarray  # P(active) of each pitch in a train frame, in [EPS, 1 - EPS]
+    active: np.ndarray  # active test cells of each pitch
+    inactive: np.ndarray  # silent test cells of each pitch
+    n_cells: float  # all test cells
+
+
+def cell_counts(store: StoreData, min_pitch: int, n_pitches: int) -> CellCounts | None:
+    """Train rates and test counts of the store; None when train or test is empty."""
+    train = split_pieces(store, "train", min_pitch, n_pitches)
+    test = split_pieces(store, "test", min_pitch, n_pitches)
+    n_cells = float(test.n_frames.sum()) * n_pitches
+    if not train.piece_ids or n_cells == 0:
+        log.warning("pianoroll baseline: empty train or test split; returning NaN")
+        return None
+    rates = np.clip(pitch_rates(train, n_pitches), BASELINE_EPS, 1 - BASELINE_EPS)
+    active = active_per_pitch(test, n_pitches)
+    return CellCounts(rates, active, test.n_frames.sum() - active, n_cells)
+
+
+def bernoulli_numbers(counts: CellCounts | None) -> dict[str, float]:
+    """``baseline_nll`` and ``baseline_density`` of `bernoulli_baseline` from `counts`."""
+    if counts is None:
+        return {"baseline_nll": float("nan"), "baseline_density": float("nan")}
+    p, active = counts.rates, counts.active
+    bce = -(active * np.log(p) + counts.inactive * np.log1p(-p)).sum() / counts.n_cells
+    return {"baseline_nll": float(bce), "baseline_density": float(active.sum() / counts.n_cells)}
 
 
 def bernoulli_baseline(store: StoreData, min_pitch: int, n_pitches: int) -> dict[str, float]:
@@ -301,22 +343,9 @@ def bernoulli_baseline(store: StoreData, min_pitch: int, n_pitches: int) -> dict
 
     Each pitch is predicted active in every test frame with the probability it is
     active in a train frame (clipped into [BASELINE_EPS, 1 - BASELINE_EPS]); the mean
-    BCE over all test cells (frames up to each piece's last active frame, as the
-    evaluation windows' masks count them) is ``baseline_nll``.
+    BCE over all test cells (`CellCounts`) is ``baseline_nll``.
     """
-    train = split_pieces(store, "train", min_pitch, n_pitches)
-    test = split_pieces(store, "test", min_pitch, n_pitches)
-    n_cells = float(test.n_frames.sum()) * n_pitches
-    if not train.piece_ids or n_cells == 0:
-        log.warning("pianoroll baseline: empty train or test split; returning NaN")
-        return {"baseline_nll": float("nan"), "baseline_density": float("nan")}
-    p = np.clip(pitch_rates(train, n_pitches), BASELINE_EPS, 1 - BASELINE_EPS)
-    active = np.zeros(n_pitches, dtype=np.float64)
-    for pitches in test.pitches:
-        active += np.bincount(pitches, minlength=n_pitches)
-    inactive = test.n_frames.sum() - active
-    bce = -(active * np.log(p) + inactive * np.log1p(-p)).sum() / n_cells
-    return {"baseline_nll": float(bce), "baseline_density": float(active.sum() / n_cells)}
+    return bernoulli_numbers(cell_counts(store, min_pitch, n_pitches))
 
 
 def store_pitch_range(store: StoreData) -> tuple[int, int, float]:

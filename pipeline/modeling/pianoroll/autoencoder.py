@@ -52,15 +52,14 @@ from pipeline.modeling.pianoroll import (
     INITIAL_DENSITY,
     ConvDecoder,
     ConvEncoder,
-    baseline,
+    bernoulli_numbers,
+    cell_counts,
     check_prepared,
     make_dataset,
     masked_bce,
     pad_pitches,
     padded_pitches,
-    pitch_rates,
     prepare,
-    split_pieces,
     store_pitch_range,
     validate_backbone,
 )
@@ -155,31 +154,23 @@ def denoising_baseline(store: StoreData, config: Config) -> dict[str, float]:
     d = ``drop_prob``, add a = ``add_prob``), sees only the corrupted cell x~ and
     predicts P(clean = 1 | x~) by Bayes: q1 = p(1-d) / (p(1-d) + (1-p)a) when x~ = 1,
     q0 = pd / (pd + (1-p)(1-a)) when x~ = 0. Its expected BCE over the test cells
-    (exact over the corruption, no sampling; the cells `bernoulli_baseline` counts) is
+    (exact over the corruption, no sampling; the cells of `CellCounts`) is
     ``baseline_denoising_bce``. The network beats it only by using context (other
     cells and frames), not the corruption's statistics alone. The per-pitch Bernoulli
     NLL (no input at all) stays beside it as ``baseline_nll``, another kind.
     """
     import numpy as np
 
-    result = baseline(store, config)
-    min_pitch, n_pitches, _ = store_pitch_range(store)
-    train = split_pieces(store, "train", min_pitch, n_pitches)
-    test = split_pieces(store, "test", min_pitch, n_pitches)
-    n_cells = float(test.n_frames.sum()) * n_pitches
-    if not train.piece_ids or n_cells == 0:
+    counts = cell_counts(store, *store_pitch_range(store)[:2])
+    result = bernoulli_numbers(counts)
+    if counts is None:
         return {**result, "baseline_denoising_bce": float("nan")}
-    p = np.clip(pitch_rates(train, n_pitches), BASELINE_EPS, 1 - BASELINE_EPS)
-    d, a = config.drop_prob, config.add_prob
+    p, d, a = counts.rates, config.drop_prob, config.add_prob
     q1 = np.clip(p * (1 - d) / (p * (1 - d) + (1 - p) * a), BASELINE_EPS, 1 - BASELINE_EPS)
     q0 = np.clip(p * d / (p * d + (1 - p) * (1 - a)), BASELINE_EPS, 1 - BASELINE_EPS)
     on = -((1 - d) * np.log(q1) + d * np.log(q0))  # clean cell active
     off = -(a * np.log1p(-q1) + (1 - a) * np.log1p(-q0))  # clean cell silent
-    active = np.zeros(n_pitches, dtype=np.float64)
-    for pitches in test.pitches:
-        active += np.bincount(pitches, minlength=n_pitches)
-    inactive = test.n_frames.sum() - active
-    total = float((active * on + inactive * off).sum() / n_cells)
+    total = float((counts.active * on + counts.inactive * off).sum() / counts.n_cells)
     return {**result, "baseline_denoising_bce": total}
 
 
