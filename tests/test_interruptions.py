@@ -83,6 +83,11 @@ TRAIN_PARAMS = {
         "checkpoint_every": 10,
         "num_threads": 1,
         "augment": shipped("train")["augment"],
+        "precision": "fp32",
+        "nproc_per_node": 1,
+        "nnodes": 1,
+        "node_rank": 0,
+        "rdzv_endpoint": "",
     },
     "models": {"rnn": {**shipped("models.rnn"), "seq_len": 16, "hidden_size": 32, "train": {}}},
 }

@@ -157,6 +157,19 @@ class TrainParams:
     checkpoint_every: int
     num_threads: int  # torch CPU threads; 0 = torch's default
     augment: Augment  # train-time transpositions and time stretches
+    precision: Literal["fp32", "bf16"]  # bf16: autocast of forward and loss; fp32 weights
+    # torch.distributed.run launch (`pipeline.modeling.train`): processes per machine,
+    # machines, this machine's index, and the machine-0 "host:port" all machines meet at
+    # ("" with one machine: a free local port)
+    nproc_per_node: int
+    nnodes: int
+    node_rank: int
+    rdzv_endpoint: str
+
+    @property
+    def n_processes(self) -> int:
+        """Processes the run asks for over all machines (the DDP world size)."""
+        return self.nproc_per_node * self.nnodes
 
     def validate(self) -> None:
         require(self.batch_size > 0, "batch_size must be > 0")
@@ -165,6 +178,23 @@ class TrainParams:
         require(self.eval_every > 0, "eval_every must be > 0")
         require(self.eval_batches >= 0, "eval_batches must be >= 0 (0 = the whole split)")
         require(self.checkpoint_every > 0, "checkpoint_every must be > 0")
+        require(self.nproc_per_node >= 1, "nproc_per_node must be >= 1")
+        require(self.nnodes >= 1, "nnodes must be >= 1")
+        require(
+            0 <= self.node_rank < self.nnodes,
+            f"node_rank must be in 0..nnodes-1 (nnodes is {self.nnodes}), got {self.node_rank}",
+        )
+        endpoint = self.rdzv_endpoint
+        host, _, port = endpoint.rpartition(":")
+        require(
+            endpoint == "" or (bool(host) and port.isdigit()),
+            f"rdzv_endpoint must be 'host:port' or empty, got {endpoint!r}",
+        )
+        require(
+            self.nnodes == 1 or bool(endpoint),
+            "rdzv_endpoint is required when nnodes > 1: 'host:port' of machine node_rank 0, "
+            "reachable from every machine",
+        )
 
 
 class GenerateError(RuntimeError):

@@ -24,9 +24,15 @@ so this loop only moves batches, steps the optimizer, evaluates, logs and saves:
   resumes from it and ends with the same weights as an uninterrupted run;
 * dvclive curves under ``live_dir`` (train terms averaged since the last
   evaluation, validation terms, learning rate), never touching git or dvc.yaml;
-* under ``torchrun`` (``WORLD_SIZE > 1``) DistributedDataParallel with gloo on CPU or
-  nccl on CUDA: each rank reads its DistributedSampler shard of every epoch, and only
-  rank 0 evaluates, logs and writes files (decisions are broadcast).
+* ``train.precision: bf16``: the forward pass (which computes the loss) of training
+  and validation steps runs under ``torch.autocast(dtype=bfloat16)``; weights,
+  gradients, optimizer state and checkpoints stay fp32, and bf16 needs no loss scaling;
+* under ``torch.distributed.run`` (``WORLD_SIZE > 1``; `pipeline.modeling.train`
+  launches it from ``train.nproc_per_node``/``nnodes``, or a person runs ``torchrun``)
+  DistributedDataParallel with gloo on CPU or nccl on CUDA: each rank reads its
+  DistributedSampler shard of every epoch; rank 0 reads last.pt and hands it to every
+  rank, and only rank 0 evaluates, logs and writes files (decisions are broadcast, the
+  logged training terms are means over all ranks).
 
 Optional model hooks: ``set_step(step)`` is called before each training step (e.g.
 the VAE's KL annealing); a forward output ``n_units`` (the number of scored cells,
@@ -36,6 +42,7 @@ unit, and is not logged as a term.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -62,8 +69,19 @@ log = logging.getLogger(__name__)
 
 MIN_LR_FRACTION = 0.1  # cosine decay ends at this fraction of learning_rate
 WEIGHT_KEY = "n_units"  # optional forward output: batch weight, not a logged term
-# Train params that do not change the result: a checkpoint resumes across them.
-RESUME_INDEPENDENT = ("checkpoint_every", "num_threads", "device")
+# Train params that do not change the result: a checkpoint resumes across them. The
+# launch keys only request processes: the world size they give is fingerprinted itself
+# (it sets the global batch), and node_rank and rdzv_endpoint differ between machines
+# and restarts of one run. precision is not here: bf16 and fp32 steps differ.
+RESUME_INDEPENDENT = (
+    "checkpoint_every",
+    "num_threads",
+    "device",
+    "nproc_per_node",
+    "nnodes",
+    "node_rank",
+    "rdzv_endpoint",
+)
 
 
 class FitError(RuntimeError):
@@ -199,9 +217,14 @@ def _fit(
         "repr_params": describe(store.params),
         "train_params": dataclasses.asdict(tp),
     }
-    fingerprint = {**_fingerprint(header), "code": code_digest(spec), "data": store_digest(store)}
+    fingerprint = {
+        **_fingerprint(header),
+        "code": code_digest(spec),
+        "data": store_digest(store),
+        "world_size": dist.world_size,
+    }
 
-    state = _resumable(out_dir / "last.pt", spec.name, fingerprint) if resume else None
+    state = _resume_state(out_dir / "last.pt", spec.name, fingerprint, dist) if resume else None
     step, best, best_step, bad_evals, elapsed_before, finished = 0, math.inf, 0, 0, 0.0, False
     stopped_early = False
     if state is not None:
@@ -256,7 +279,8 @@ def _fit(
             net.train()
             if callable(set_step):
                 set_step(step)
-            out = net(batch)
+            with autocast(tp.precision, device):
+                out = net(batch)
             loss = out["loss"]
             if not torch.isfinite(loss.detach()).all():
                 raise FitError(
@@ -278,10 +302,11 @@ def _fit(
             last_step = step >= tp.max_steps
             if step % tp.eval_every == 0 or last_step:
                 val = (
-                    evaluate_loader(model, val_loader, None, device, tp.seed)
+                    evaluate_loader(model, val_loader, None, device, tp.seed, tp.precision)
                     if dist.is_main and len(val_data)
                     else {}
                 )
+                sums, weight_sum = _sum_over_ranks(sums, weight_sum, dist, device)
                 val_loss = _broadcast(val.get("loss", math.nan), dist, device)
                 improved = len(val_data) > 0 and val_loss < best
                 if improved:
@@ -308,7 +333,7 @@ def _fit(
                         )
                 if live is not None:
                     _log_live(live, step, sums, weight_sum, val, scheduler.get_last_lr()[0])
-                log.info(
+                (log.info if dist.is_main else log.debug)(
                     "%s step %d: train loss %.4f, val loss %.4f",
                     spec.name,
                     step,
@@ -384,6 +409,21 @@ def scalar_terms(out: dict[str, Any]) -> dict[str, float]:
     return terms
 
 
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The context of a forward pass in `precision` (``train.precision``) on `device`.
+
+    ``bf16``: ``torch.autocast`` with bfloat16, on CPU as on CUDA: matmuls, linear
+    layers, convolutions and LSTMs run in bf16, log-softmax and the losses in fp32
+    (tests/modeling/test_precision.py says what each model runs in which). ``fp32``: no
+    context at all, so the default run computes exactly what it computed before.
+    """
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision != "fp32":
+        raise FitError(f"train.precision must be fp32 or bf16, got {precision!r}")
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
 def evaluate_loader(
     model: torch.nn.Module,
@@ -391,12 +431,14 @@ def evaluate_loader(
     max_batches: int | None,
     device: torch.device,
     seed: int,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Weighted mean of every scalar forward term over `max_batches` batches (None: all).
 
     Runs in eval mode under a forked RNG seeded with `seed`, so stochastic terms (the
     VAE's sampled code, the autoencoder's corruption) are the same at every call and
-    the caller's random stream is untouched.
+    the caller's random stream is untouched. `precision` is the training run's (its
+    validation steps run as its training steps do); the evaluate stage scores in fp32.
     """
     was_training = model.training
     model.eval()
@@ -409,7 +451,8 @@ def evaluate_loader(
             for i, batch in enumerate(loader):
                 if max_batches is not None and i >= max_batches:
                     break
-                out = model(_to_device(batch, device))
+                with autocast(precision, device):
+                    out = model(_to_device(batch, device))
                 w = float(out.get(WEIGHT_KEY, _batch_size(batch)))
                 for key, value in scalar_terms(out).items():
                     sums[key] = sums.get(key, 0.0) + value * w
@@ -532,6 +575,22 @@ def _init_distributed(tp: TrainParams) -> _Dist:
     return dist
 
 
+def _sum_over_ranks(
+    sums: dict[str, float], weight: float, dist: _Dist, device: torch.device
+) -> tuple[dict[str, float], float]:
+    """`sums` and `weight` added over every rank, so that rank 0 logs the training terms
+    of the whole global batch stream, not of its own shard alone."""
+    if dist.world_size == 1:
+        return sums, weight
+    keys = sorted(sums)  # every rank runs the same model: the same terms
+    target = device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+    values = [sums[k] for k in keys] + [weight]
+    tensor = torch.tensor(values, dtype=torch.float64, device=target)
+    torch.distributed.all_reduce(tensor)
+    total = tensor.tolist()
+    return dict(zip(keys, total[:-1], strict=True)), total[-1]
+
+
 def _broadcast(value: float, dist: _Dist, device: torch.device) -> float:
     """Rank 0's value on every rank (so that all ranks stop at the same step)."""
     if dist.world_size == 1:
@@ -644,6 +703,23 @@ def _source_file(module: str) -> str:
 def store_digest(store: StoreData) -> dict[str, int]:
     """Row counts per split: new data under unchanged params must not resume."""
     return {split: int(len(rows)) for split, rows in sorted(store.rows.items())}
+
+
+def _resume_state(
+    path: Path, name: str, fingerprint: dict[str, Any], dist: _Dist
+) -> dict[str, Any] | None:
+    """What `_resumable` finds in rank 0's last.pt, on every rank.
+
+    Only rank 0 writes last.pt, so only its machine is sure to have it (the others need
+    no shared disk), and every rank must resume from the same step or the collectives
+    of the ranks that run more steps would wait forever.
+    """
+    state = _resumable(path, name, fingerprint) if dist.is_main else None
+    if dist.world_size == 1:
+        return state
+    box = [state]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _resumable(path: Path, name: str, fingerprint: dict[str, Any]) -> dict[str, Any] | None:

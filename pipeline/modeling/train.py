@@ -9,6 +9,15 @@ differ a lot in step cost, e.g. ``models.rnn.train: {max_steps: 1500}``), and an
 optional ``representation`` key (read by dvc.yaml's foreach) must name the store
 the model reads.
 
+Several processes: when ``train.nproc_per_node * train.nnodes > 1`` and this process
+is not already a launched rank (no ``WORLD_SIZE`` in the environment), the command
+launches itself, the same arguments, once per rank through torch's own launcher
+(``torch.distributed.run``, the engine of ``torchrun``, run in this process) and waits;
+rank 0 writes the outputs (`pipeline.modeling.fit`). So dvc.yaml's command stays
+``etude train <model> ...`` and ``dvc exp run -S train.nproc_per_node=8`` trains on
+eight GPUs. A person may still wrap the command in ``torchrun`` by hand (then the
+environment decides the world size and the launch keys are not read).
+
 Training loads base, fit, checkpoint, this module, the model's family ``__init__``
 and the model's own module, never any sampling code (``etude generate`` and
 ``etude interpolate`` live in `pipeline.modeling.generate`).
@@ -18,8 +27,14 @@ Torch is imported inside the command so that ``etude --help`` stays fast.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -34,6 +49,9 @@ if TYPE_CHECKING:
     from pipeline.modeling.base import ModelSpec, StoreData, TrainParams
 
 log = logging.getLogger(__name__)
+
+# set by the launcher for its ranks: the pid they must not outlive
+LAUNCHER_PID_ENV = "ETUDE_LAUNCHER_PID"
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read.")]
 NameArg = Annotated[str, typer.Argument(help="Model name (a key of params.yaml `models`).")]
@@ -109,6 +127,10 @@ def train_command(
         Path | None, typer.Option(help="Curves folder (default: reports/train/<name>).")
     ] = None,
     fresh: Annotated[bool, typer.Option(help="Ignore OUT/last.pt and start over.")] = False,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Replaces train.seed (several seeds of one model: one OUT each)."),
+    ] = None,
     params: ParamsOpt = PARAMS_FILE,
 ) -> None:
     """Train model NAME; writes OUT/model.pt (best), OUT/last.pt (resumable), LIVE/."""
@@ -117,7 +139,12 @@ def train_command(
     from pipeline.representations import RepresentError
 
     with user_errors(FitError, CheckpointError, RepresentError):
-        summary = run_training(name, store, out, live, params, resume=not fresh)
+        summary = run_training(name, store, out, live, params, resume=not fresh, seed=seed)
+        if summary is None:
+            typer.echo(f"{name}: this machine's ranks finished; node 0 wrote the outputs")
+            return
+        if os.environ.get("RANK", "0") != "0" or LAUNCHER_PID_ENV in os.environ:
+            return  # one line per run: the launcher's, or rank 0's under a hand-run torchrun
         typer.echo(
             f"{name}: {summary['steps']} steps, best validation loss "
             f"{summary['best_val_loss']}, {summary['wall_time_s']:.0f} s"
@@ -131,18 +158,139 @@ def run_training(
     live: Path | None,
     params: Path = PARAMS_FILE,
     resume: bool = True,
-) -> dict[str, Any]:
-    """Load params and store, fit, write ``LIVE/summary.json``; returns the summary."""
+    seed: int | None = None,
+) -> dict[str, Any] | None:
+    """Load params and store, fit, write ``LIVE/summary.json``; returns the summary.
+
+    ``seed`` replaces ``train.seed`` (benchmarks train one model under several seeds,
+    each into its own OUT; the seed is in the stage's command, so DVC tracks it).
+    When the train params ask for several processes, `launch` runs them; the summary
+    is then rank 0's, and None on the other machines (they write nothing).
+    """
     from pipeline.core.io import write_json
     from pipeline.modeling.fit import fit
 
     spec = model_spec(name)
     config, train = load_train_params(name, params)
+    if seed is not None:
+        train = dataclasses.replace(train, seed=seed)
     store = store or PROCESSED / spec.representation
     out = out or MODELS / name
     live = live or REPORTS / "train" / name
+    if train.n_processes > 1 and "WORLD_SIZE" not in os.environ:
+        argv = ["train", name, "--store", store, "--out", out, "--live", live, "--params", params]
+        argv += [*(["--seed", seed] if seed is not None else []), *([] if resume else ["--fresh"])]
+        launch(name, train, [str(a) for a in argv])
+        return json.loads((live / "summary.json").read_text()) if train.node_rank == 0 else None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if train.n_processes > 1 and world != train.n_processes:
+        log.warning(
+            "train.nproc_per_node * nnodes asks for %d processes; this is one of %d ranks "
+            "that a launcher started, which the run follows",
+            train.n_processes,
+            world,
+        )
+    exit_with_launcher()
     data = load_store_for(spec, store)
     summary = fit(spec, config, train, data, out, live, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
         write_json(live / "summary.json", summary)
     return summary
+
+
+# --------------------------------------------------------------------------------------
+# Launching several processes
+
+
+def launch(name: str, train: TrainParams, argv: list[str]) -> None:
+    """Run ``python -m pipeline <argv>`` as this machine's ranks and wait for them.
+
+    The launcher is torch.distributed.run itself (``torchrun``'s engine), called in
+    this process with the arguments a person would give ``torchrun``: one machine
+    without an endpoint gets ``--standalone`` (a rendezvous on a free local port, so
+    several runs never collide); several machines meet at ``train.rdzv_endpoint``
+    (static rendezvous: ``train.node_rank`` is the machine's index, and node 0, which
+    hosts the endpoint, holds global rank 0 and so the outputs). No restarts: a
+    failed rank ends the run, and a rerun resumes from OUT/last.pt.
+
+    Raises:
+        FitError: a rank failed (its own error is printed above), a signal stopped the
+            run, or the machines did not meet.
+    """
+    from torch.distributed import DistError
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import RendezvousError
+
+    from pipeline.modeling.fit import FitError
+
+    args = ["--nproc-per-node", str(train.nproc_per_node), "--nnodes", str(train.nnodes)]
+    args += ["--node-rank", str(train.node_rank), "--max-restarts", "0"]
+    if train.rdzv_endpoint:
+        args += ["--rdzv-backend", "static", "--rdzv-endpoint", train.rdzv_endpoint]
+    else:
+        args.append("--standalone")
+    args += ["--module", "pipeline", *argv]
+    log.info("%s: launching %d processes: torchrun %s", name, train.nproc_per_node, " ".join(args))
+    # the ranks inherit this environment: the pid to die with, and train.num_threads as
+    # OMP_NUM_THREADS (torchrun would set 1 with a warning banner)
+    env = {LAUNCHER_PID_ENV: str(os.getpid())}
+    if train.num_threads > 0 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(train.num_threads)
+    os.environ.update(env)
+    try:
+        torchrun.run(torchrun.parse_args(args))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        how = (
+            f"was killed by signal {-failure.exitcode}"
+            if failure.exitcode < 0
+            else f"exited with code {failure.exitcode}"
+        )
+        raise FitError(
+            f"{name}: rank {rank} of {train.n_processes} {how} (its error is above); "
+            "every rank was stopped, and a rerun resumes from the last checkpoint"
+        ) from None
+    except SignalException as exc:  # SIGINT, SIGTERM, ...: torch stopped the ranks
+        raise FitError(
+            f"{name}: stopped by {signal.Signals(exc.sigval).name} with every rank; "
+            "a rerun resumes from the last checkpoint"
+        ) from None
+    except (RendezvousError, DistError) as exc:  # DistNetworkError: endpoint unreachable
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise FitError(
+            f"{name}: the {train.nnodes} machines did not meet at train.rdzv_endpoint "
+            f"{train.rdzv_endpoint!r} ({first})"
+        ) from None
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+
+
+def exit_with_launcher() -> None:
+    """Make a rank of `launch` die with the launcher, however the launcher ends.
+
+    torch.distributed.run starts each rank in a session of its own, so a SIGKILL of
+    the launcher (or of `dvc repro`'s process group) would leave the ranks training,
+    and writing OUT, beside a rerun. Linux: the kernel sends SIGKILL when the parent
+    dies (``PR_SET_PDEATHSIG``); elsewhere a thread checks the parent every second.
+    """
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    if not launcher:
+        return
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+    else:
+
+        def watch() -> None:
+            while os.getppid() == int(launcher):
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="exit-with-launcher", daemon=True).start()
+    if os.getppid() != int(launcher):  # it died before the kernel was told
+        os._exit(1)

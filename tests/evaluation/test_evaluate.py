@@ -196,6 +196,11 @@ def test_evaluate_command_writes_metrics_and_samples(stores: Path, tmp_path: Pat
         checkpoint_every=2,
         num_threads=1,
         augment=base.Augment((0,), (1.0,)),
+        precision="fp32",
+        nproc_per_node=1,
+        nnodes=1,
+        node_rank=0,
+        rdzv_endpoint="",
     )
     fit(
         spec,

@@ -374,6 +374,11 @@ def train_params(**kw: Any) -> TrainParams:
         checkpoint_every=2,
         num_threads=1,
         augment=RECIPE,
+        precision="fp32",
+        nproc_per_node=1,
+        nnodes=1,
+        node_rank=0,
+        rdzv_endpoint="",
     )
     return TrainParams(**{**values, **kw})
 

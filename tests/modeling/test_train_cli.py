@@ -42,6 +42,11 @@ PARAMS = {
         "checkpoint_every": 2,
         "num_threads": 1,
         "augment": shipped("train")["augment"],
+        "precision": "fp32",
+        "nproc_per_node": 1,
+        "nnodes": 1,
+        "node_rank": 0,
+        "rdzv_endpoint": "",
     },
     "models": {  # the shipped sections, made tiny
         "rnn": {
