@@ -28,7 +28,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("pipeline.modeling.generate", "generate_command"),
     "interpolate": ("pipeline.modeling.generate", "interpolate_command"),
     "evaluate": ("pipeline.evaluation.evaluate", "evaluate_command"),
+    "frames": ("pipeline.evaluation.frames", "frames_command"),
     "report": ("pipeline.report", "report_command"),
+    "table": ("pipeline.report.table", "table_command"),
 }
 
 

@@ -274,7 +274,7 @@ def test_report_on_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     out = tmp_path / "site" / "index.html"
     argv = ["report", "--reports", str(reports), "--out", str(out)]
     params = tmp_path / "params.yaml"
-    params.write_text("report: {fake_pairs: 0, seed: 0}\n")
+    params.write_text("report: {fake_pairs: 0, seed: 0, benchmarks: []}\n")
     argv += ["--params", str(params)]
     assert runner.invoke(app, argv).exit_code == 0
     before = snapshot(out.parent)

@@ -12,17 +12,41 @@ cannot score the data (an infinite NLL would hide a misconfigured window). Insid
 window a probability of exactly 0 for a sounding key (or 1 for a silent one) gives an
 infinite NLL, as it should; clip the probabilities first if a model saturates.
 
-Pure numpy functions, no model code: callers turn their predictions into per-frame
-probabilities. ``random_baseline`` (p = 1/2 everywhere) is 88 ln 2 = 60.9970 nats.
+The metric itself is pure numpy (`frame_nll`, `note_unigram_baseline`,
+`random_baseline`; ``random_baseline``, p = 1/2 everywhere, is 88 ln 2 = 60.9970 nats).
+The ``frames`` stage below (``etude frames <model>``, used by the JSB Chorales
+benchmark, ``benchmarks/jsb``) scores a trained model with it: each model family that
+defines a probability of frames has a ``pipeline.modeling.<store>.frames`` module
+(prv: exact, every piece scored whole; events: an upper bound), and a model without
+one is refused with a message saying so.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import importlib.util
+import logging
 import math
-from collections.abc import Sequence
+import os
+import platform
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
+import typer
 from scipy.special import xlogy
+
+from pipeline.core.config import PARAMS_FILE
+from pipeline.core.params import require
+from pipeline.core.stage_utils import user_errors
+
+if TYPE_CHECKING:
+    from pipeline.modeling.base import ModelSpec, StoreData
+
+log = logging.getLogger(__name__)
 
 KEY_LOW = 21  # A0
 KEY_HIGH = 108  # C8
@@ -55,15 +79,22 @@ def _check_roll(roll: np.ndarray, i: int) -> np.ndarray:
 
 
 def frame_nll(
-    probs: Sequence[np.ndarray], rolls: Sequence[np.ndarray], *, min_pitch: int = KEY_LOW
+    probs: Sequence[np.ndarray],
+    rolls: Sequence[np.ndarray],
+    *,
+    min_pitch: int = KEY_LOW,
+    logits: bool = False,
 ) -> float:
     """Pooled NLL in nats per frame (summed over the 88 keys) of `rolls` under `probs`.
 
     Args:
         probs: per piece, ``(frames, K)`` probabilities in [0, 1] that each key of the
-            model's window, MIDI ``min_pitch .. min_pitch + K - 1``, sounds in that frame.
+            model's window, MIDI ``min_pitch .. min_pitch + K - 1``, sounds in that frame;
+            with ``logits=True``, their logits (any real number) instead.
         rolls: per piece, the ``(frames, 88)`` boolean roll over MIDI 21-108.
         min_pitch: the lowest MIDI pitch of the window (21 = all 88 keys when K = 88).
+        logits: score logits directly (``log sigmoid`` without forming a probability,
+            so a confident model is not rounded to probability 1 and an infinite NLL).
 
     Raises:
         FrameError: mismatched shapes or counts, a window reaching past the 88 keys,
@@ -84,7 +115,10 @@ def frame_nll(
             raise FrameError(
                 f"window MIDI {min_pitch}-{min_pitch + p.shape[1] - 1} reaches past the 88 keys"
             )
-        if not np.all((p >= 0) & (p <= 1)):  # also catches NaN
+        if logits:
+            if not np.all(np.isfinite(p)):
+                raise FrameError(f"piece {i}: logits must be finite")
+        elif not np.all((p >= 0) & (p <= 1)):  # also catches NaN
             raise FrameError(f"piece {i}: probabilities outside [0, 1] (or NaN)")
         outside = roll.copy()
         outside[:, lo:hi] = False
@@ -95,6 +129,10 @@ def frame_nll(
                 f"{min_pitch}-{min_pitch + p.shape[1] - 1} (probability 0)"
             )
         y = roll[:, lo:hi]
+        if logits:  # -log sigmoid(z) = log(1 + e^-z) where sounding, log(1 + e^z) where not
+            total += float(np.logaddexp(0.0, np.where(y, -p, p)).sum())
+            frames += roll.shape[0]
+            continue
         with np.errstate(divide="ignore"):
             total -= float((xlogy(y, p) + xlogy(~y, 1.0 - p)).sum())
         frames += roll.shape[0]
@@ -124,3 +162,171 @@ def note_unigram_baseline(
 def random_baseline() -> float:
     """Every key sounds with probability 1/2: 88 ln 2 nats per frame, whatever the data."""
     return N_KEYS * math.log(2.0)
+
+
+# --------------------------------------------------------------------------------------
+# The `frames` stage
+
+
+UNIT = "nats per frame (88 keys)"
+
+
+@dataclass(frozen=True)
+class FramesParams:
+    """The `frames` section of params.yaml."""
+
+    split: str  # the split scored (the benchmarks' tables are on test)
+    steps_per_second: float  # the frame grid; a prv store must have the same
+    token_stride: int  # events models: tokens each sliding window moves (<= seq_len)
+    device: str  # auto, cpu or cuda
+    num_threads: int  # torch CPU threads; 0 = torch's default
+
+    def validate(self) -> None:
+        require(self.split in ("train", "validation", "test"), "split must be a split name")
+        require(self.steps_per_second > 0, "steps_per_second must be > 0")
+        require(self.token_stride >= 1, "token_stride must be >= 1")
+        require(self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda")
+        require(self.num_threads >= 0, "num_threads must be >= 0")
+
+
+def score_model(
+    spec: ModelSpec, model: Any, store: StoreData, params: FramesParams
+) -> dict[str, Any]:
+    """The frame NLL of `model` on ``params.split`` of `store`, with what it is.
+
+    Returns ``{"frame_nll", "bound", "unit", "method", "split", "pieces", "frames",
+    ...}``: prv models add ``frame_nll_windowed`` (the same model scored on
+    `etude evaluate`'s windows) and ``note_unigram`` (the per-key frequency baseline of
+    the same store); events models ``tokens`` and ``nats_per_token``.
+
+    Raises:
+        FrameError: the model's family has no frame probability, or its store's grid
+            is not ``frames.steps_per_second``.
+    """
+    family = f"pipeline.modeling.{spec.representation}.frames"
+    if importlib.util.find_spec(family) is None:
+        raise FrameError(
+            f"model {spec.name!r} ({spec.representation} store) defines no probability of "
+            "frames (prv and events models do)"
+        )
+    module = importlib.import_module(family)
+    split = params.split
+    if spec.representation == "prv":
+        try:  # params without a grid, another pitch window, a missing split: one line
+            _, _, grid = module.store_prv_params(store)
+            if abs(grid - params.steps_per_second) > 1e-9:
+                raise FrameError(
+                    f"prv store {store.path or '(in memory)'} has steps_per_second {grid}, "
+                    f"but frames.steps_per_second is {params.steps_per_second}: "
+                    "one frame per step needed"
+                )
+            with _eval_mode(model):
+                scored = module.play_logits(model, store, split)
+            train_rolls = module.split_rolls(store, "train")
+        except (ValueError, KeyError) as exc:
+            raise FrameError(_message(exc)) from exc
+        rolls = scored.rolls
+        kw = {"min_pitch": scored.min_pitch, "logits": True}
+        return {
+            "frame_nll": frame_nll(scored.whole, rolls, **kw),
+            "frame_nll_windowed": frame_nll(scored.windowed, rolls, **kw),
+            "note_unigram": note_unigram_baseline(train_rolls, rolls),
+            "bound": False,
+            "method": "exact: play probabilities of each pitch given earlier steps and "
+            "lower pitches, each piece scored whole from its first step",
+            "pieces": len(rolls),
+            "frames": int(sum(len(r) for r in rolls)),
+            "split": split,
+            "unit": UNIT,
+        }
+    try:  # no duration column, a stride past seq_len, a missing split
+        with _eval_mode(model):
+            bound = module.frame_bound(
+                model, store, split, params.steps_per_second, params.token_stride
+            )
+    except (ValueError, KeyError) as exc:
+        raise FrameError(_message(exc)) from exc
+    if bound.frames == 0:
+        raise FrameError(f"{split}: no frames to score")
+    return {
+        "frame_nll": bound.nats / bound.frames,
+        "bound": True,
+        "method": "upper bound: the event sequence's NLL divided by the piece's frames "
+        f"(sliding windows, stride {params.token_stride} tokens)",
+        "nats_per_token": bound.nats / max(1, bound.tokens),
+        "tokens": bound.tokens,
+        "pieces": bound.pieces,
+        "frames": bound.frames,
+        "split": split,
+        "unit": UNIT,
+    }
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """Score without dropout (a model in training mode would give a random number)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _message(exc: BaseException) -> str:
+    """The error's text (a KeyError's own str() would add quotes around it)."""
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
+def frames_command(
+    name: Annotated[str, typer.Argument(help="Model name (its registered name).")],
+    store: Annotated[Path, typer.Option(help="The model's representation store.")],
+    model_dir: Annotated[Path, typer.Option(help="Folder of the trained model.pt.")],
+    out: Annotated[Path, typer.Option(help="Result JSON (written atomically).")],
+    params: Annotated[Path, typer.Option("--params", help="params.yaml to read.")] = PARAMS_FILE,
+) -> None:
+    """Frame NLL (nats per frame over 88 keys) of trained model NAME: exact or a bound."""
+    import torch
+
+    from pipeline.core.io import write_json
+    from pipeline.core.params import load_params
+    from pipeline.modeling.base import model_spec
+    from pipeline.modeling.checkpoint import CheckpointError, load_model, pick_device
+    from pipeline.representations import RepresentError, load_store
+
+    with user_errors(FrameError, CheckpointError, RepresentError):
+        p = load_params("frames", FramesParams, params)
+        if p.num_threads:
+            torch.set_num_threads(p.num_threads)
+        spec = model_spec(name)
+        model, spec, ckpt = load_model(model_dir / "model.pt", name, pick_device(p.device))
+        data = load_store(store, spec.representation)
+        result = {
+            "model": name,
+            "run": out.stem,
+            "seed": (ckpt.get("train_params") or {}).get("seed"),
+            "step": ckpt.get("step"),
+            **score_model(spec, model, data, p),
+            "scored_on": datetime.date.today().isoformat(),
+            "machine": machine(next(model.parameters()).device),
+        }
+        write_json(out, result)
+        kind = "upper bound" if result["bound"] else "exact"
+        typer.echo(f"{out.stem}: frame NLL {result['frame_nll']:.4f} {UNIT} ({kind}) -> {out}")
+
+
+def machine(device: Any) -> str:
+    """What ran this: CPU model and cores (or the CUDA device), for the table's record."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"

@@ -62,9 +62,14 @@ class ReportParams:
 
     fake_pairs: int  # pairs of (real, generated) clips; 0 = every pair available
     seed: int  # shuffles the pairs and which side the fake is on
+    benchmarks: list[str]  # benchmark table pages (etude table --html) shown in frames
 
     def validate(self) -> None:
         require(self.fake_pairs >= 0, "fake_pairs must be >= 0")
+        require(
+            all(str(b).endswith(".html") for b in self.benchmarks),
+            "benchmarks must list .html pages written by `etude table`",
+        )
 
 
 @dataclass
@@ -722,6 +727,33 @@ def _model_section(model: ModelReport, page_dir: Path) -> str:
     )
 
 
+def _benchmark_section(pages: Sequence[str], page_dir: Path) -> str:
+    """Each benchmark's table page (`etude table --html`) in a frame, with a link.
+
+    The page is framed, not read: a benchmark's table is an output of its own pipeline
+    (e.g. benchmarks/jsb/dvc.yaml), and a DVC dependency on it would make the main
+    `dvc repro` reproduce the whole benchmark first. The committed page is shown as it is.
+    """
+    parts = ['<h2 id="benchmarks">Benchmarks</h2>']
+    if not pages:
+        parts.append('<p class="missing">No benchmark pages listed (report.benchmarks).</p>')
+    for page in pages:
+        path = Path(page)
+        if not path.is_file():
+            parts.append(
+                f'<p class="missing">{_esc(page)}: {NOT_RUN} (dvc repro '
+                f"{_esc(path.parent.as_posix())}/dvc.yaml).</p>"
+            )
+            continue
+        href = _href(path, page_dir)
+        parts.append(
+            f'<p><a href="{href}">{_esc(page)}</a> (its own pipeline: '
+            f"<code>dvc repro {_esc(path.parent.as_posix())}/dvc.yaml</code>)</p>"
+            f'<iframe class="benchmark" src="{href}" title="{_esc(page)}"></iframe>'
+        )
+    return "\n".join(parts)
+
+
 def _data_section(reports_dir: Path, problems: list[str]) -> str:
     parts = ['<section id="data"><h2>Data</h2><h3>Stores</h3>']
     data_files = (
@@ -937,7 +969,7 @@ def build_report(
         "<h1>Etude report</h1>",
         '<nav><a href="#models">Models</a><a href="#objectives">Test numbers</a>'
         '<a href="#musical">Musical metrics</a>'
-        '<a href="#data">Data</a>'
+        '<a href="#benchmarks">Benchmarks</a><a href="#data">Data</a>'
         f'<a href="{_href(fake_path, page_dir)}">Find the fake ({len(pairs)} pairs)</a></nav>',
         '<h2 id="summary">Models</h2>',
         "<p>What each model reports on the held-out test split, and the numbers every "
@@ -955,6 +987,7 @@ def build_report(
         _musical_table(reports),
         _pitch_class_table(reports),
         *(_model_section(m, page_dir) for m in reports),
+        _benchmark_section(params.benchmarks, page_dir),
         _data_section(reports_dir, problems),
     ]
     if problems:

@@ -8,15 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.special import expit
 
+from pipeline.core.params import ParamsError, from_mapping
 from pipeline.evaluation.frames import (
     N_KEYS,
     UNIGRAM_EPS,
     FrameError,
+    FramesParams,
     frame_nll,
     note_unigram_baseline,
     random_baseline,
     roll_from_steps,
+    score_model,
 )
 
 SLICE = Path(__file__).resolve().parents[1] / "fixtures" / "jsb" / "jsb-chorales-slice.json"
@@ -139,3 +143,103 @@ def test_committed_slice_baselines() -> None:
 
 
 PINNED_SLICE_TEST = 10.611693786235627  # measured once; _unigram_by_counting agrees
+
+
+# --------------------------------------------------------------------------------------
+# logits: what the frames stage scores
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p) - np.log1p(-p)
+
+
+def test_logits_agree_with_probabilities() -> None:
+    rng = np.random.default_rng(5)
+    rolls = [roll(7, {0: [60, 64], 2: [62], 3: [55, 66], 6: [60]}), roll(3, {1: [57]})]
+    probs = [rng.uniform(0.01, 0.99, size=(len(r), 12)) for r in rolls]  # MIDI 55-66
+    by_probs = frame_nll(probs, rolls, min_pitch=55)
+    by_logits = frame_nll([_logit(p) for p in probs], rolls, min_pitch=55, logits=True)
+    assert by_logits == pytest.approx(by_probs, abs=1e-9)
+    # the hand-worked case above, as logits: ln 2 (logit 0) and -ln 0.75 (logit -ln 3)
+    z = np.array([[0.0], [-math.log(3.0)]])
+    assert frame_nll([z], [roll(2, {0: [60]})], min_pitch=60, logits=True) == pytest.approx(
+        0.4904146265058631, abs=1e-12
+    )
+
+
+def test_saturated_logits_stay_finite() -> None:
+    # frame 0: 60 sounds at logit 40 (p rounds to 1: right and certain, ~0 nats) and 61 is
+    # silent at logit 40 (p rounds to 1: the probability path says infinity; the true
+    # cost is log(1 + e^40) = 40 nats); frame 1: 60 sounds at logit -800 (p = 0 in
+    # float64; cost 800 nats), 61 silent at logit -800 (free)
+    z = np.array([[40.0, 40.0], [-800.0, -800.0]])
+    rolls = [roll(2, {0: [60], 1: [60]})]
+    probs = expit(z)
+    assert probs[0, 0] == 1.0 and probs[1, 0] == 0.0  # what the probabilities round to
+    assert frame_nll([probs], rolls, min_pitch=60) == math.inf
+    value = frame_nll([z], rolls, min_pitch=60, logits=True)
+    assert value == pytest.approx((40.0 + 800.0) / 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_logits_are_refused(bad: float) -> None:
+    z = np.zeros((2, 88))
+    z[1, 5] = bad
+    with pytest.raises(FrameError, match="piece 1: logits must be finite"):
+        frame_nll([np.zeros((1, 88)), z], [roll(1, {}), roll(2, {})], logits=True)
+
+
+# --------------------------------------------------------------------------------------
+# score_model's refusals and the frames params
+
+FRAMES = {
+    "split": "test",
+    "steps_per_second": 2,
+    "token_stride": 128,
+    "device": "auto",
+    "num_threads": 0,
+}
+
+
+def test_a_model_without_frame_probabilities_is_refused() -> None:
+    from pipeline.modeling import base
+
+    params = from_mapping(FRAMES, FramesParams, "frames")
+    with pytest.raises(FrameError, match="model 'autoencoder' .* defines no probability of frames"):
+        score_model(base.get("autoencoder"), None, None, params)
+
+
+def test_a_prv_store_on_another_grid_is_refused() -> None:
+    from types import SimpleNamespace
+
+    from pipeline.modeling import base
+    from pipeline.modeling.base import StoreData
+
+    store = StoreData(
+        rows={},
+        pieces=None,
+        params=SimpleNamespace(steps_per_second=8, min_pitch=36, n_pitches=48),
+        path=Path("data/processed/prv"),
+    )
+    params = from_mapping(FRAMES, FramesParams, "frames")
+    message = r"data/processed/prv has steps_per_second 8.0, but frames.steps_per_second is 2"
+    with pytest.raises(FrameError, match=message):
+        score_model(base.get("biaxial"), None, store, params)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("split", "valid", "split must be a split name"),
+        ("steps_per_second", 0, "steps_per_second must be > 0"),
+        ("token_stride", 0, "token_stride must be >= 1"),
+        ("device", "gpu", "device must be auto, cpu or cuda"),
+        ("num_threads", -1, "num_threads must be >= 0"),
+        ("token_stride", 1.5, "'frames.token_stride'"),
+    ],
+)
+def test_frames_params_name_the_bad_key(key: str, value: object, message: str) -> None:
+    with pytest.raises(ParamsError, match=message):
+        from_mapping({**FRAMES, key: value}, FramesParams, "frames")
+    with pytest.raises(ParamsError, match=f"missing key 'frames.{key}'"):
+        from_mapping({k: v for k, v in FRAMES.items() if k != key}, FramesParams, "frames")

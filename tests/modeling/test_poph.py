@@ -185,13 +185,29 @@ def test_octave_conv_sees_octave_related_pitches_only() -> None:
 
 def test_time_attention_is_causal() -> None:
     torch.manual_seed(0)
-    attention = TimeAttention(dim=8, heads=2, dropout=0.0).eval()
+    attention = TimeAttention(dim=8, heads=2, dropout=0.0, span=6).eval()
     h = torch.randn(3, 6, 8)
     changed = h.clone()
     changed[:, 4:] = torch.randn(3, 2, 8)  # change the future
     a, b = attention(h), attention(changed)
     torch.testing.assert_close(a[:, :4], b[:, :4])
     assert not torch.allclose(a[:, 4:], b[:, 4:])
+
+
+def test_time_attention_keeps_its_span_on_longer_inputs() -> None:
+    # trained on 4-step windows: on 10 steps, step t sees t-3..t only, so its output
+    # equals that of the 4-step window ending at t (what generation and training see)
+    torch.manual_seed(0)
+    attention = TimeAttention(dim=8, heads=2, dropout=0.0, span=4).eval()
+    h = torch.randn(2, 10, 8)
+    whole = attention(h)
+    for t in range(3, 10):
+        window = attention(h[:, t - 3 : t + 1])
+        torch.testing.assert_close(whole[:, t], window[:, -1])
+    changed = h.clone()
+    changed[:, :2] = torch.randn(2, 2, 8)  # steps 0-1 are outside step 5's span
+    torch.testing.assert_close(attention(changed)[:, 5:], whole[:, 5:])
+    assert not torch.allclose(attention(changed)[:, :2], whole[:, :2])
 
 
 def test_config_section_and_validation() -> None:

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from pipeline import report
 from pipeline.core.io import write_json
-from pipeline.core.params import default_params
+from pipeline.core.params import ParamsError, default_params, from_mapping
 from pipeline.evaluation import metrics, render
 
 DEFAULTS = default_params("report", report.ReportParams)
@@ -305,7 +305,7 @@ def test_find_the_fake_pairs(built: Path) -> None:
 
 
 def test_fake_pairs_capped_and_reproducible(reports_dir: Path, tmp_path: Path) -> None:
-    params = report.ReportParams(fake_pairs=2, seed=5)
+    params = report.ReportParams(fake_pairs=2, seed=5, benchmarks=[])
     out = report.build_report(reports_dir, tmp_path / "site" / "index.html", params=params)
     first = json.loads(parse(out.with_name("fake.html")).answers)
     assert len(first) == 2
@@ -338,7 +338,9 @@ def test_unreadable_files_are_listed_not_fatal(tmp_path: Path) -> None:
 
 def test_report_command(reports_dir: Path, tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
-    params.write_text("models:\n  rnn: {}\n  vae: {}\nreport:\n  fake_pairs: 1\n  seed: 0\n")
+    params.write_text(
+        "models:\n  rnn: {}\n  vae: {}\nreport:\n  fake_pairs: 1\n  seed: 0\n  benchmarks: []\n"
+    )
     app = typer.Typer()
     app.command()(report.report_command)
     out = tmp_path / "site" / "index.html"
@@ -347,11 +349,33 @@ def test_report_command(reports_dir: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert parse(out).row_models["models"] == ["rnn", "vae"]
     assert len(json.loads(parse(out.with_name("fake.html")).answers)) == 1
-    params.write_text("report:\n  fake_pairs: -1\n  seed: 0\n")
+    params.write_text("report:\n  fake_pairs: -1\n  seed: 0\n  benchmarks: []\n")
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1
     assert "fake_pairs must be >= 0" in result.output
     assert "Traceback" not in result.output
+
+
+def test_benchmark_pages_are_framed_and_missing_ones_named(
+    reports_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # paths in report.benchmarks are relative to the working directory (the project root)
+    monkeypatch.chdir(tmp_path)
+    page = Path("benchmarks/jsb/table.html")
+    page.parent.mkdir(parents=True)
+    page.write_text("<html><body>table</body></html>", encoding="utf-8")
+    params = report.ReportParams(
+        fake_pairs=0, seed=0, benchmarks=[str(page), "benchmarks/other/table.html"]
+    )
+    out = report.build_report(reports_dir, tmp_path / "site" / "index.html", params=params)
+    frames = [v for t, _, v in parse(out).links if t == "iframe"]
+    assert len(frames) == 1 and (out.parent / unquote(frames[0])).resolve() == page.resolve()
+    text = " ".join(parse(out).text)
+    assert "benchmarks/other/table.html: not run yet" in text
+    with pytest.raises(ParamsError, match="benchmarks"):
+        from_mapping(
+            {"fake_pairs": 0, "seed": 0, "benchmarks": ["x.json"]}, report.ReportParams, "report"
+        )
 
 
 def test_dvc_plots_template_is_offline_and_complete() -> None:

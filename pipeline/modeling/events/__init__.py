@@ -40,6 +40,11 @@ BIGRAM_PRIOR_COUNT = 10.0
 
 def _piece_tokens(store: StoreData, split: str) -> list[np.ndarray]:
     """Token arrays (int64) of one split's pieces, checked against the vocabulary."""
+    return [tokens for _, tokens in split_tokens(store, split)]
+
+
+def split_tokens(store: StoreData, split: str) -> list[tuple[str, np.ndarray]]:
+    """(piece_id, int64 tokens) of one split's pieces of >= 2 tokens, checked."""
     if split not in store.rows:
         raise KeyError(f"events store {store.path or ''}: no '{split}' split")
     rows = store.rows[split]
@@ -54,7 +59,7 @@ def _piece_tokens(store: StoreData, split: str) -> list[np.ndarray]:
                 f"ids outside 0..{VOCAB_SIZE - 1}"
             )
         if arr.size >= 2:  # a piece needs a context token and a target
-            out.append(arr)
+            out.append((str(piece_id), arr))
     return out
 
 

@@ -162,18 +162,26 @@ def harmony_loss(
 
 
 class TimeAttention(nn.Module):
-    """Causal multi-head self-attention over time with residual + LayerNorm."""
+    """Causal multi-head self-attention over time with residual + LayerNorm.
 
-    def __init__(self, dim: int, heads: int, dropout: float):
+    Step t attends to the last ``span`` steps (t - span + 1 .. t): the span training
+    windows have. Within a training window that is every earlier step; on a longer
+    input (a whole piece scored at once, `pipeline.modeling.prv.frames`) attention
+    keeps the span it was trained on, as generation does.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float, span: int):
         super().__init__()
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.norm = nn.LayerNorm(dim)
+        self.span = span
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """(N, T, D) -> (N, T, D); step t attends to steps <= t."""
+        """(N, T, D) -> (N, T, D); step t attends to steps t - span + 1 .. t."""
         t = h.size(1)
-        future = torch.ones(t, t, dtype=torch.bool, device=h.device).triu(1)
-        a, _ = self.attn(h, h, h, attn_mask=future, need_weights=False)
+        ones = torch.ones(t, t, dtype=torch.bool, device=h.device)
+        hidden = ones.triu(1) | ones.tril(-self.span)  # the future, and beyond the span
+        a, _ = self.attn(h, h, h, attn_mask=hidden, need_weights=False)
         return self.norm(h + a)
 
 
@@ -209,7 +217,7 @@ class PopH(prv.BiaxialLSTM):
         d = config.time_hidden
         in_dim = self.n_features if config.layer_order == "seed" else d
         self.octave = OctaveConv(in_dim, d, config.octave_reach, config.dropout)
-        self.attention = TimeAttention(d, config.attention_heads, config.dropout)
+        self.attention = TimeAttention(d, config.attention_heads, config.dropout, config.seq_len)
         pitch_class = (torch.arange(config.n_pitches) + config.min_pitch) % 12
         self.register_buffer("pitch_class", pitch_class, persistent=False)
         self.register_buffer("disharmony", disharmony_matrix(config.harmony_keys), persistent=False)

@@ -1,0 +1,308 @@
+"""The `table` stage: a benchmark's results beside the published ones (``etude table``).
+
+Reads the `frames` stage's results (one JSON per trained run, ``results/frames/``),
+each run's training summary (``reports/train/<run>/summary.json``, for its wall time)
+and the published rows (a YAML list, e.g. ``benchmarks/jsb/published.yaml``), and
+writes ``table.json``::
+
+    {"title", "unit", "split", "frames", "measured": {"date", "machine"},
+     "rows": [{"model", "frame_nll", "source": "etude" | "published", "citation",
+               "bound", "train_seconds"}],          # sorted by frame_nll
+     "runs": [every run's result, as the frames stage wrote it, + train_seconds]}
+
+and the same rows as a Markdown table (``table.md``, pasted into the README; a test
+checks the README's copy against table.json) and as a static page (``table.html``, in
+the report's style; the main report page shows it in a frame and links it). The main
+report does not read table.json as a DVC dependency on purpose: that would make the
+main `dvc repro` reproduce the whole benchmark first. A model trained under several seeds
+gives two rows: the median over its seeds and the best one, so a lucky seed is never
+shown alone. The prv models' results also carry the per-key frequency baseline on
+the same store, which becomes Etude's own "Note 1-Gram" row (the check that the
+metric agrees with the paper's).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.core.config import PARAMS_FILE
+from pipeline.core.params import require
+from pipeline.core.stage_utils import user_errors
+
+ROW_KEYS = ("model", "frame_nll", "source", "citation", "bound", "train_seconds")
+SOURCES = ("etude", "published")
+
+
+class TableError(ValueError):
+    """A results or published file that cannot make the table; the message names it."""
+
+
+@dataclass(frozen=True)
+class TableParams:
+    """The `table` section: how the table is titled and where Etude's rows point."""
+
+    title: str  # the table's heading
+    citation: str  # what Etude's rows cite (this benchmark's folder)
+    labels: dict[str, str]  # model name -> its row label (e.g. biaxial -> BALSTM (DeepJ))
+
+    def validate(self) -> None:
+        require(bool(self.title), "title must not be empty")
+        require(bool(self.citation), "citation must not be empty")
+
+
+def read_published(path: Path) -> list[dict[str, Any]]:
+    """The published rows of `path` (YAML list of {model, frame_nll, citation, bound})."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise TableError(f"{path}: cannot read the published rows: {exc}") from None
+    if not isinstance(data, list) or not data:
+        raise TableError(f"{path}: expected a non-empty list of rows")
+    rows = []
+    keys = {"model", "frame_nll", "citation", "bound"}
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise TableError(f"{path}: row {i} must be a mapping, got {item!r}")
+        name = f"row {i} ({item.get('model')})"
+        if set(item) != keys:
+            wrong = sorted(keys - set(item)) or sorted(set(item) - keys)
+            what = "no" if keys - set(item) else "unknown key"
+            raise TableError(
+                f"{path}: {name}: {what} {wrong[0]!r} (a row has exactly model, frame_nll, "
+                "citation, bound)"
+            )
+        if not isinstance(item["model"], str) or not item["model"].strip():
+            raise TableError(f"{path}: {name}: model must be a non-empty name")
+        if not _finite_number(item["frame_nll"]) or item["frame_nll"] <= 0:
+            raise TableError(
+                f"{path}: {name}: frame_nll must be a positive number, got {item['frame_nll']!r}"
+            )
+        if not isinstance(item["bound"], bool):
+            raise TableError(f"{path}: {name}: bound must be true or false, got {item['bound']!r}")
+        rows.append(
+            {
+                "model": str(item["model"]),
+                "frame_nll": float(item["frame_nll"]),
+                "source": "published",
+                "citation": str(item["citation"]),
+                "bound": item["bound"],
+                "train_seconds": None,
+            }
+        )
+    return rows
+
+
+def read_runs(results: Path, train_reports: Path) -> list[dict[str, Any]]:
+    """Every ``results/*.json`` of the frames stage, with its run's training seconds."""
+    paths = sorted(results.glob("*.json"))
+    if not paths:
+        raise TableError(f"{results}: no frames results (*.json)")
+    runs = []
+    for path in paths:
+        try:
+            run = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise TableError(f"{path}: not a frames result: {exc}") from None
+        if not isinstance(run, dict):
+            raise TableError(f"{path}: not a frames result (not a JSON object)")
+        missing = [k for k in ("model", "run", "frame_nll", "bound", "frames") if k not in run]
+        if missing:
+            raise TableError(f"{path}: not a frames result (no {missing[0]!r})")
+        if not _finite_number(run["frame_nll"]):  # NaN would scramble the sorted rows
+            raise TableError(f"{path}: frame_nll must be a finite number, got {run['frame_nll']!r}")
+        summary = train_reports / run["run"] / "summary.json"
+        try:
+            run["train_seconds"] = json.loads(summary.read_text(encoding="utf-8"))["wall_time_s"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            run["train_seconds"] = None  # trained elsewhere: the table says "n/a"
+        runs.append(run)
+    return runs
+
+
+def _finite_number(value: Any) -> bool:
+    """A real number (YAML/JSON true is an int to Python, and no number) that is finite."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def etude_rows(
+    runs: list[dict[str, Any]], params: TableParams, measured: str
+) -> list[dict[str, Any]]:
+    """Etude's rows: per model, its median and best over seeds (one row for one seed)."""
+    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        by_model[run["model"]].append(run)
+    rows = []
+    for model, group in sorted(by_model.items()):
+        label = f"Etude {params.labels.get(model, model)}"
+        seeds = sorted(r.get("seed") for r in group if r.get("seed") is not None)
+        cite = f"{params.citation} ({measured}; seeds {', '.join(map(str, seeds))})"
+        values = [r["frame_nll"] for r in group]
+        times = [r["train_seconds"] for r in group if r["train_seconds"] is not None]
+        bound = any(r["bound"] for r in group)
+        if len(group) == 1:
+            rows.append(_row(label, values[0], cite, bound, times[0] if times else None))
+            continue
+        best = min(group, key=lambda r: r["frame_nll"])
+        median_time = statistics.median(times) if times else None
+        rows.append(
+            _row(
+                f"{label} (median of {len(group)})",
+                statistics.median(values),
+                cite,
+                bound,
+                median_time,
+            )
+        )
+        rows.append(
+            _row(
+                f"{label} (best of {len(group)})",
+                best["frame_nll"],
+                cite,
+                bound,
+                best["train_seconds"],
+            )
+        )
+    unigram = [r["note_unigram"] for r in runs if r.get("note_unigram") is not None]
+    if unigram:
+        rows.append(
+            _row(
+                "Etude Note 1-Gram (per-key frequencies of train)",
+                unigram[0],
+                f"{params.citation} ({measured}); pipeline.evaluation.frames",
+                False,
+                None,
+            )
+        )
+    return rows
+
+
+def _row(
+    model: str, nll: float, citation: str, bound: bool, seconds: float | None
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "frame_nll": float(nll),
+        "source": "etude",
+        "citation": citation,
+        "bound": bool(bound),
+        "train_seconds": None if seconds is None else round(float(seconds), 1),
+    }
+
+
+def build_table(
+    runs: list[dict[str, Any]], published: list[dict[str, Any]], params: TableParams
+) -> dict[str, Any]:
+    """The table.json object (module docstring) from runs and published rows."""
+    splits = {r.get("split") for r in runs}
+    frames = {r["frames"] for r in runs}
+    if len(splits) != 1 or len(frames) != 1:
+        raise TableError(
+            f"runs were scored on different data (splits {sorted(map(str, splits))}, "
+            f"frame counts {sorted(frames)}): one table needs one test set"
+        )
+    dates = sorted(str(r["scored_on"]) for r in runs if r.get("scored_on"))
+    machines = sorted({str(r["machine"]) for r in runs if r.get("machine")})
+    measured = dates[-1] if dates else "date unknown"
+    rows = etude_rows(runs, params, measured) + published
+    rows.sort(key=lambda r: (r["frame_nll"], r["source"], r["model"]))
+    return {
+        "title": params.title,
+        "unit": "nats per frame, summed over the 88 keys, pooled over all test frames",
+        "split": splits.pop(),
+        "frames": frames.pop(),
+        "measured": {"date": measured, "machine": "; ".join(machines) or "unknown"},
+        "rows": rows,
+        "runs": runs,
+    }
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    minutes, seconds = divmod(round(value), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+def markdown(table: dict[str, Any]) -> str:
+    """The rows as a Markdown table (what the README shows)."""
+    lines = [
+        "| Model | Frame NLL (nats/step) | Kind | Source | Training (wall) | Citation |",
+        "|---|---:|---|---|---:|---|",
+    ]
+    for row in table["rows"]:
+        kind = "upper bound" if row["bound"] else "exact"
+        lines.append(
+            f"| {row['model']} | {row['frame_nll']:.3f} | {kind} | {row['source']} "
+            f"| {_seconds(row['train_seconds'])} | {row['citation']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def html_page(table: dict[str, Any]) -> str:
+    """The table as a static page in the report's style (offline; the report links it)."""
+    from pipeline.report import _esc, _page, _table
+
+    rows = []
+    for row in table["rows"]:
+        kind = "upper bound" if row["bound"] else "exact"
+        cls = ' class="ours"' if row["source"] == "etude" else ""
+        rows.append(
+            f"<tr{cls}><td>{_esc(row['model'])}</td>"
+            f'<td class="num" data-sort="{row["frame_nll"]}">{row["frame_nll"]:.3f}</td>'
+            f"<td>{kind}</td><td>{_esc(row['source'])}</td>"
+            f"<td>{_esc(_seconds(row['train_seconds']))}</td><td>{_esc(row['citation'])}</td></tr>"
+        )
+    measured = table["measured"]
+    body = (
+        f"<h1>{_esc(table['title'])}</h1>"
+        f"<p>{_esc(table['unit'])}; {table['frames']} {_esc(table['split'])} frames. Etude's "
+        f"rows measured {_esc(measured['date'])} on {_esc(measured['machine'])}; lower is "
+        "better; an upper bound is comparable only as a bound.</p>"
+        + _table(
+            "benchmark",
+            ["Model", "Frame NLL (nats/step)", "Kind", "Source", "Training (wall)", "Citation"],
+            rows,
+        )
+    )
+    return _page(table["title"], body, ["report.js"])
+
+
+def table_command(
+    results: Annotated[Path, typer.Argument(help="Folder of the frames stage's JSON results.")],
+    published: Annotated[Path, typer.Option(help="YAML list of the published rows.")],
+    train_reports: Annotated[
+        Path, typer.Option(help="Folder of each run's <run>/summary.json.")
+    ] = Path("reports/train"),
+    out: Annotated[Path, typer.Option(help="table.json to write.")] = Path("table.json"),
+    markdown_out: Annotated[
+        Path, typer.Option("--markdown", help="Markdown copy of the rows.")
+    ] = Path("table.md"),
+    html_out: Annotated[Path, typer.Option("--html", help="The table as a page.")] = Path(
+        "table.html"
+    ),
+    params: Annotated[Path, typer.Option("--params", help="params.yaml to read.")] = PARAMS_FILE,
+) -> None:
+    """Write the benchmark table (JSON and Markdown): Etude's runs and the published rows."""
+    from pipeline.core.io import atomic_path, write_json
+    from pipeline.core.params import load_params
+
+    with user_errors(TableError):
+        p = load_params("table", TableParams, params)
+        table = build_table(read_runs(results, train_reports), read_published(published), p)
+        write_json(out, table)
+        with atomic_path(markdown_out) as tmp:
+            tmp.write_text(markdown(table), encoding="utf-8")
+        with atomic_path(html_out) as tmp:
+            tmp.write_text(html_page(table), encoding="utf-8")
+        best = table["rows"][0]
+        typer.echo(f"table: {len(table['rows'])} rows, best {best['model']} -> {out}")

@@ -1,0 +1,234 @@
+"""The benchmark table (`etude table`): Etude's runs beside the published rows."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.report.table import (
+    ROW_KEYS,
+    TableError,
+    TableParams,
+    build_table,
+    markdown,
+    read_published,
+    read_runs,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+JSB = ROOT / "benchmarks" / "jsb"
+PARAMS = TableParams(
+    title="JSB test",
+    citation="Etude benchmarks/jsb",
+    labels={"biaxial": "biaxial LSTM (DeepJ)", "transformer": "Music Transformer"},
+)
+BIAXIAL = {0: 6.25, 1: 5.5, 2: 7.75}  # seed -> frame NLL; median 6.25, best 5.5 (seed 1)
+SECONDS = {"biaxial-s0": 61.0, "biaxial-s1": 59.4, "biaxial-s2": 70.0, "poph-s0": 130.25}
+
+
+def run(model: str, seed: int, nll: float, **extra: Any) -> dict[str, Any]:
+    """One frames result as the frames stage writes it."""
+    return {
+        "model": model,
+        "run": f"{model}-s{seed}",
+        "seed": seed,
+        "step": 600,
+        "frame_nll": nll,
+        "bound": False,
+        "unit": "nats per frame (88 keys)",
+        "split": "test",
+        "pieces": 77,
+        "frames": 4725,
+        "scored_on": "2026-12-01",
+        "machine": "test CPU, 2 cores",
+        **extra,
+    }
+
+
+def runs() -> list[dict[str, Any]]:
+    out = [run("biaxial", s, v, note_unigram=11.0589) for s, v in BIAXIAL.items()]
+    out.append(run("poph", 0, 6.5, note_unigram=11.0589))
+    out.append(run("transformer", 0, 8.9, bound=True, tokens=28000))
+    return out
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> tuple[Path, Path]:
+    """results/frames/*.json and reports/train/<run>/summary.json (not the transformer's)."""
+    folder, reports = tmp_path / "results" / "frames", tmp_path / "reports" / "train"
+    folder.mkdir(parents=True)
+    for r in runs():
+        (folder / f"{r['run']}.json").write_text(json.dumps(r))
+        if r["run"] in SECONDS:
+            (reports / r["run"]).mkdir(parents=True)
+            summary = {"steps": 600, "wall_time_s": SECONDS[r["run"]]}
+            (reports / r["run"] / "summary.json").write_text(json.dumps(summary))
+    return folder, reports
+
+
+def published_rows() -> list[dict[str, Any]]:
+    return [
+        {
+            "model": "RNN-NADE",
+            "frame_nll": 5.83,
+            "source": "published",
+            "citation": "2012",
+            "bound": False,
+            "train_seconds": None,
+        },
+        {
+            "model": "DMM-Aug-NADE",
+            "frame_nll": 5.118,
+            "source": "published",
+            "citation": "2017",
+            "bound": True,
+            "train_seconds": None,
+        },
+    ]
+
+
+def test_build_table_rows(results: tuple[Path, Path]) -> None:
+    table = build_table(read_runs(*results), published_rows(), PARAMS)
+    by_model = {row["model"]: row for row in table["rows"]}
+    assert all(tuple(row) == ROW_KEYS for row in table["rows"])
+
+    median = by_model["Etude biaxial LSTM (DeepJ) (median of 3)"]
+    assert median["frame_nll"] == statistics.median(BIAXIAL.values()) == 6.25
+    assert median["train_seconds"] == statistics.median([61.0, 59.4, 70.0])
+    best = by_model["Etude biaxial LSTM (DeepJ) (best of 3)"]
+    assert best["frame_nll"] == 5.5
+    assert best["train_seconds"] == 59.4  # the best seed's own time
+    assert "seeds 0, 1, 2" in best["citation"] and "2026-12-01" in best["citation"]
+
+    assert by_model["Etude poph"]["frame_nll"] == 6.5  # one seed: one row, no label given
+    assert by_model["Etude poph"]["train_seconds"] == 130.2  # rounded to 0.1 s
+    assert not any(m.startswith("Etude poph (") for m in by_model)
+    transformer = by_model["Etude Music Transformer"]
+    assert transformer["bound"] is True and transformer["train_seconds"] is None
+    assert by_model["DMM-Aug-NADE"]["bound"] is True  # published bounds carried
+    unigram = [row for m, row in by_model.items() if m.startswith("Etude Note 1-Gram")]
+    assert [row["frame_nll"] for row in unigram] == [11.0589]
+
+    assert {row["source"] for row in table["rows"]} == {"etude", "published"}
+    values = [row["frame_nll"] for row in table["rows"]]
+    assert (
+        values == sorted(values) and len(values) == 2 + 1 + 1 + 1 + 2
+    )  # biaxial poph transformer 1-gram, published
+    assert (table["split"], table["frames"]) == ("test", 4725)
+    assert table["measured"] == {"date": "2026-12-01", "machine": "test CPU, 2 cores"}
+
+    text = markdown(table)
+    lines = text.splitlines()
+    assert len(lines) == 2 + len(table["rows"]) and text.endswith("\n")
+    transformer_line = next(ln for ln in lines if ln.startswith("| Etude Music Transformer |"))
+    assert "| 8.900 | upper bound | etude | n/a |" in transformer_line
+    poph_line = next(ln for ln in lines if ln.startswith("| Etude poph |"))
+    assert "| 6.500 | exact | etude | 2 min 10 s |" in poph_line
+
+
+def test_runs_of_other_data_are_refused() -> None:
+    mixed = runs()
+    mixed[1]["frames"] = 4724
+    with pytest.raises(TableError, match=r"frame counts \[4724, 4725\]"):
+        build_table(mixed, [], PARAMS)
+    mixed = runs()
+    mixed[0]["split"] = "validation"
+    with pytest.raises(TableError, match=r"splits \['test', 'validation'\]"):
+        build_table(mixed, [], PARAMS)
+
+
+def test_read_runs_names_a_bad_file(tmp_path: Path) -> None:
+    with pytest.raises(TableError, match="no frames results"):
+        read_runs(tmp_path, tmp_path)
+    (tmp_path / "a.json").write_text(json.dumps({"model": "biaxial", "run": "a"}))
+    with pytest.raises(TableError, match=r"a\.json: not a frames result \(no 'frame_nll'\)"):
+        read_runs(tmp_path, tmp_path)
+    (tmp_path / "a.json").write_text("{")
+    with pytest.raises(TableError, match=r"a\.json: not a frames result"):
+        read_runs(tmp_path, tmp_path)
+    (tmp_path / "a.json").write_text(json.dumps(run("biaxial", 0, "6.0")))  # type: ignore[arg-type]
+    with pytest.raises(TableError, match=r"a\.json: frame_nll must be a finite number"):
+        read_runs(tmp_path, tmp_path)
+
+
+ROW = "- model: X\n  frame_nll: 5.5\n  citation: Y\n  bound: false\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (ROW + "- model: Z\n  frame_nll: 5.5\n  citation: Y\n", r"row 1 \(Z\): no 'bound'"),
+        (ROW + "- model: Z\n  frame_nll: n/a\n  citation: Y\n  bound: false\n", "row 1 \\(Z\\)"),
+        (ROW + "- model: Z\n  frame_nll: true\n  citation: Y\n  bound: false\n", "row 1 \\(Z\\)"),
+        (ROW + "- model: Z\n  frame_nll: .nan\n  citation: Y\n  bound: false\n", "row 1 \\(Z\\)"),
+        (ROW + "- model: Z\n  frame_nll: 5.5\n  citation: Y\n  bound: maybe\n", "row 1 \\(Z\\)"),
+        (ROW + "- model: Z\n  frame_nll: 5.5\n  citation: Y\n  bound: 1\n", "row 1 \\(Z\\)"),
+        (ROW + "- model: ''\n  frame_nll: 5.5\n  citation: Y\n  bound: false\n", "row 1"),
+        ("[]\n", "non-empty list"),
+        ("model: X\n", "non-empty list"),
+        ("- [unclosed\n", "cannot read"),
+    ],
+)
+def test_read_published_names_the_file_and_row(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "published.yaml"
+    path.write_text(text)
+    with pytest.raises(TableError, match=message) as info:
+        read_published(path)
+    assert str(path) in str(info.value)
+
+
+def test_read_published_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(TableError, match="nowhere.yaml: cannot read"):
+        read_published(tmp_path / "nowhere.yaml")
+
+
+# --------------------------------------------------------------------------------------
+# the committed benchmark
+
+ISSUE_ROWS = {  # issue 15's published rows (nats per step, JSB test)
+    "Note 1-Gram": 11.06,
+    "RNN-RBM": 6.27,
+    "RNN-NADE": 5.83,
+    "RNN-NADE (HF)": 5.56,
+    "LSTM-NADE (best of 5)": 6.00,
+    "LSTM-NADE (median of 5)": 6.10,
+    "TP-LSTM-NADE (best of 5)": 5.88,
+    "TP-LSTM-NADE (median of 5)": 5.92,
+    "BALSTM, biaxial LSTM (best of 5)": 5.05,
+    "BALSTM, biaxial LSTM (median of 5)": 5.86,
+    "DMM-Aug-NADE": 5.118,
+    "LSTM": 8.45,
+    "TCN": 8.10,
+}
+
+
+def test_committed_published_rows_are_the_issues() -> None:
+    rows = read_published(JSB / "published.yaml")
+    assert {row["model"]: row["frame_nll"] for row in rows} == ISSUE_ROWS
+    assert all(tuple(row) == ROW_KEYS and row["source"] == "published" for row in rows)
+    assert all(row["citation"] for row in rows)
+    # only DMM-Aug-NADE is a variational bound
+    assert {row["model"] for row in rows if row["bound"]} == {"DMM-Aug-NADE"}
+    by_model = {row["model"]: row["citation"] for row in rows}
+    assert "Boulanger-Lewandowski" in by_model["RNN-RBM"]
+    assert "Johnson" in by_model["BALSTM, biaxial LSTM (best of 5)"]
+    assert "Krishnan" in by_model["DMM-Aug-NADE"]
+    assert "Bai" in by_model["TCN"]
+
+
+def test_readme_shows_the_committed_table() -> None:
+    table_json = JSB / "table.json"
+    assert table_json.is_file(), "benchmarks/jsb/table.json (the benchmark's committed table)"
+    table = json.loads(table_json.read_text(encoding="utf-8"))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table_md = JSB / "table.md"
+    if table_md.is_file():
+        assert table_md.read_text(encoding="utf-8") == markdown(table), f"{table_md} is stale"
+    assert markdown(table) in readme, (
+        "README.md's JSB table is not benchmarks/jsb/table.json's: paste "
+        "benchmarks/jsb/table.md (or `markdown(table)`) into README.md"
+    )

@@ -1,0 +1,272 @@
+"""The JSB Chorales benchmark pipeline (`dvc repro benchmarks/jsb/dvc.yaml`), end to end.
+
+A module-scoped fixture builds a bare project with the repository's layout (git and
+DVC initialised; a copy of `pipeline/`, .dvcignore and benchmarks/jsb's dvc.yaml,
+params.yaml and published.yaml as they are now), points `jsb.url` at the committed
+slice of the benchmark file (7 chorales: 3 train, 2 valid, 2 test), shrinks the runs to
+two biaxial seeds, one PopH and one transformer with tiny models and two training steps,
+and runs the benchmark's `dvc repro` there, traced as tests/test_dag.py traces the main
+pipeline (tests/dagtrace: which files of the copied `pipeline/` each stage loads).
+
+Checks: the table's schema and rows (the published ones, Etude's median and best of
+two seeds, the bound of the transformer, the Note 1-Gram of the slice), that every run
+scored the slice's 145 test frames, that a second repro runs nothing and `dvc status` is
+clean, and that each stage's code deps cover what it loads (and a train or frames
+stage's cover no .py file it never loads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+from tiny_project import (
+    BIN,
+    Stage,
+    clean_env,
+    covered_files,
+    covers,
+    failed_stage_output,
+    git,
+    read_stages,
+    run_cmd,
+    traced_env,
+)
+
+from pipeline.evaluation.frames import note_unigram_baseline, roll_from_steps
+from pipeline.report.table import ROW_KEYS, read_published
+
+ROOT = Path(__file__).resolve().parents[1]
+JSB = Path("benchmarks/jsb")
+SLICE = ROOT / "tests" / "fixtures" / "jsb" / "jsb-chorales-slice.json"
+DVC_YAML = str(JSB / "dvc.yaml")
+TEST_FRAMES = 84 + 61  # the slice's two test chorales, one frame per quarter-note step
+REPRO_TIMEOUT_S = 600  # ~1 min on 2 cores
+RUNS = {
+    "biaxial-s0": {"model": "biaxial", "representation": "prv", "seed": 0},
+    "biaxial-s1": {"model": "biaxial", "representation": "prv", "seed": 1},
+    "poph-s0": {"model": "poph", "representation": "prv", "seed": 0},
+    "transformer-s0": {"model": "transformer", "representation": "events", "seed": 0},
+}
+TINY_PRV = {"time_hidden": 8, "note_hidden": 8, "vicinity_filters": 4, "seq_len": 16}
+TINY_MODELS = {
+    "biaxial": TINY_PRV,
+    "poph": {**TINY_PRV, "attention_heads": 2},
+    "transformer": {
+        "d_model": 16,
+        "n_layers": 1,
+        "n_heads": 2,
+        "d_ff": 32,
+        "seq_len": 32,
+        "max_relative_position": 16,
+    },
+}
+TRAIN = {"max_steps": 2, "eval_every": 1, "checkpoint_every": 1, "batch_size": 4}
+
+
+def tiny_benchmark_params(params: dict) -> dict:
+    """benchmarks/jsb/params.yaml with the slice as the data and the runs shrunk; every
+    other key kept as the repository has it (so new keys travel with the copy)."""
+    p = json.loads(json.dumps(params))
+    p["jsb"]["url"] = str(SLICE)
+    p["jsb"]["sha256"] = hashlib.sha256(SLICE.read_bytes()).hexdigest()
+    p["jsb"]["max_files"] = 0
+    p["runs"] = RUNS
+    p["train"].update(TRAIN, num_threads=1)
+    p["train"]["warmup_steps"] = min(p["train"]["warmup_steps"], 1)
+    for model, changes in TINY_MODELS.items():
+        p["models"][model].update(changes)
+        p["models"][model].get("train", {}).pop("batch_size", None)
+    p["frames"]["token_stride"] = 16  # <= the tiny transformer's seq_len
+    p["frames"]["num_threads"] = 1
+    p["frames"]["device"] = "cpu"
+    return p
+
+
+def build_benchmark_project(project: Path) -> None:
+    """The repository's layout, bare: git + DVC, pipeline/, .dvcignore, benchmarks/jsb."""
+    project.mkdir(parents=True)
+    shutil.copytree(
+        ROOT / "pipeline",
+        project / "pipeline",
+        symlinks=True,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    shutil.copy2(ROOT / ".dvcignore", project / ".dvcignore")  # no __pycache__ in code deps
+    (project / JSB).mkdir(parents=True)
+    for name in ("dvc.yaml", "published.yaml"):
+        shutil.copy2(ROOT / JSB / name, project / JSB / name)
+    params = yaml.safe_load((ROOT / JSB / "params.yaml").read_text(encoding="utf-8"))
+    (project / JSB / "params.yaml").write_text(
+        yaml.safe_dump(tiny_benchmark_params(params), sort_keys=False), encoding="utf-8"
+    )
+    git(project, "init", "-q")
+    rc, out = run_cmd([str(BIN / "dvc"), "init", "-q"], project, clean_env(), 120)
+    assert rc == 0, f"dvc init failed:\n{out}"
+    rc, out = run_cmd(
+        [str(BIN / "dvc"), "config", "core.analytics", "false"], project, clean_env(), 60
+    )
+    assert rc == 0, f"dvc config failed:\n{out}"
+
+
+@dataclass
+class Bench:
+    project: Path
+    stages: dict[str, Stage]
+    rc: int
+    log: str
+    seconds: float
+    loaded: dict[str, set[str]] = field(default_factory=dict)  # stage -> pipeline/ files
+    completed: set[str] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def out(self) -> Path:
+        return self.project / JSB
+
+    def require_ok(self) -> None:
+        if self.rc != 0:
+            pytest.fail(
+                f"dvc repro {DVC_YAML} failed (rc {self.rc}):\n"
+                + failed_stage_output(self.log, self.completed)
+            )
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Bench:
+    for tool in ("etude", "dvc", "git"):
+        if tool != "git" and not (BIN / tool).exists():
+            pytest.fail(f"{BIN / tool} is missing: install the project (pip install -e .)")
+    base = tmp_path_factory.mktemp("jsb").resolve()
+    project, traces = base / "proj", base / "traces"
+    build_benchmark_project(project)
+    stages = read_stages(project)
+    start = time.monotonic()
+    rc, log = run_cmd(
+        [str(BIN / "dvc"), "repro", DVC_YAML], project, traced_env(project, traces), REPRO_TIMEOUT_S
+    )
+    result = Bench(project, stages, rc, log, time.monotonic() - start)
+    by_argv = {tuple(s.argv[1:]): name for name, s in stages.items()}
+    for trace in sorted(traces.glob("*.jsonl")) if traces.exists() else []:
+        head, *records = (json.loads(line) for line in trace.read_text().splitlines())
+        files = {r["open"] for r in records if "open" in r}
+        for r in records:
+            files |= set(r.get("modules", ()))
+            result.problems += [f"loaded {f}, not the project's copy" for f in r.get("foreign", ())]
+        if head["root"] is None:
+            continue  # DVC and git: no stage code
+        name = by_argv.get(tuple(head["root"][1:]))
+        if name is None:
+            result.problems.append(f"`{shlex.join(head['root'])}` ran but is no stage's cmd")
+            continue
+        result.loaded.setdefault(name, set()).update(files)
+    lock = project / JSB / "dvc.lock"
+    if lock.exists():
+        result.completed = set((yaml.safe_load(lock.read_text()) or {}).get("stages", {}))
+    return result
+
+
+def test_benchmark_runs_every_stage(bench: Bench) -> None:
+    print(f"\njsb benchmark on the slice: dvc repro {bench.seconds:.1f} s")
+    bench.require_ok()
+    expected = {"fetch", "ingest", "table"}
+    expected |= {f"{kind}@{rep}" for kind in ("represent", "validate") for rep in ("prv", "events")}
+    expected |= {f"{kind}@{run}" for kind in ("train", "frames") for run in RUNS}
+    assert set(bench.stages) == expected
+    assert bench.completed == expected
+    assert not bench.problems, "\n".join(bench.problems)
+
+
+def test_table(bench: Bench) -> None:
+    bench.require_ok()
+    table = json.loads((bench.out / "table.json").read_text(encoding="utf-8"))
+    rows = table["rows"]
+    for row in rows:
+        assert sorted(row) == sorted(ROW_KEYS), row  # exactly these keys
+        assert isinstance(row["model"], str) and isinstance(row["citation"], str)
+        assert isinstance(row["frame_nll"], float) and isinstance(row["bound"], bool)
+        assert row["source"] in ("etude", "published")
+        seconds = row["train_seconds"]
+        assert seconds is None or (isinstance(seconds, float) and seconds > 0), row
+    values = [row["frame_nll"] for row in rows]
+    assert values == sorted(values)
+
+    published = read_published(bench.out / "published.yaml")
+    assert [r for r in rows if r["source"] == "published"] == sorted(
+        published, key=lambda r: (r["frame_nll"], r["model"])
+    )
+    etude = {r["model"]: r for r in rows if r["source"] == "etude"}
+    labels = yaml.safe_load((bench.out / "params.yaml").read_text())["table"]["labels"]
+    biaxial, poph, transformer = (f"Etude {labels[m]}" for m in ("biaxial", "poph", "transformer"))
+    assert set(etude) == {
+        f"{biaxial} (median of 2)",
+        f"{biaxial} (best of 2)",
+        poph,
+        transformer,
+        "Etude Note 1-Gram (per-key frequencies of train)",
+    }
+    runs = {r["run"]: r for r in table["runs"]}
+    assert set(runs) == set(RUNS)
+    assert all(r["frames"] == TEST_FRAMES and r["split"] == "test" for r in runs.values())
+    assert table["frames"] == TEST_FRAMES
+    seeds = [runs["biaxial-s0"]["frame_nll"], runs["biaxial-s1"]["frame_nll"]]
+    assert etude[f"{biaxial} (median of 2)"]["frame_nll"] == pytest.approx(sum(seeds) / 2)
+    assert etude[f"{biaxial} (best of 2)"]["frame_nll"] == min(seeds)
+    assert [runs[k]["seed"] for k in ("biaxial-s0", "biaxial-s1")] == [0, 1]
+    assert seeds[0] != seeds[1]  # the seed reached training
+    assert etude[transformer]["bound"] and not etude[poph]["bound"]
+    assert all(etude[m]["train_seconds"] for m in (poph, transformer))
+
+    data = json.loads(SLICE.read_text(encoding="utf-8"))
+    rolls = {k: [roll_from_steps(steps) for steps in pieces] for k, pieces in data.items()}
+    unigram = note_unigram_baseline(rolls["train"], rolls["test"])
+    assert etude["Etude Note 1-Gram (per-key frequencies of train)"]["frame_nll"] == (
+        pytest.approx(unigram, rel=1e-12)
+    )
+    markdown = (bench.out / "table.md").read_text(encoding="utf-8")
+    assert markdown.count("\n") == 2 + len(rows)
+
+
+def test_second_repro_runs_nothing_and_status_is_clean(bench: Bench) -> None:
+    bench.require_ok()
+    env = traced_env(bench.project, bench.project.parent / "traces-again")
+    rc, log = run_cmd([str(BIN / "dvc"), "repro", DVC_YAML], bench.project, env, 300)
+    assert rc == 0, log
+    assert "Running stage" not in log, log
+    rc, out = run_cmd(
+        [str(BIN / "dvc"), "status", "--json", DVC_YAML], bench.project, clean_env(), 120
+    )
+    assert rc == 0, out
+    assert json.loads(out.strip().splitlines()[-1]) == {}, out
+
+
+def test_stage_deps_are_the_files_each_stage_loads(bench: Bench) -> None:
+    """tests/test_dag.py's checks for the benchmark's stages: every file of pipeline/ a
+    stage loads is covered by its deps (A), and a train or frames stage's deps cover no
+    .py file it never loads (B: a needless dep reruns the costly stages)."""
+    bench.require_ok()
+    problems = []
+    for name, stage in sorted(bench.stages.items()):
+        loaded = bench.loaded.get(name)
+        if not loaded:
+            problems.append(f"{name}: no trace")
+            continue
+        missing = sorted(f for f in loaded if not any(covers(d, f) for d in stage.deps))
+        if missing:
+            problems.append(f"{name}: loads, but its deps do not cover: {', '.join(missing)}")
+        if name.startswith(("train@", "frames@")):
+            extra = sorted(
+                f
+                for f in covered_files(bench.project, stage)
+                if f.endswith(".py") and f not in loaded
+            )
+            if extra:
+                problems.append(f"{name}: deps cover, but it never loads: {', '.join(extra)}")
+    assert not problems, "\n".join(problems)
