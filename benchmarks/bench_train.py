@@ -168,6 +168,7 @@ def run_once(
         seed=args.seed,
         device=device,
         num_threads=args.threads,
+        precision=args.precision,
         max_steps=max(train.max_steps, total + 1),
         eval_every=NEVER,
         checkpoint_every=NEVER,
@@ -339,6 +340,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "warmup": args.warmup,
             "threads": args.threads,
             "seed": args.seed,
+            "precision": args.precision,
             "params": str(args.params),
             "stores": {r: str(PROCESSED / r) for r in stores_needed},
             "store_load_s": load_s,
@@ -401,6 +403,12 @@ def main() -> None:
         "--models", default=",".join(MODELS), help="comma-separated model names (default: all six)"
     )
     parser.add_argument("--seed", type=int, default=0, help="train seed of every run")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="train.precision of every run (bf16: autocast; the GPU recipe's setting)",
+    )
     parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params.yaml to read")
     parser.add_argument("--out", default="train", help="report name under reports/bench/")
     args = parser.parse_args()
