@@ -194,10 +194,13 @@ def score_model(
 ) -> dict[str, Any]:
     """The frame NLL of `model` on ``params.split`` of `store`, with what it is.
 
-    Returns ``{"frame_nll", "bound", "unit", "method", "split", "pieces", "frames",
+    Each model family that defines a probability of frames has a
+    ``pipeline.modeling.<store>.frames`` module whose ``score(model, store, params)``
+    returns ``{"frame_nll", "bound", "unit", "method", "split", "pieces", "frames",
     ...}``: prv models add ``frame_nll_windowed`` (the same model scored on
     `etude evaluate`'s windows) and ``note_unigram`` (the per-key frequency baseline of
-    the same store); events models ``tokens`` and ``nats_per_token``.
+    the same store); events models ``tokens`` and ``nats_per_token``. Here: which
+    module, and its errors as one-line `FrameError`s. The families score in `eval_mode`.
 
     Raises:
         FrameError: the model's family has no frame probability, or its store's grid
@@ -210,60 +213,16 @@ def score_model(
             "frames (prv and events models do)"
         )
     module = importlib.import_module(family)
-    split = params.split
-    if spec.representation == "prv":
-        try:  # params without a grid, another pitch window, a missing split: one line
-            _, _, grid = module.store_prv_params(store)
-            if abs(grid - params.steps_per_second) > 1e-9:
-                raise FrameError(
-                    f"prv store {store.path or '(in memory)'} has steps_per_second {grid}, "
-                    f"but frames.steps_per_second is {params.steps_per_second}: "
-                    "one frame per step needed"
-                )
-            with _eval_mode(model):
-                scored = module.play_logits(model, store, split)
-            train_rolls = module.split_rolls(store, "train")
-        except (ValueError, KeyError) as exc:
-            raise FrameError(_message(exc)) from exc
-        rolls = scored.rolls
-        kw = {"min_pitch": scored.min_pitch, "logits": True}
-        return {
-            "frame_nll": frame_nll(scored.whole, rolls, **kw),
-            "frame_nll_windowed": frame_nll(scored.windowed, rolls, **kw),
-            "note_unigram": note_unigram_baseline(train_rolls, rolls),
-            "bound": False,
-            "method": "exact: play probabilities of each pitch given earlier steps and "
-            "lower pitches, each piece scored whole from its first step",
-            "pieces": len(rolls),
-            "frames": int(sum(len(r) for r in rolls)),
-            "split": split,
-            "unit": UNIT,
-        }
-    try:  # no duration column, a stride past seq_len, a missing split
-        with _eval_mode(model):
-            bound = module.frame_bound(
-                model, store, split, params.steps_per_second, params.token_stride
-            )
+    try:  # a grid or pitch window that does not fit, a missing split or column: one line
+        return module.score(model, store, params)
+    except FrameError:
+        raise
     except (ValueError, KeyError) as exc:
         raise FrameError(_message(exc)) from exc
-    if bound.frames == 0:
-        raise FrameError(f"{split}: no frames to score")
-    return {
-        "frame_nll": bound.nats / bound.frames,
-        "bound": True,
-        "method": "upper bound: the event sequence's NLL divided by the piece's frames "
-        f"(sliding windows, stride {params.token_stride} tokens)",
-        "nats_per_token": bound.nats / max(1, bound.tokens),
-        "tokens": bound.tokens,
-        "pieces": bound.pieces,
-        "frames": bound.frames,
-        "split": split,
-        "unit": UNIT,
-    }
 
 
 @contextlib.contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
+def eval_mode(model: Any) -> Iterator[None]:
     """Score without dropout (a model in training mode would give a random number)."""
     was_training = model.training
     model.eval()

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.evaluation.frames import UNIT, FrameError, FramesParams, eval_mode
 from pipeline.modeling.base import StoreData
 from pipeline.modeling.events import split_tokens
 
@@ -88,3 +89,25 @@ def frame_bound(
         frames += math.ceil(duration * steps_per_second - 1e-6)
         pieces += 1
     return TokenNll(nats, tokens, frames, pieces)
+
+
+def score(model: Any, store: StoreData, params: FramesParams) -> dict[str, Any]:
+    """The frames stage's result for an events model: an upper bound (module docstring)."""
+    with eval_mode(model):
+        bound = frame_bound(
+            model, store, params.split, params.steps_per_second, params.token_stride
+        )
+    if bound.frames == 0:
+        raise FrameError(f"{params.split}: no frames to score")
+    return {
+        "frame_nll": bound.nats / bound.frames,
+        "bound": True,
+        "method": "upper bound: the event sequence's NLL divided by the piece's frames "
+        f"(sliding windows, stride {params.token_stride} tokens)",
+        "nats_per_token": bound.nats / max(1, bound.tokens),
+        "tokens": bound.tokens,
+        "pieces": bound.pieces,
+        "frames": bound.frames,
+        "split": params.split,
+        "unit": UNIT,
+    }

@@ -26,6 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.evaluation.frames import (
+    KEY_LOW,
+    N_KEYS,
+    UNIT,
+    FrameError,
+    FramesParams,
+    eval_mode,
+    frame_nll,
+    note_unigram_baseline,
+)
 from pipeline.modeling.base import StoreData
 from pipeline.modeling.prv import (
     PLAY,
@@ -36,8 +46,6 @@ from pipeline.modeling.prv import (
     store_prv_params,
     style_index,
 )
-
-KEY_LOW, N_KEYS = 21, 88  # the 88-key piano of the frame metric (MIDI 21-108)
 
 
 @dataclass
@@ -108,3 +116,30 @@ def play_logits(model: Any, store: StoreData, split: str) -> PlayLogits:
         )[..., PLAY]  # (W, seq_len, P)
         windowed.append(logits.reshape(-1, n_pitches)[:n].double().cpu().numpy())
     return PlayLogits(pieces.piece_ids, piece_rolls(pieces, min_pitch), whole, windowed, min_pitch)
+
+
+def score(model: Any, store: StoreData, params: FramesParams) -> dict[str, Any]:
+    """The frames stage's result for a prv model: exact, whole pieces (and windowed)."""
+    _, _, grid = store_prv_params(store)
+    if abs(grid - params.steps_per_second) > 1e-9:
+        raise FrameError(
+            f"prv store {store.path or '(in memory)'} has steps_per_second {grid}, "
+            f"but frames.steps_per_second is {params.steps_per_second}: "
+            "one frame per step needed"
+        )
+    with eval_mode(model):
+        scored = play_logits(model, store, params.split)
+    rolls = scored.rolls
+    kw = {"min_pitch": scored.min_pitch, "logits": True}
+    return {
+        "frame_nll": frame_nll(scored.whole, rolls, **kw),
+        "frame_nll_windowed": frame_nll(scored.windowed, rolls, **kw),
+        "note_unigram": note_unigram_baseline(split_rolls(store, "train"), rolls),
+        "bound": False,
+        "method": "exact: play probabilities of each pitch given earlier steps and "
+        "lower pitches, each piece scored whole from its first step",
+        "pieces": len(rolls),
+        "frames": int(sum(len(r) for r in rolls)),
+        "split": params.split,
+        "unit": UNIT,
+    }
