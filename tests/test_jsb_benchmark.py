@@ -31,6 +31,7 @@ from tiny_project import (
     BIN,
     Stage,
     clean_env,
+    copy_code,
     covered_files,
     covers,
     failed_stage_output,
@@ -92,14 +93,7 @@ def tiny_benchmark_params(params: dict) -> dict:
 
 def build_benchmark_project(project: Path) -> None:
     """The repository's layout, bare: git + DVC, pipeline/, .dvcignore, benchmarks/jsb."""
-    project.mkdir(parents=True)
-    shutil.copytree(
-        ROOT / "pipeline",
-        project / "pipeline",
-        symlinks=True,
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-    )
-    shutil.copy2(ROOT / ".dvcignore", project / ".dvcignore")  # no __pycache__ in code deps
+    copy_code(project)
     (project / JSB).mkdir(parents=True)
     for name in ("dvc.yaml", "published.yaml"):
         shutil.copy2(ROOT / JSB / name, project / JSB / name)

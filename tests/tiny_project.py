@@ -130,9 +130,9 @@ def run_cmd(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float) -> t
         return -1, f"{shlex.join(cmd)}: timed out after {timeout} s, killed\n{text}"
 
 
-def build_project(project: Path) -> None:
-    """Copy pipeline/ (its params.yaml symlink kept), dvc.yaml, .dvcignore; write the
-    tiny params.yaml; `dvc init` with the repository's DVC config and no analytics."""
+def copy_code(project: Path) -> None:
+    """Create `project` with a copy of pipeline/ (its params.yaml symlink kept, no
+    bytecode) and .dvcignore (so __pycache__ never enters a stage's code deps)."""
     project.mkdir(parents=True)
     shutil.copytree(
         ROOT / "pipeline",
@@ -140,9 +140,15 @@ def build_project(project: Path) -> None:
         symlinks=True,
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
     )
-    shutil.copy2(ROOT / "dvc.yaml", project / "dvc.yaml")
     if (ROOT / ".dvcignore").exists():
         shutil.copy2(ROOT / ".dvcignore", project / ".dvcignore")
+
+
+def build_project(project: Path) -> None:
+    """Copy pipeline/, .dvcignore and dvc.yaml; write the tiny params.yaml; `dvc init`
+    with the repository's DVC config and no analytics."""
+    copy_code(project)
+    shutil.copy2(ROOT / "dvc.yaml", project / "dvc.yaml")
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(params), sort_keys=False))
     rc, out = run_cmd([str(BIN / "dvc"), "init", "--no-scm", "-q"], project, clean_env(), 120)
