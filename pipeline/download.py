@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pipeline.core.io import atomic_dir
+from pipeline.core.stage_utils import Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,8 @@ def download(
         try:
             _attempt(url, part, state, size=size, timeout_s=timeout_s, progress=progress)
             break
+        except KeyboardInterrupt:
+            raise _interrupted(part) from None
         except _Retryable as exc:
             after = part.stat().st_size if part.exists() else 0
             failures = 1 if after > before else failures + 1
@@ -140,6 +143,14 @@ def download(
     os.replace(part, dest)
     log.info("%s: downloaded %d bytes to %s", url, received, dest)
     return dest
+
+
+def _interrupted(part: Path) -> Interrupted:
+    """Ctrl-C mid-download: the partial file stays for the next run to resume."""
+    held = part.stat().st_size if part.exists() else 0
+    if held:
+        return Interrupted(f"kept the partial download {part} ({held:,} bytes); a rerun resumes it")
+    return Interrupted("nothing was downloaded yet; a rerun starts the download over")
 
 
 class _HashState:

@@ -32,7 +32,13 @@ from typer.testing import CliRunner
 from pipeline import ingest
 from pipeline.cli import app
 from pipeline.core.params import default_params
-from pipeline.core.stage_utils import disk_full_message, user_errors
+from pipeline.core.stage_utils import (
+    INTERRUPT_EXIT,
+    NOTHING_KEPT,
+    Interrupted,
+    disk_full_message,
+    user_errors,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = {  # five small real files, one split each at least
@@ -471,3 +477,13 @@ def test_represent_cleanup_never_chains_onto_the_error(
     del info
     gc.collect()
     assert failed_del == []
+
+
+def test_ctrl_c_says_what_was_kept_and_exits_130(capsys: pytest.CaptureFixture[str]) -> None:
+    """A plain Ctrl-C: the stage's atomic writes kept every earlier output; a stage that
+    kept something (an `Interrupted`) says what, in its own words."""
+    assert run_user_errors(KeyboardInterrupt()) == INTERRUPT_EXIT == 130
+    assert capsys.readouterr().err == f"interrupted: {NOTHING_KEPT}\n"
+    kept = "rnn: kept models/rnn/last.pt at step 50; `dvc repro` resumes from it"
+    assert run_user_errors(Interrupted(kept)) == 130
+    assert capsys.readouterr().err == f"interrupted: {kept}\n"

@@ -15,6 +15,7 @@ import pytest
 from httpserver import LocalServer
 
 import pipeline.download as dl
+from pipeline.core.stage_utils import Interrupted
 from pipeline.download import DownloadError, UnsafeArchiveError, download, extract, part_path
 
 FAST = {"backoff_s": 0.01, "timeout_s": 5, "progress": False}
@@ -97,6 +98,37 @@ def test_partial_file_from_an_earlier_run_is_resumed(
     assert dest.read_bytes() == payload
     (request,) = server.requests_for("/f.bin")
     assert request.range == "bytes=1000-" and request.status == 206
+
+
+def test_ctrl_c_mid_download_keeps_the_part_and_says_so(
+    server: LocalServer, payload: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C after the first chunk: the .part stays, the message names it and its size
+    (true: a rerun resumes it with a Range request, as the test above shows)."""
+    url = server.add("/f.bin", payload)
+    dest = tmp_path / "f.bin"
+    real_write = dl._write_chunk
+    chunks = []
+
+    def write_then_interrupt(fh, chunk: bytes) -> None:  # noqa: ANN001
+        real_write(fh, chunk)
+        chunks.append(len(chunk))
+        if len(chunks) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(dl, "_write_chunk", write_then_interrupt)
+    with pytest.raises(Interrupted) as info:
+        download(url, dest, md5=md5(payload), **FAST)
+    part = part_path(dest)
+    held = part.stat().st_size
+    assert held == chunks[0] > 0 and not dest.exists()
+    assert (
+        str(info.value) == f"kept the partial download {part} ({held:,} bytes); a rerun resumes it"
+    )
+    monkeypatch.setattr(dl, "_write_chunk", real_write)
+    download(url, dest, md5=md5(payload), **FAST)
+    assert dest.read_bytes() == payload
+    assert server.requests_for("/f.bin")[-1].range == f"bytes={held}-"
 
 
 def test_retries_503_then_succeeds(server: LocalServer, payload: bytes, tmp_path: Path) -> None:

@@ -88,6 +88,7 @@ TRAIN_PARAMS = {
         "nnodes": 1,
         "node_rank": 0,
         "rdzv_endpoint": "",
+        "rdzv_timeout_s": 60,
     },
     "models": {"rnn": {**shipped("models.rnn"), "seq_len": 16, "hidden_size": 32, "train": {}}},
 }
@@ -476,12 +477,14 @@ def curves(run_dir: Path) -> dict[str, str]:
     return {p.relative_to(live).as_posix(): p.read_text() for p in live.rglob("*.tsv")}
 
 
+@pytest.mark.parametrize("how", ["SIGKILL", "Ctrl-C"])
 def test_train_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(
-    train_setup: Path, tmp_path: Path, env: dict[str, str]
+    train_setup: Path, tmp_path: Path, env: dict[str, str], how: str
 ) -> None:
-    """SIGKILL after the first checkpoint: last.pt and model.pt are whole files, and the
-    rerun resumes from last.pt and ends with the weights and curves of a run never
-    interrupted (replayed steps are neither lost nor logged twice)."""
+    """SIGKILL or Ctrl-C after the first checkpoint: last.pt and model.pt are whole
+    files, and the rerun resumes from last.pt and ends with the weights and curves of a
+    run never interrupted (replayed steps are neither lost nor logged twice). Ctrl-C
+    says so in one true line (the step last.pt holds) and exits 130."""
     reference = tmp_path / "reference"  # in this process: the same code, without ~4 s of imports
     with random_state_kept():
         run_training(
@@ -498,13 +501,28 @@ def test_train_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(
     models = work / "models" / "rnn"
     with started(train_cmd(train_setup, work), work, env) as proc:
         wait_for((models / "last.pt").exists, proc, "the first checkpoint")
-        kill_group(proc)
+        if how == "SIGKILL":
+            kill_group(proc)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+            assert proc.wait(timeout=30) == 130, output(proc)
 
     killed = load(models / "last.pt")  # weights_only: a truncated file would raise here
     assert 0 < killed["step"] < MAX_STEPS and not killed["finished"], "not killed mid-run"
     assert load(models / "model.pt")["state_dict"], "model.pt has no weights"
     stray = sorted(p.name for p in models.iterdir() if p.name not in ("last.pt", "model.pt"))
-    assert all(n.endswith(f".tmp{proc.pid}") for n in stray), stray
+    if how == "SIGKILL":
+        assert all(n.endswith(f".tmp{proc.pid}") for n in stray), stray
+    else:
+        assert not stray, stray  # Ctrl-C unwinds: no temporary is left behind
+        said = output(proc).strip().splitlines()
+        assert [line for line in said if "interrupted" in line] == said[-1:], said
+        kept = (
+            f"; kept {models / 'last.pt'} at step {killed['step']} and model.pt (the best "
+            "so far); `dvc repro` (or this command) resumes from it"
+        )
+        assert said[-1].startswith("interrupted: rnn: stopped at step "), said[-1]
+        assert said[-1].endswith(kept), said[-1]
 
     run(train_cmd(train_setup, work), work, env)
     summary = json.loads((work / "reports" / "train" / "rnn" / "summary.json").read_text())

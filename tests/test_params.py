@@ -174,3 +174,82 @@ def test_a_missing_key_names_itself(section):
     del raw[key]
     with pytest.raises(ParamsError, match=f"missing key '{section}.{key}'"):
         from_mapping(raw, cls, section)
+
+
+# --- errors name the file actually read ---------------------------------------------------
+
+
+def test_load_params_names_the_file_given_not_params_yaml(tmp_path):
+    other = tmp_path / "other.yaml"
+    other.write_text("ex: {name: x, count: 1, rate: 1, mode: a, flags: [], colour: red}\n")
+    with pytest.raises(ParamsError) as info:
+        load_params("ex", Example, other)
+    assert str(info.value) == (
+        f"{other}: unknown key 'ex.colour'; allowed: "
+        "['count', 'flags', 'mode', 'name', 'optional', 'rate']"
+    )
+    with pytest.raises(ParamsError) as info:
+        load_params("nope", Example, other)
+    assert str(info.value) == f"{other}: missing key 'nope'"
+    other.write_text("ex: {name: x, count: -1, rate: 1, mode: a, flags: []}\n")
+    with pytest.raises(ParamsError) as info:
+        load_params("ex", Example, other)
+    assert str(info.value) == f"{other}: 'ex': count must be >= 0"
+
+
+def test_load_list_names_the_file_given(tmp_path):
+    other = tmp_path / "other.yaml"
+    other.write_text("sources: [corpus, napster]\n")
+    with pytest.raises(ParamsError) as info:
+        load_list("sources", ["corpus"], other)
+    assert str(info.value) == f"{other}: 'sources' has unknown entry 'napster'; allowed: ['corpus']"
+    other.write_text("sources: []\n")
+    with pytest.raises(ParamsError) as info:
+        load_list("sources", None, other)
+    assert str(info.value) == f"{other}: 'sources' must be a non-empty list of names"
+
+
+def test_params_errors_names_the_shipped_defaults_where_they_were_read(tmp_path, monkeypatch):
+    from pipeline.core.config import DEFAULT_PARAMS_FILE, PARAMS_FILE
+    from pipeline.core.params import params_errors
+
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the shipped file is read
+    with pytest.raises(ParamsError) as info, params_errors(PARAMS_FILE):
+        raise ParamsError("params.yaml: missing key 'x'")
+    assert str(info.value) == f"{DEFAULT_PARAMS_FILE}: missing key 'x'"
+    (tmp_path / "params.yaml").write_text("x: 1\n")  # the project's own file: named as is
+    with pytest.raises(ParamsError) as info, params_errors(PARAMS_FILE):
+        raise ParamsError("params.yaml: missing key 'x'")
+    assert str(info.value) == "params.yaml: missing key 'x'"
+    with pytest.raises(ParamsError) as info, params_errors("b.yaml"):
+        raise ParamsError("a.yaml: not valid YAML")  # already names its file: unchanged
+    assert str(info.value) == "a.yaml: not valid YAML"
+    with pytest.raises(KeyError), params_errors("b.yaml"):
+        raise KeyError("params.yaml: other errors pass through")
+
+
+def test_default_params_errors_name_the_shipped_file():
+    from pipeline.core.config import DEFAULT_PARAMS_FILE
+    from pipeline.core.params import default_params
+
+    with pytest.raises(ParamsError) as info:
+        default_params("ingest", Example)
+    assert str(info.value).startswith(f"{DEFAULT_PARAMS_FILE}: unknown key 'ingest.")
+
+
+def test_cli_names_the_params_file_given(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    other = tmp_path / "other.yaml"
+    other.write_text("corpus: {collections: [bach], max_files: 0, workers: 1, colour: red}\n")
+    out = tmp_path / "raw"
+    runner = CliRunner()
+    result = runner.invoke(app, ["fetch", "corpus", "--out", str(out), "--params", str(other)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {other}: unknown key 'corpus.colour'; allowed: ")
+    assert "params.yaml" not in result.output and not out.exists()
+    result = runner.invoke(app, ["fetch", "napster", "--out", str(out), "--params", str(other)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {other}: 'sources' has unknown entry 'napster'")

@@ -4,6 +4,10 @@ This is the only module that reads params.yaml. Each consumer declares a frozen
 dataclass for its section; `load_params` checks that every key is known, every
 field is present and every value has the declared type, and raises `ParamsError`
 with a one-line message naming the offending key otherwise.
+
+Messages built from a mapping begin with ``params.yaml:``; `load_params`, `load_list`
+and `default_params` replace that with the file actually read (`params_errors`), so
+``--params other.yaml`` or the shipped defaults are named, never a file nobody read.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import dataclasses
 import logging
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -29,6 +34,34 @@ class ParamsError(ValueError):
     """A params.yaml problem, worded for the user (one line, names the key)."""
 
 
+PREFIX = "params.yaml:"  # how messages built from a mapping begin (`from_mapping`, `_check`)
+
+
+@contextmanager
+def params_errors(path: str | Path = PARAMS_FILE) -> Iterator[None]:
+    """Re-raise a ParamsError whose message begins ``params.yaml:`` with the file read instead.
+
+    `path` is the params file as the command was given it (``--params``); it resolves
+    as `read_params_file` does, so where the shipped defaults were read they are named.
+    A message that already names a file (not found, bad YAML) passes unchanged.
+    """
+    try:
+        yield
+    except ParamsError as exc:
+        message = str(exc)
+        shown = f"{_resolved(Path(path))}:"
+        if not message.startswith(PREFIX) or shown == PREFIX:
+            raise
+        raise ParamsError(shown + message.removeprefix(PREFIX)) from exc
+
+
+def _resolved(path: Path) -> Path:
+    """The file `resolve_params_file` reads for `path`, without logging the choice."""
+    if path == PARAMS_FILE and not path.exists() and DEFAULT_PARAMS_FILE.exists():
+        return DEFAULT_PARAMS_FILE
+    return path
+
+
 def resolve_params_file(path: str | Path = PARAMS_FILE) -> Path:
     """`path`, or Etude's shipped defaults when `path` is the default and absent.
 
@@ -38,10 +71,10 @@ def resolve_params_file(path: str | Path = PARAMS_FILE) -> Path:
     code-side default; an explicit `--params` that does not exist stays an error.
     """
     path = Path(path)
-    if path == PARAMS_FILE and not path.exists() and DEFAULT_PARAMS_FILE.exists():
-        log.info("no %s here: using Etude's defaults (%s)", path, DEFAULT_PARAMS_FILE)
-        return DEFAULT_PARAMS_FILE
-    return path
+    resolved = _resolved(path)
+    if resolved != path:
+        log.info("no %s here: using Etude's defaults (%s)", path, resolved)
+    return resolved
 
 
 def default_params(section: str, cls: type[T]) -> T:
@@ -77,15 +110,20 @@ def get_section(data: Mapping[str, Any], section: str) -> Any:
 
 
 def load_params(section: str, cls: type[T], path: str | Path = PARAMS_FILE) -> T:
-    """Load `section` of params.yaml into the frozen dataclass `cls`."""
-    return from_mapping(get_section(read_params_file(path), section), cls, section)
+    """Load `section` of params.yaml into the frozen dataclass `cls` (errors name `path`)."""
+    with params_errors(path):
+        return from_mapping(get_section(read_params_file(path), section), cls, section)
 
 
 def load_list(
     key: str, allowed: typing.Iterable[str] | None, path: str | Path = PARAMS_FILE
 ) -> list[str]:
     """Load a top-level list of names (e.g. `sources`), each one of `allowed` (None: any)."""
-    value = get_section(read_params_file(path), key)
+    with params_errors(path):
+        return _check_list(get_section(read_params_file(path), key), key, allowed)
+
+
+def _check_list(value: Any, key: str, allowed: typing.Iterable[str] | None) -> list[str]:
     allowed = sorted(allowed) if allowed is not None else None
     if not isinstance(value, list) or not value:
         raise ParamsError(f"params.yaml: '{key}' must be a non-empty list of {allowed or 'names'}")

@@ -10,6 +10,22 @@ from collections.abc import Iterator
 import typer
 from typer.exceptions import TyperException
 
+INTERRUPT_EXIT = 130  # 128 + SIGINT, as shells report a Ctrl-C
+# What a stage interrupted without saying more can truthfully claim: every stage writes
+# its outputs to a temporary beside the target and renames it only when complete.
+NOTHING_KEPT = (
+    "no output was written (outputs are replaced only when complete, so any earlier "
+    "ones are as they were); a rerun starts this stage over"
+)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C that knows what it kept: ``str(exc)`` says so and what a rerun does.
+
+    A KeyboardInterrupt subclass, so every ``except KeyboardInterrupt`` cleanup on the
+    way out still runs; `user_errors` prints its message instead of `NOTHING_KEPT`.
+    """
+
 
 def setup_logging(verbose: bool = False) -> None:
     """Log to stderr; called by the CLI, never at import time."""
@@ -24,6 +40,9 @@ def setup_logging(verbose: bool = False) -> None:
 def user_errors(*types: type[BaseException]) -> Iterator[None]:
     """Turn the expected error types into a one-line message and exit code 1.
 
+    Ctrl-C gives one line, ``interrupted: ...`` saying what was kept and what a rerun
+    does (an `Interrupted`'s own words, else `NOTHING_KEPT`), and exit code 130.
+
     A full disk (an OSError with errno ENOSPC or EDQUOT anywhere in the error's chain)
     is expected in every stage: it becomes `error: no space left on device while
     writing PATH`, PATH being the output the stage was writing, not its temporary.
@@ -35,9 +54,10 @@ def user_errors(*types: type[BaseException]) -> Iterator[None]:
         yield
     except (typer.Exit, typer.Abort, TyperException):
         raise  # already handled, or typer's own
-    except KeyboardInterrupt:
-        typer.echo("interrupted: no output was written", err=True)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        said = str(exc) if isinstance(exc, Interrupted) else ""
+        typer.echo(f"interrupted: {said or NOTHING_KEPT}", err=True)
+        raise typer.Exit(INTERRUPT_EXIT) from None
     except Exception as exc:
         expected = isinstance(exc, (ParamsError, StoreError, *types))
         message = disk_full_message(exc, str(exc) if expected else None)

@@ -165,6 +165,8 @@ class TrainParams:
     nnodes: int
     node_rank: int
     rdzv_endpoint: str
+    # seconds the machines may take to meet at rdzv_endpoint before the run fails
+    rdzv_timeout_s: int
 
     @property
     def n_processes(self) -> int:
@@ -190,6 +192,11 @@ class TrainParams:
             endpoint == "" or (bool(host) and port.isdigit()),
             f"rdzv_endpoint must be 'host:port' or empty, got {endpoint!r}",
         )
+        require(
+            endpoint == "" or 1 <= int(port) <= 65535,
+            f"rdzv_endpoint {endpoint!r}: the port must be in 1..65535",
+        )
+        require(self.rdzv_timeout_s > 0, "rdzv_timeout_s must be > 0 (seconds)")
         require(
             self.nnodes == 1 or bool(endpoint),
             "rdzv_endpoint is required when nnodes > 1: 'host:port' of machine node_rank 0, "

@@ -17,6 +17,8 @@ trained model for sampling (``etude evaluate``, ``generate``, ``interpolate``) n
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +73,10 @@ def load_checkpoint(
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises pickle/zip/runtime errors for broken files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from exc
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({unreadable_reason(path, exc)}); "
+            f"`{retrain_command(path, name)}` writes it anew"
+        ) from exc
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not an Etude checkpoint (a {type(ckpt).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
@@ -89,20 +93,51 @@ def load_checkpoint(
     return ckpt
 
 
+def unreadable_reason(path: Path, exc: BaseException) -> str:
+    """Why `torch.load(path, weights_only=True)` failed, in Etude's words.
+
+    Torch's own message is not passed on: for a file it will not load safely it advises
+    ``weights_only=False`` or allow-listing globals, the unsafe load Etude never does.
+    """
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+    except OSError as err:
+        return f"cannot read it: {err.strerror or type(err).__name__}"
+    if not head:
+        return "the file is empty"
+    # torch: "Unsupported global: GLOBAL module.name was not an allowed global ..."
+    found = re.search(r"GLOBAL (\S+)", str(exc))
+    if found and isinstance(exc, pickle.UnpicklingError):
+        return f"it holds a Python object ({found.group(1)}) that Etude does not unpickle"
+    if not head.startswith(b"PK"):  # torch.save writes a zip archive
+        return "not a file torch.save wrote, e.g. text or a pointer file"
+    return "a damaged or truncated torch.save archive"
+
+
+def retrain_command(path: Path, name: str | None) -> str:
+    """The command that trains the model anew into the folder of `path`.
+
+    ``--fresh`` because a rerun that resumes a finished last.pt would not rewrite model.pt.
+    """
+    return f"etude train {name or '<model>'} --out {path.parent} --fresh"
+
+
 def config_from_checkpoint(spec: ModelSpec, ckpt: dict[str, Any], path: str | Path = "") -> Any:
     """Rebuild the model config dataclass from ``ckpt["config"]`` (validated)."""
-    from pipeline.core.params import ParamsError, from_mapping
+    from pipeline.core.params import PREFIX, ParamsError, from_mapping
 
     try:
         return from_mapping(ckpt["config"], spec.config_cls, f"{spec.name} checkpoint config")
     except ParamsError as exc:
-        raise CheckpointError(f"{path}: config does not fit model '{spec.name}': {exc}") from exc
+        why = str(exc).removeprefix(PREFIX).strip()  # the checkpoint's, not params.yaml's
+        raise CheckpointError(f"{path}: config does not fit model '{spec.name}': {why}") from exc
 
 
 def repr_params_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "") -> Any:
     """Rebuild the representation params dataclass stored in the checkpoint."""
     from pipeline import representations
-    from pipeline.core.params import ParamsError, from_mapping
+    from pipeline.core.params import PREFIX, ParamsError, from_mapping
 
     rep = representations.get(ckpt["representation"])
     raw = ckpt.get("repr_params")
@@ -111,7 +146,8 @@ def repr_params_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "") -> 
     try:
         return from_mapping(raw, rep.params_cls, f"{rep.name} checkpoint repr_params")
     except ParamsError as exc:
-        raise CheckpointError(f"{path}: repr_params do not fit '{rep.name}': {exc}") from exc
+        why = str(exc).removeprefix(PREFIX).strip()
+        raise CheckpointError(f"{path}: repr_params do not fit '{rep.name}': {why}") from exc
 
 
 def load_model(

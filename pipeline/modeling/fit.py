@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from pipeline.core.stage_utils import Interrupted
 from pipeline.modeling.base import CHECKPOINT_VERSION, ModelSpec, StoreData, TrainParams
 from pipeline.modeling.checkpoint import (
     CheckpointError,
@@ -81,6 +82,7 @@ RESUME_INDEPENDENT = (
     "nnodes",
     "node_rank",
     "rdzv_endpoint",
+    "rdzv_timeout_s",
 )
 
 
@@ -273,6 +275,7 @@ def _fit(
     sums: dict[str, float] = {}
     weight_sum = 0.0
     set_step = getattr(model, "set_step", None)
+    saved_step = step if state is not None else None  # the step last.pt holds on disk
     try:
         while step < tp.max_steps and not stopped_early:
             batch = _to_device(next(batches), device)
@@ -375,8 +378,11 @@ def _fit(
                         },
                         out_dir / "last.pt",
                     )
+                saved_step = step
             if on_step is not None:
                 on_step(step)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_message(spec.name, out_dir, step, saved_step, tp)) from None
     finally:
         if live is not None:
             live.end()
@@ -388,6 +394,22 @@ def _fit(
         wall_time_s=elapsed_before + time.monotonic() - began,
     )
     return summary, model
+
+
+def interrupted_message(
+    name: str, out_dir: Path, step: int, saved_step: int | None, tp: TrainParams
+) -> str:
+    """What a Ctrl-C at `step` kept and what a rerun does (last.pt is written whole)."""
+    if saved_step is None:
+        return (
+            f"{name}: stopped at step {step}, before the first checkpoint "
+            f"(train.checkpoint_every = {tp.checkpoint_every}); a rerun starts training over"
+        )
+    best = " and model.pt (the best so far)" if (out_dir / "model.pt").exists() else ""
+    return (
+        f"{name}: stopped at step {step}; kept {out_dir / 'last.pt'} at step {saved_step}"
+        f"{best}; `dvc repro` (or this command) resumes from it"
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -414,14 +436,90 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 
     ``bf16``: ``torch.autocast`` with bfloat16, on CPU as on CUDA: matmuls, linear
     layers, convolutions and LSTMs run in bf16, log-softmax and the losses in fp32
-    (tests/modeling/test_precision.py says what each model runs in which). ``fp32``: no
-    context at all, so the default run computes exactly what it computed before.
+    (tests/modeling/test_precision.py says what each model runs in which). On a CPU
+    whose oneDNN has no bf16 kernels (`cpu_bf16_kernels`; e.g. AVX2 without AVX-512),
+    oneDNN's LSTM refuses bf16, so the forward runs with oneDNN off: torch's own CPU
+    kernels serve every op (LSTMs then compute in fp32, the rest stays bf16), and a
+    warning says so once. A CUDA device without bf16 is refused. ``fp32``: no context
+    at all, so the default run computes exactly what it computed before.
+
+    Raises:
+        FitError: an unknown precision, or bf16 on a GPU without it.
     """
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if precision != "fp32":
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
         raise FitError(f"train.precision must be fp32 or bf16, got {precision!r}")
-    return contextlib.nullcontext()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise FitError(
+            f"train.precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 "
+            "support; set train.precision: fp32"
+        )
+    bf16 = torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if device.type != "cpu" or cpu_bf16_kernels():
+        return bf16
+    _warn_once(
+        "train.precision bf16: this CPU's oneDNN has no bfloat16 kernels; running bf16 on "
+        "torch's own CPU kernels (oneDNN off: LSTMs in fp32, slower than on a bf16 CPU)"
+    )
+    stack = contextlib.ExitStack()
+    stack.enter_context(_onednn_off())
+    stack.enter_context(bf16)
+    return stack
+
+
+@contextlib.contextmanager
+def _onednn_off() -> Iterator[None]:
+    """oneDNN off for the forward (torch's ``mkldnn.flags`` would also warn about TF32)."""
+    was = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = was
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning("%s", message)
+
+
+def cpu_bf16_kernels() -> bool:
+    """Whether oneDNN (torch's CPU kernel library) runs bfloat16 on this CPU.
+
+    Asked of torch, never inferred from the CPU's name: its own check
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported``, what decides whether oneDNN
+    takes bf16) and a probe of the op that failed without it, a tiny LSTM under bf16
+    autocast (oneDNN: "could not create a primitive descriptor for the LSTM forward
+    propagation primitive"). The answer is cached per process.
+    """
+    global _CPU_BF16
+    if _CPU_BF16 is None:
+        _CPU_BF16 = _probe_cpu_bf16()
+    return _CPU_BF16
+
+
+_CPU_BF16: bool | None = None
+
+
+def _probe_cpu_bf16() -> bool:
+    if not torch.backends.mkldnn.is_available():
+        return False
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if check is not None and not check():
+        return False
+    try:  # a forked RNG: the probe's weight init must not shift the training stream
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            lstm = torch.nn.LSTM(4, 4, batch_first=True)
+            with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+                lstm(torch.zeros(1, 2, 4))
+    except RuntimeError:
+        return False
+    return True
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ Torch is imported inside the command so that ``etude --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -35,7 +36,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pipeline.core.config import MODELS, PARAMS_FILE, PROCESSED, REPORTS
-from pipeline.core.stage_utils import user_errors
+from pipeline.core.stage_utils import INTERRUPT_EXIT, Interrupted, user_errors
 
 if TYPE_CHECKING:
     from pipeline.modeling.base import ModelSpec, StoreData, TrainParams
@@ -67,11 +68,19 @@ def load_train_params(name: str, params: Path = PARAMS_FILE) -> tuple[Any, Train
     Raises:
         ParamsError: unknown model, or a bad key or value in either section.
     """
-    from pipeline.core.params import ParamsError, from_mapping, get_section, read_params_file
-    from pipeline.modeling import base
+    from pipeline.core.params import params_errors, read_params_file
 
     spec = model_spec(name)
     data = read_params_file(params)
+    with params_errors(params):  # the messages name the file read, not "params.yaml"
+        return _train_sections(name, spec, data)
+
+
+def _train_sections(name: str, spec: ModelSpec, data: dict[str, Any]) -> tuple[Any, TrainParams]:
+    """`load_train_params` on the parsed file: its messages say "params.yaml:"."""
+    from pipeline.core.params import ParamsError, from_mapping, get_section
+    from pipeline.modeling import base
+
     shared = get_section(data, "train")
     section = get_section(data, f"models.{name}")
     if not isinstance(shared, Mapping):
@@ -180,7 +189,7 @@ def run_training(
     if train.n_processes > 1 and "WORLD_SIZE" not in os.environ:
         argv = ["train", name, "--store", store, "--out", out, "--live", live, "--params", params]
         argv += [*(["--seed", seed] if seed is not None else []), *([] if resume else ["--fresh"])]
-        launch(name, train, [str(a) for a in argv])
+        launch(name, train, [str(a) for a in argv], out)
         return json.loads((live / "summary.json").read_text()) if train.node_rank == 0 else None
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if train.n_processes > 1 and world != train.n_processes:
@@ -202,7 +211,7 @@ def run_training(
 # Launching several processes
 
 
-def launch(name: str, train: TrainParams, argv: list[str]) -> None:
+def launch(name: str, train: TrainParams, argv: list[str], out: Path) -> None:
     """Run ``python -m pipeline <argv>`` as this machine's ranks and wait for them.
 
     The launcher is torch.distributed.run itself (``torchrun``'s engine), called in
@@ -210,12 +219,15 @@ def launch(name: str, train: TrainParams, argv: list[str]) -> None:
     without an endpoint gets ``--standalone`` (a rendezvous on a free local port, so
     several runs never collide); several machines meet at ``train.rdzv_endpoint``
     (static rendezvous: ``train.node_rank`` is the machine's index, and node 0, which
-    hosts the endpoint, holds global rank 0 and so the outputs). No restarts: a
-    failed rank ends the run, and a rerun resumes from OUT/last.pt.
+    hosts the endpoint, holds global rank 0 and so the outputs) within
+    ``train.rdzv_timeout_s``. No restarts: a failed rank ends the run, and a rerun
+    resumes from OUT/last.pt. Ctrl-C ends every rank within seconds (`_interruptible`),
+    with one line saying what `out` kept.
 
     Raises:
-        FitError: a rank failed (its own error is printed above), a signal stopped the
-            run, or the machines did not meet.
+        FitError: a rank failed (its own error is printed above), a signal other than
+            SIGINT stopped the run, or the machines did not meet.
+        Interrupted: Ctrl-C (SIGINT); its message says what was kept.
     """
     from torch.distributed import DistError
     from torch.distributed import run as torchrun
@@ -225,10 +237,20 @@ def launch(name: str, train: TrainParams, argv: list[str]) -> None:
 
     from pipeline.modeling.fit import FitError
 
+    check_launch(name, train)
+    since = time.time()
     args = ["--nproc-per-node", str(train.nproc_per_node), "--nnodes", str(train.nnodes)]
     args += ["--node-rank", str(train.node_rank), "--max-restarts", "0"]
     if train.rdzv_endpoint:
         args += ["--rdzv-backend", "static", "--rdzv-endpoint", train.rdzv_endpoint]
+        args += ["--rdzv-conf", f"timeout={train.rdzv_timeout_s}"]
+        log.info(
+            "%s: waiting for %d machines at %s (timeout %d s, train.rdzv_timeout_s)",
+            name,
+            train.nnodes,
+            train.rdzv_endpoint,
+            train.rdzv_timeout_s,
+        )
     else:
         args.append("--standalone")
     args += ["--module", "pipeline", *argv]
@@ -240,9 +262,12 @@ def launch(name: str, train: TrainParams, argv: list[str]) -> None:
         env["OMP_NUM_THREADS"] = str(train.num_threads)
     os.environ.update(env)
     try:
-        torchrun.run(torchrun.parse_args(args))
+        with _interruptible(lambda: kept_message(name, out, since)), _quiet_torch_logs():
+            torchrun.run(torchrun.parse_args(args))
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
+        if failure.exitcode == INTERRUPT_EXIT:  # a Ctrl-C that reached the ranks first
+            raise Interrupted(kept_message(name, out, since)) from None
         how = (
             f"was killed by signal {-failure.exitcode}"
             if failure.exitcode < 0
@@ -250,22 +275,143 @@ def launch(name: str, train: TrainParams, argv: list[str]) -> None:
         )
         raise FitError(
             f"{name}: rank {rank} of {train.n_processes} {how} (its error is above); "
-            "every rank was stopped, and a rerun resumes from the last checkpoint"
+            f"every rank was stopped; {kept_message(name, out, since)}"
         ) from None
+    except KeyboardInterrupt:  # Ctrl-C before torch took over the signal handlers
+        raise Interrupted(kept_message(name, out, since)) from None
     except SignalException as exc:  # SIGINT, SIGTERM, ...: torch stopped the ranks
+        if exc.sigval == signal.SIGINT:
+            raise Interrupted(kept_message(name, out, since)) from None
         raise FitError(
             f"{name}: stopped by {signal.Signals(exc.sigval).name} with every rank; "
-            "a rerun resumes from the last checkpoint"
+            f"{kept_message(name, out, since)}"
         ) from None
     except (RendezvousError, DistError) as exc:  # DistNetworkError: endpoint unreachable
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise FitError(
             f"{name}: the {train.nnodes} machines did not meet at train.rdzv_endpoint "
-            f"{train.rdzv_endpoint!r} ({first})"
+            f"{train.rdzv_endpoint!r} within train.rdzv_timeout_s = {train.rdzv_timeout_s} s "
+            f"({first}); nothing was trained"
         ) from None
     finally:
         for key in env:
             os.environ.pop(key, None)
+
+
+def check_launch(name: str, train: TrainParams) -> None:
+    """Refuse an endpoint that cannot work, and warn (one line) of more processes than
+    this machine has GPUs (``device`` cuda or auto with CUDA) or CPU cores.
+
+    Raises:
+        FitError: ``train.rdzv_endpoint``'s host does not resolve.
+    """
+    import socket
+
+    import torch
+
+    from pipeline.modeling.fit import FitError
+
+    if train.rdzv_endpoint:
+        host, _, port = train.rdzv_endpoint.rpartition(":")
+        try:
+            socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            raise FitError(
+                f"train.rdzv_endpoint {train.rdzv_endpoint!r}: host {host!r} does not "
+                f"resolve ({exc}); give machine 0's name or address"
+            ) from None
+    on_gpu = train.device != "cpu" and torch.cuda.is_available()
+    have = torch.cuda.device_count() if on_gpu else (os.cpu_count() or 1)
+    what = "GPUs" if on_gpu else "CPU cores"
+    if train.nproc_per_node > have:
+        log.warning(
+            "%s: train.nproc_per_node is %d, more than this machine's %d %s: the ranks "
+            "will share them and run slower than fewer would",
+            name,
+            train.nproc_per_node,
+            have,
+            what,
+        )
+
+
+def kept_message(name: str, out: Path, since: float) -> str:
+    """What an interrupted launch leaves in `out` and what a rerun does with it."""
+    from pipeline.modeling.checkpoint import CheckpointError, load_checkpoint
+
+    last = Path(out) / "last.pt"
+    try:
+        step = int(load_checkpoint(last, name).get("step", 0)) if last.exists() else None
+    except CheckpointError:
+        step = None
+    if step is None:
+        return f"{name}: no checkpoint was written; a rerun starts training over"
+    fresh = "" if last.stat().st_mtime >= since else " (from before this launch)"
+    return f"{name}: kept {last} at step {step}{fresh}; `dvc repro` resumes from it"
+
+
+@contextlib.contextmanager
+def _interruptible(kept: Callable[[], str], grace_s: float = 5.0) -> Iterator[None]:
+    """Make Ctrl-C end a launch within `grace_s` seconds, whatever the launcher is doing.
+
+    torch handles SIGINT by stopping the ranks and raising SignalException, but only
+    when the main thread runs Python: while it waits in C++ for other machines at the
+    rendezvous (TCPStore) a Ctrl-C would wait for the timeout. The C-level signal
+    handler writes to a wakeup fd at once, whatever the main thread does; a watcher
+    thread reads it and, if the launch is still running `grace_s` later, prints the one
+    line and ends the process (the ranks die with it: `exit_with_launcher`).
+    """
+    import select
+    import socket
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # set_wakeup_fd works in the main thread only; torch's handling remains
+        return
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            ready, _, _ = select.select([reader], [], [], 0.2)
+            if not ready or signal.SIGINT not in reader.recv(64):
+                continue
+            if done.wait(grace_s):
+                return
+            sys.stderr.write(f"interrupted: {kept()}\n")
+            sys.stderr.flush()
+            os._exit(INTERRUPT_EXIT)
+
+    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    watcher = threading.Thread(target=watch, name="launch-interrupt", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        signal.set_wakeup_fd(previous)
+        watcher.join()
+        reader.close()
+        writer.close()
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    """torch's launcher logs a warning per rank when it stops them (64 ranks, 130+
+    lines for one Ctrl-C); Etude says what happened in one line of its own."""
+    logger = logging.getLogger("torch.distributed.elastic")
+    children = [
+        logging.getLogger(n)
+        for n in list(logging.root.manager.loggerDict)
+        if n.startswith(logger.name)
+    ]
+    saved = [(lg, lg.level) for lg in [logger, *children]]
+    for lg, _ in saved:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in saved:
+            lg.setLevel(level)
 
 
 def exit_with_launcher() -> None:

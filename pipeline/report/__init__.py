@@ -1024,12 +1024,13 @@ def report_command(
     params: Annotated[Path, typer.Option("--params", help="params.yaml to read.")] = PARAMS_FILE,
 ) -> None:
     """Write reports/index.html (table, curves, clips) and the find-the-fake page."""
-    from pipeline.core.params import from_mapping, get_section, read_params_file
+    from pipeline.core.params import from_mapping, get_section, params_errors, read_params_file
     from pipeline.core.stage_utils import user_errors
 
     with user_errors(OSError):
         data = read_params_file(params)
-        settings = from_mapping(get_section(data, "report"), ReportParams, "report")
+        with params_errors(params):
+            settings = from_mapping(get_section(data, "report"), ReportParams, "report")
         page = build_report(reports, out, models_from_params(data), params=settings)
         typer.echo(f"report -> {page}")
 

@@ -57,14 +57,15 @@ def fetch_command(
     params: Annotated[Path, typer.Option("--params", help="params.yaml to read.")] = PARAMS_FILE,
 ) -> None:
     """Download (or export) one source's MIDI files into OUT, with manifest.csv."""
-    from pipeline.core.params import ParamsError, load_params
+    from pipeline.core.params import ParamsError, load_params, params_errors
     from pipeline.core.stage_utils import user_errors
     from pipeline.download import DownloadError
 
     with user_errors(DownloadError, OSError):
-        if source not in REGISTRY:
-            raise ParamsError(
-                f"params.yaml: 'sources' has unknown entry {source!r}; allowed: {names()}"
-            )
+        with params_errors(params):  # the file read, not a literal params.yaml
+            if source not in REGISTRY:
+                raise ParamsError(
+                    f"params.yaml: 'sources' has unknown entry {source!r}; allowed: {names()}"
+                )
         spec = get(source)
         spec.fetch(load_params(source, spec.params_cls, params), out)

@@ -7,7 +7,8 @@ Fetch downloads it once (checksummed; a local file path in ``jsb.url`` is copied
 the benchmark runs offline) and writes one MIDI file per chorale to
 ``<split>/chorale_<index>.mid`` with a manifest that keeps the official split
 (``valid`` -> ``validation``) and gives each chorale its own group (``jsb:valid/012``),
-so ingest neither redraws nor merges it. The JSON itself is not kept.
+so ingest neither redraws nor merges it. The JSON itself is not kept. A file with a
+missing or empty split is refused, naming the file or URL the user gave.
 
 Time: step t spans quarter notes [t, t+1) at a fixed tempo of ``jsb.bpm`` (the data has
 no tempo), 480 ticks per quarter, so a prv store with ``steps_per_second = bpm / 60``
@@ -36,6 +37,7 @@ from pathlib import Path
 from pipeline.core.config import SPLITS
 from pipeline.core.io import atomic_dir
 from pipeline.core.params import ParamsError, require
+from pipeline.core.stage_utils import Interrupted
 from pipeline.core.stores import MANIFEST, MANIFEST_COLUMNS
 from pipeline.download import DownloadError, download
 from pipeline.sources import Source, register
@@ -93,19 +95,35 @@ class JsbPiece:
         return f"jsb:{self.official}/{self.index:03d}"
 
 
-def read_chorales(path: Path) -> list[JsbPiece]:
-    """All chorales of the JSON file, validated (keys, step lists, MIDI pitches)."""
+def read_chorales(path: Path, name: str | None = None) -> list[JsbPiece]:
+    """All chorales of the JSON file, validated (keys, non-empty splits, MIDI pitches).
+
+    Messages name `name` (default: `path`): fetch reads a temporary copy, gone by the
+    time anyone reads the message, so it passes the file or URL the user gave.
+    A split with no chorale is refused: the benchmark trains, selects and scores on
+    all three, and a score over an empty test split would be no score at all.
+    """
+    name = str(path) if name is None else name
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DownloadError(f"{path}: not a JSON file: {exc}") from None
+        raise DownloadError(f"{name}: not a JSON file: {exc}") from None
     if not isinstance(data, dict) or set(data) != set(OFFICIAL_SPLITS):
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise DownloadError(f"{path}: expected keys {sorted(OFFICIAL_SPLITS)}, got {keys}")
+        raise DownloadError(f"{name}: expected keys {sorted(OFFICIAL_SPLITS)}, got {keys}")
+    for official in OFFICIAL_SPLITS:
+        if not isinstance(data[official], list):
+            kind = type(data[official]).__name__
+            raise DownloadError(f"{name}: '{official}' must be a list of chorales, got a {kind}")
+        if not data[official]:
+            raise DownloadError(
+                f"{name}: the '{official}' split is empty; the benchmark needs chorales "
+                f"in each of {list(OFFICIAL_SPLITS)}"
+            )
     out = []
     for official in OFFICIAL_SPLITS:
         for index, steps in enumerate(data[official]):
-            where = f"{path}: {official}[{index}]"
+            where = f"{name}: {official}[{index}]"
             if not isinstance(steps, list) or not steps:
                 raise DownloadError(f"{where}: a chorale must be a non-empty list of steps")
             for t, step in enumerate(steps):
@@ -170,6 +188,13 @@ def select(chorales: list[JsbPiece], max_files: int) -> list[JsbPiece]:
     return [c for c in chorales if c.group in chosen]
 
 
+def given(params: Params) -> str:
+    """The JSON as the user named it: the URL, or the local file (`~` expanded)."""
+    if params.url.startswith(("http://", "https://")):
+        return params.url
+    return str(Path(params.url).expanduser())
+
+
 def obtain(params: Params, dest: Path) -> Path:
     """The JSON at `dest`: downloaded (resumable, checksummed) or copied from a local path."""
     if params.url.startswith(("http://", "https://")):
@@ -189,10 +214,28 @@ def obtain(params: Params, dest: Path) -> Path:
 
 
 def fetch(params: Params, out_dir: Path) -> None:
-    """Write one MIDI file per chorale plus manifest.csv (official splits) to `out_dir`."""
+    """Write one MIDI file per chorale plus manifest.csv (official splits) to `out_dir`.
+
+    A file that fails validation leaves `out_dir` as it was (or absent), and says so.
+    """
     with atomic_dir(out_dir) as tmp:
-        source = obtain(params, tmp / SOURCE_FILE)
-        chorales = select(read_chorales(source), params.max_files)
+        try:
+            source = obtain(params, tmp / SOURCE_FILE)
+        except DownloadError as exc:  # a partial file sits in tmp, which goes with it
+            said = re.sub(r" \(partial file kept at .* for resuming\)", "", str(exc))
+            kept = "left as it was" if out_dir.exists() else "not written"
+            raise DownloadError(f"{said}; {out_dir} {kept}; a rerun fetches it again") from None
+        except KeyboardInterrupt:  # the partial file sits in tmp, which goes with it
+            kept = "left as it was" if out_dir.exists() else "not written"
+            raise Interrupted(
+                f"jsb: the partial download was discarded with the temporary folder and "
+                f"{out_dir} {kept}; a rerun fetches the file again"
+            ) from None
+        try:
+            chorales = select(read_chorales(source, given(params)), params.max_files)
+        except DownloadError as exc:  # out_dir is untouched until the new one is complete
+            kept = "left as it was" if out_dir.exists() else "not written"
+            raise DownloadError(f"{exc}; {out_dir} {kept}") from None
         source.unlink()
         rows = []
         for c in chorales:

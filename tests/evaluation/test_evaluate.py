@@ -201,6 +201,7 @@ def test_evaluate_command_writes_metrics_and_samples(stores: Path, tmp_path: Pat
         nnodes=1,
         node_rank=0,
         rdzv_endpoint="",
+        rdzv_timeout_s=60,
     )
     fit(
         spec,

@@ -379,6 +379,7 @@ def train_params(**kw: Any) -> TrainParams:
         nnodes=1,
         node_rank=0,
         rdzv_endpoint="",
+        rdzv_timeout_s=60,
     )
     return TrainParams(**{**values, **kw})
 

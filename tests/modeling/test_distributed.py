@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -323,6 +324,10 @@ def test_launch_keys_are_checked_and_overridable_per_model(tmp_path: Path) -> No
         load_with(nnodes=2, rdzv_endpoint="node0")
     with pytest.raises(ParamsError, match="node_rank must be in 0..nnodes-1"):
         load_with(nnodes=2, node_rank=2, rdzv_endpoint="node0:29500")
+    with pytest.raises(ParamsError, match=r"port must be in 1\.\.65535"):
+        load_with(nnodes=2, rdzv_endpoint="127.0.0.1:99999")
+    with pytest.raises(ParamsError, match="rdzv_timeout_s must be > 0"):
+        load_with(rdzv_timeout_s=0)
     with pytest.raises(ParamsError, match="nproc_per_node must be >= 1"):
         load_with(nproc_per_node=0)
     with pytest.raises(ParamsError, match="'train.nproc_per_node' must be an integer"):
@@ -357,7 +362,7 @@ def test_launch_asks_torchrun_for_the_params_processes(
     (live / "summary.json").write_text(json.dumps(summary))  # what rank 0 would write
     for name, train in {
         "one.yaml": {"nproc_per_node": 2},
-        "node1.yaml": {"nnodes": 3, "node_rank": 1, "rdzv_endpoint": "node0:29500"},
+        "node1.yaml": {"nnodes": 3, "node_rank": 1, "rdzv_endpoint": "localhost:29500"},
     }.items():
         (tmp_path / name).write_text(yaml.safe_dump(params(**train)))
         args = ["rnn", "--store", "s", "--out", "o", "--live", live, "--params", name]
@@ -370,7 +375,8 @@ def test_launch_asks_torchrun_for_the_params_processes(
     args = ["rnn", "--store", "s", "--out", "o", "--live", str(live), "--params", "one.yaml"]
     assert one.training_script_args == ["train", *args, "--seed", "3", "--fresh"]
     assert node1.standalone is False
-    assert (node1.rdzv_backend, node1.rdzv_endpoint) == ("static", "node0:29500")
+    assert (node1.rdzv_backend, node1.rdzv_endpoint) == ("static", "localhost:29500")
+    assert node1.rdzv_conf == f"timeout={params()['train']['rdzv_timeout_s']}"
     launched = (node1.nproc_per_node, node1.nnodes, node1.node_rank, node1.max_restarts)
     assert launched == ("1", "3", 1, 0)
 
@@ -381,3 +387,145 @@ def typer_app():  # noqa: ANN201
     app = typer.Typer()
     app.command()(train_command)
     return app
+
+
+def launch_output(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **train: object) -> Any:
+    """`etude train` with these train keys, torch.distributed.run replaced by a stub
+    that records its call: what the command checks and says before launching."""
+    from torch.distributed import run as torchrun
+
+    calls: list[object] = []
+    monkeypatch.setattr(torchrun, "run", calls.append)
+    monkeypatch.chdir(tmp_path)
+    live = tmp_path / "live"
+    live.mkdir(exist_ok=True)
+    (live / "summary.json").write_text(
+        json.dumps({"steps": 1, "best_val_loss": 1.0, "wall_time_s": 1})
+    )
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params(**train)))
+    args = ["rnn", "--store", "s", "--out", "o", "--live", str(live), "--params", "p.yaml"]
+    result = CliRunner().invoke(typer_app(), args)
+    return result, calls
+
+
+def test_an_endpoint_whose_host_does_not_resolve_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    endpoint = "no-such-host.invalid:29500"
+    result, calls = launch_output(
+        monkeypatch, tmp_path, nnodes=2, node_rank=1, rdzv_endpoint=endpoint
+    )
+    assert result.exit_code == 1 and not calls, result.output
+    assert f"train.rdzv_endpoint '{endpoint}': host 'no-such-host.invalid' does not resolve" in (
+        result.output
+    )
+
+
+def test_more_processes_than_cores_get_one_warning_naming_the_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cores = os.cpu_count() or 1
+    caplog.set_level("WARNING", logger="pipeline.modeling.train")
+    result, calls = launch_output(monkeypatch, tmp_path, nproc_per_node=cores + 1)
+    assert result.exit_code == 0 and len(calls) == 1, result.output
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [
+        f"rnn: train.nproc_per_node is {cores + 1}, more than this machine's {cores} CPU "
+        "cores: the ranks will share them and run slower than fewer would"
+    ]
+    caplog.clear()
+    launch_output(monkeypatch, tmp_path, nproc_per_node=cores)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def wait_in_log(proc: subprocess.Popen[bytes], text: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while text not in output(proc):
+        assert proc.poll() is None, output(proc)
+        assert time.monotonic() < deadline, f"no {text!r} in time"
+        time.sleep(0.02)
+
+
+def interrupt(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
+    """Ctrl-C as a terminal sends it (SIGINT to the foreground process group): the exit
+    code and the seconds the command took to end."""
+    ranks = children(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    began = time.monotonic()
+    code = proc.wait(timeout=30)
+    took = time.monotonic() - began
+    deadline = time.monotonic() + 5
+    while alive := [pid for pid in ranks if running(pid)]:
+        assert time.monotonic() < deadline, f"ranks {alive} outlived the interrupt"
+        time.sleep(0.01)
+    return code, took
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_under_ddp_says_once_what_was_kept_and_exits_130(
+    setup: Path, env: dict[str, str]
+) -> None:
+    """One line from the launcher, none from the ranks, and a true one: last.pt holds
+    the step it names, and the command ends within seconds."""
+    work = setup / "ctrl-c"
+    models = work / "m" / "models"
+    # long enough that the run cannot end on its own before the Ctrl-C
+    (setup / "long.yaml").write_text(yaml.safe_dump(params(nproc_per_node=2, max_steps=20_000)))
+    with started(train_cmd(setup, work, "long.yaml"), work, env) as proc:
+        wait_in_log(proc, "step 20: train loss")
+        while not (models / "last.pt").exists():
+            time.sleep(0.005)
+        code, took = interrupt(proc)
+        said = output(proc)
+    assert code == 130, said
+    assert took < 10, f"{took:.1f} s to stop"
+    lines = [line for line in said.splitlines() if "interrupted" in line]
+    step = load(models / "last.pt")["step"]
+    assert lines == [
+        f"interrupted: rnn: kept {models / 'last.pt'} at step {step}; `dvc repro` resumes from it"
+    ], said
+    assert "Traceback" not in said and "rank" not in said.split("interrupted")[-1]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_machine_waiting_for_the_others_says_so_and_ctrl_c_ends_the_wait(
+    setup: Path, env: dict[str, str]
+) -> None:
+    """nnodes 2 and the other machine never starts: node 0 says what it waits for and
+    how long, and Ctrl-C ends the wait in seconds, though torch waits in C++."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    (setup / "alone.yaml").write_text(
+        yaml.safe_dump(params(nnodes=2, node_rank=0, rdzv_endpoint=endpoint, rdzv_timeout_s=120))
+    )
+    work = setup / "alone"
+    with started(train_cmd(setup, work, "alone.yaml"), work, env) as proc:
+        wait_in_log(proc, f"rnn: waiting for 2 machines at {endpoint} (timeout 120 s")
+        time.sleep(1.0)  # inside torch's rendezvous by now
+        code, took = interrupt(proc)
+        said = output(proc)
+    assert code == 130, said
+    assert took < 10, f"{took:.1f} s to stop"
+    assert said.strip().splitlines()[-1] == (
+        "interrupted: rnn: no checkpoint was written; a rerun starts training over"
+    )
+    assert not (work / "m").exists()
+
+
+def test_machines_that_never_meet_fail_after_the_params_timeout(
+    setup: Path, env: dict[str, str]
+) -> None:
+    endpoint = f"127.0.0.1:{free_port()}"
+    (setup / "late.yaml").write_text(
+        yaml.safe_dump(params(nnodes=2, node_rank=1, rdzv_endpoint=endpoint, rdzv_timeout_s=3))
+    )
+    work = setup / "late"
+    began = time.monotonic()
+    done = run(train_cmd(setup, work, "late.yaml"), work, env)
+    assert done.returncode == 1, done.stderr
+    assert time.monotonic() - began < 60
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"error: rnn: the 2 machines did not meet at train.rdzv_endpoint '{endpoint}' "
+        "within train.rdzv_timeout_s = 3 s ("
+    ), last
+    assert last.endswith("); nothing was trained"), last

@@ -73,6 +73,7 @@ def train_params(**kw: object) -> TrainParams:
         nnodes=1,
         node_rank=0,
         rdzv_endpoint="",
+        rdzv_timeout_s=60,
     )
     return TrainParams(**{**values, **kw})  # type: ignore[arg-type]
 
@@ -266,7 +267,7 @@ spec = base.get("rnn")
 params = base.TrainParams(seed=0, device="cpu", batch_size=4, max_steps=6, learning_rate=3e-3,
     warmup_steps=1, weight_decay=0.01, grad_clip=1.0, eval_every=3, eval_batches=2, patience=0,
     checkpoint_every=3, num_threads=1, augment=base.Augment((0,), (1.0,)), precision="fp32",
-    nproc_per_node=1, nnodes=1, node_rank=0, rdzv_endpoint="")
+    nproc_per_node=1, nnodes=1, node_rank=0, rdzv_endpoint="", rdzv_timeout_s=60)
 import dataclasses
 from pipeline.core.config import DEFAULT_PARAMS_FILE
 from pipeline.modeling.train import load_train_params

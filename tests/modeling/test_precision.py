@@ -10,8 +10,15 @@ run in bf16; the transformer's attention, an SDPA with a float relative-position
 takes torch's math kernel on CPU, which upcasts to fp32; log-softmax and the NLL and
 BCE losses run in fp32 (torch's fp32 op list) and every returned loss is fp32; the
 VAE's KL term is computed in bf16 from bf16 means and log-variances (its sum
-accumulates in fp32 and is rounded to bf16). No op fails and no model needs a
-fallback, so there is none: a model that could not run in bf16 would fail here.
+accumulates in fp32 and is rounded to bf16).
+
+That is on a CPU whose oneDNN runs bf16. Elsewhere (e.g. AVX2 without AVX-512, which
+``ONEDNN_MAX_CPU_ISA=AVX2`` imitates here) oneDNN refuses a bf16 LSTM ("could not
+create a primitive descriptor for the LSTM forward propagation primitive"), so
+`pipeline.modeling.fit.autocast` asks torch (`cpu_bf16_kernels`) and then runs the
+forward with oneDNN off: torch's own kernels, LSTMs in fp32, everything else as
+above. The tests below run on whichever path this CPU takes; one forces the fallback
+by patching the capability, and one reproduces the real refusal in a subprocess.
 
 Tolerance: the first ``STEPS`` training losses of a bf16 and an fp32 run from the
 same seed agree within a relative ``TOLERANCE`` of 1e-2. Measured on this machine (an
@@ -30,7 +37,12 @@ changed the numbers at all (autocast really ran).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +53,7 @@ from fixture_stores import SMALL, SMALL_2, SMALL_3, encoded_store, model_config,
 
 from pipeline.core.params import ParamsError
 from pipeline.modeling import base
+from pipeline.modeling import fit as fit_module
 from pipeline.modeling.base import StoreData, TrainParams
 from pipeline.modeling.checkpoint import load_checkpoint, load_model
 from pipeline.modeling.fit import evaluate_loader, fit, validation_loader
@@ -213,3 +226,73 @@ def test_precision_must_be_fp32_or_bf16(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(data))
     assert load_train_params("rnn", path)[1].precision == "bf16"
     assert dataclasses.replace(train_params("bf16"), precision="fp32") == train_params("fp32")
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_bf16_without_onednn_bf16_falls_back_and_agrees(
+    runs: dict[tuple[str, str], Path],
+    name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The fallback path, whatever this CPU has: torch's own kernels (oneDNN off). It
+    trains, agrees with fp32 within the tolerance, really computes in bf16 (the losses
+    differ from fp32's), warns once, and leaves oneDNN on afterwards. (On a CPU without
+    oneDNN bf16 the tests above take this path already.)"""
+    monkeypatch.setattr(fit_module, "_CPU_BF16", False)
+    monkeypatch.setattr(fit_module, "_WARNED", set())
+    caplog.set_level(logging.WARNING, logger="pipeline.modeling.fit")
+    config = model_config(name, **TINY[name])
+    fit(
+        base.get(name),
+        config,
+        train_params("bf16"),
+        store_for(name),
+        tmp_path / "m",
+        tmp_path / "l",
+    )
+    fp32 = train_losses(runs[name, "fp32"] / "live")
+    other = train_losses(tmp_path / "l")
+    relative = [abs(b - a) / abs(a) for a, b in zip(fp32, other, strict=True)]
+    assert 0 < max(relative) <= TOLERANCE, f"{name}: other bf16 path vs fp32 {relative}"
+    warned = [r.getMessage() for r in caplog.records if "no bfloat16 kernels" in r.getMessage()]
+    assert len(warned) == 1, warned  # once per process, not per step
+    assert torch.backends.mkldnn.enabled, "the fallback must put oneDNN back"
+
+
+PROBE = """
+import torch
+from pipeline.modeling.fit import autocast, cpu_bf16_kernels
+lstm = torch.nn.LSTM(8, 16, batch_first=True)
+x = torch.randn(2, 5, 8)
+try:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lstm(x)
+    print("raw bf16 lstm: ok")
+except RuntimeError as exc:
+    print("raw bf16 lstm: refused:", str(exc).splitlines()[0])
+print("kernels:", cpu_bf16_kernels())
+with autocast("bf16", torch.device("cpu")):
+    y, _ = lstm(x)
+y.sum().backward()
+print("etude bf16 lstm: ok", torch.isfinite(y).all().item())
+"""
+
+
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"),
+    reason="ONEDNN_MAX_CPU_ISA=AVX2 imitates a CPU without bf16 on x86-64 only",
+)
+def test_a_cpu_without_onednn_bf16_trains_in_bf16() -> None:
+    """The failure the issue reported, reproduced: oneDNN limited to AVX2 refuses a bf16
+    LSTM under plain autocast; Etude's autocast sees it and runs the LSTM anyway."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "raw bf16 lstm: refused: could not create a primitive descriptor" in done.stdout
+    assert "kernels: False" in done.stdout
+    assert "etude bf16 lstm: ok True" in done.stdout
+    assert "no bfloat16 kernels" in done.stderr  # the one warning

@@ -47,6 +47,7 @@ PARAMS = {
         "nnodes": 1,
         "node_rank": 0,
         "rdzv_endpoint": "",
+        "rdzv_timeout_s": 60,
     },
     "models": {  # the shipped sections, made tiny
         "rnn": {
@@ -282,3 +283,28 @@ def test_errors_are_one_line_exit_1(tmp_path: Path, stores: Path) -> None:
     assert result.exit_code == 1 and "no latent space" in result.output
     result = run("generate", "vae", "--model-dir", tmp_path / "m", "--out", tmp_path / "s")
     assert result.exit_code == 1 and "holds model 'rnn', expected 'vae'" in result.output
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "said"),
+    [
+        ("train", {"bogus": 1}, "unknown key 'train.bogus'"),
+        ("models.rnn.train", {"bogus": 1}, "unknown key 'models.rnn.train.bogus'"),
+        ("models.rnn", {"hidden_size": "big"}, "'models.rnn.hidden_size' must be an integer"),
+    ],
+)
+def test_a_bad_key_names_the_params_file_given(
+    tmp_path: Path, stores: Path, where: str, value: dict, said: str
+) -> None:
+    """`--params other.yaml`: the message names other.yaml, not "params.yaml"."""
+    other = write_params(tmp_path / "other.yaml")
+    data = yaml.safe_load(other.read_text())
+    node = data
+    for part in where.split("."):
+        node = node.setdefault(part, {})
+    node.update(value)
+    other.write_text(yaml.safe_dump(data))
+    result = run("train", "rnn", "--store", stores / "tuples", "--params", other)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"error: {other}: {said}"), result.output
+    assert "params.yaml" not in result.output

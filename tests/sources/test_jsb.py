@@ -11,18 +11,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from fixture_stores import repr_params, shipped
 from httpserver import LocalServer
 from rawfolder import read_manifest
+from typer.testing import CliRunner
 
+from pipeline.cli import app
 from pipeline.core.params import ParamsError, default_params, from_mapping
+from pipeline.core.stage_utils import Interrupted
 from pipeline.download import DownloadError
 from pipeline.evaluation.frames import N_KEYS, frame_nll, roll_from_steps
 from pipeline.ingest import IngestParams, ingest_dir
 from pipeline.midi import parse_midi
 from pipeline.representations import prv
 from pipeline.sources import MANIFEST_COLUMNS
-from pipeline.sources.jsb import Params, chorale_notes, fetch, read_chorales, write_midi
+from pipeline.sources.jsb import (
+    SOURCE_FILE,
+    Params,
+    chorale_notes,
+    fetch,
+    read_chorales,
+    write_midi,
+)
 
 SLICE = Path(__file__).resolve().parents[1] / "fixtures" / "jsb" / "jsb-chorales-slice.json"
 # pieces of the slice per file key (tests/fixtures/jsb/SOURCES.txt)
@@ -147,12 +158,134 @@ def test_missing_local_file_is_a_params_error(tmp_path: Path) -> None:
 
 def test_malformed_file_is_refused_naming_it(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"train": [[[60]]], "valid": [], "test": [[["C4"]]]}))
+    bad.write_text(json.dumps({"train": [[[60]]], "valid": [[[62]]], "test": [[["C4"]]]}))
     with pytest.raises(DownloadError, match=r"bad.json: test\[0\]: step 0"):
         read_chorales(bad)
+    with pytest.raises(DownloadError, match=r"^the URL: test\[0\]: step 0"):
+        read_chorales(bad, "the URL")  # fetch passes what the user named
     bad.write_text(json.dumps({"train": []}))
     with pytest.raises(DownloadError, match="expected keys"):
         read_chorales(bad)
+    bad.write_text(json.dumps({"train": {}, "valid": [[[60]]], "test": [[[60]]]}))
+    with pytest.raises(DownloadError, match="'train' must be a list of chorales, got a dict"):
+        read_chorales(bad)
+
+
+def _truncated(slice_path: Path, data: dict, dest: Path) -> bytes:
+    """The slice cut mid-file, as a broken download or copy leaves it."""
+    payload = slice_path.read_bytes()[:5000]
+    dest.write_bytes(payload)
+    return payload
+
+
+def _bad_pitch(slice_path: Path, data: dict, dest: Path) -> bytes:
+    """The slice with one pitch out of the MIDI range."""
+    broken = json.loads(json.dumps(data))
+    broken["valid"][1][2] = [60, 128]
+    dest.write_text(json.dumps(broken))
+    return dest.read_bytes()
+
+
+BROKEN_FILES = {
+    "truncated": (_truncated, "not a JSON file: "),
+    "bad pitch": (_bad_pitch, "valid[1]: step 2 is not a list of MIDI pitches: [60, 128]"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN_FILES))
+def test_a_broken_local_file_is_named_not_its_temporary_copy(
+    kind: str, slice_path: Path, data: dict, tmp_path: Path
+) -> None:
+    write, problem = BROKEN_FILES[kind]
+    mine = tmp_path / "mine.json"
+    write(slice_path, data, mine)
+    out = tmp_path / "raw"
+    with pytest.raises(DownloadError) as info:
+        fetch(params_for(str(mine), None, sha256=None), out)
+    message = str(info.value)
+    assert message.startswith(f"{mine}: {problem}")
+    assert message.endswith(f"; {out} not written")
+    assert SOURCE_FILE not in message and ".tmp" not in message
+    assert not out.exists() and not list(tmp_path.glob("raw*"))
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN_FILES))
+def test_a_broken_download_is_named_by_its_url(
+    kind: str, server: LocalServer, slice_path: Path, data: dict, tmp_path: Path
+) -> None:
+    write, problem = BROKEN_FILES[kind]
+    payload = write(slice_path, data, tmp_path / "served.json")
+    url = server.add("/jsb.json", payload)
+    with pytest.raises(DownloadError) as info:
+        fetch(params_for(url, payload), tmp_path / "raw")  # checksum matches: the file is bad
+    assert str(info.value).startswith(f"{url}: {problem}")
+    assert SOURCE_FILE not in str(info.value)
+
+
+def test_a_failed_or_interrupted_download_says_nothing_was_kept(
+    server: LocalServer, slice_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The JSON downloads into fetch's temporary folder, which goes on failure: the
+    messages never promise a partial file to resume, and the output stays as it was."""
+    import pipeline.download as dl
+    import pipeline.sources.jsb as jsb
+
+    payload = slice_path.read_bytes()
+    url = server.add("/down.json", payload, faults=["503"] * 10)
+    monkeypatch.setattr(dl.time, "sleep", lambda s: None)  # the retries' back-off
+    out = tmp_path / "raw"
+    with pytest.raises(DownloadError) as info:
+        fetch(params_for(url, payload), out)
+    message = str(info.value)
+    assert message.startswith(f"{url}: giving up after 6 failed attempts in a row: ")
+    assert "kept" not in message.split(";")[0] and "for resuming" not in message
+    assert message.endswith(f"; {out} not written; a rerun fetches it again")
+    assert not out.exists() and not list(tmp_path.glob("raw*"))
+
+    def interrupted(*args: object, **kwargs: object) -> Path:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jsb, "download", interrupted)
+    with pytest.raises(Interrupted) as stopped:
+        fetch(params_for(url, payload), out)
+    assert str(stopped.value) == (
+        f"jsb: the partial download was discarded with the temporary folder and {out} "
+        "not written; a rerun fetches the file again"
+    )
+    assert not list(tmp_path.glob("raw*"))
+
+
+@pytest.mark.parametrize("official", ["train", "valid", "test"])
+def test_an_empty_split_is_refused_and_the_output_kept(
+    official: str, slice_path: Path, data: dict, tmp_path: Path
+) -> None:
+    out = tmp_path / "raw"
+    fetch(params_for(str(slice_path), slice_path.read_bytes()), out)
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    mine = tmp_path / "empty-split.json"
+    mine.write_text(json.dumps({**data, official: []}))
+    with pytest.raises(DownloadError) as info:
+        fetch(params_for(str(mine), mine.read_bytes()), out)
+    assert str(info.value) == (
+        f"{mine}: the '{official}' split is empty; the benchmark needs chorales in each of "
+        f"['train', 'valid', 'test']; {out} left as it was"
+    )
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+
+
+def test_cli_fetch_of_an_empty_test_split_exits_1_with_one_line(data: dict, tmp_path: Path) -> None:
+    mine = tmp_path / "jsb.json"
+    mine.write_text(json.dumps({**data, "test": []}))
+    params = tmp_path / "other.yaml"
+    params.write_text(yaml.safe_dump({"jsb": {**shipped("jsb"), "url": str(mine), "sha256": None}}))
+    out = tmp_path / "raw"
+    result = CliRunner().invoke(app, ["fetch", "jsb", "--out", str(out), "--params", str(params)])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"error: {mine}: the 'test' split is empty; the benchmark needs chorales in each of "
+        f"['train', 'valid', 'test']; {out} not written"
+    )
+    assert not out.exists()
 
 
 def test_max_files_is_a_nested_subset_with_official_splits(
