@@ -45,6 +45,8 @@ from tiny_project import (
     run_cmd,
 )
 
+from pipeline.evaluation.evaluate import HEADLINE_KEYS
+
 
 @pytest.fixture(scope="module")
 def run(tiny_run: Run) -> Run:
@@ -264,7 +266,10 @@ def _metric_rows(shown: object, file: str) -> list[dict]:
 def test_metrics_compare_across_commits_and_experiments(run: Run, tmp_path: Path) -> None:
     """D: the headline metrics are in git, so after a commit `dvc metrics diff` works
     against HEAD, and `dvc exp run -S models.rnn.hidden_size=...` then `dvc exp show`
-    gives every model's test metrics for both the commit and the experiment."""
+    gives every model's test metrics for both the commit and the experiment.
+
+    Issue 20: every model's file has the same keys, so `dvc metrics show` is one row
+    per model within 160 columns, and `dvc exp show` sorts by one model's "test"."""
     if not run.ok:
         pytest.fail(f"the tiny pipeline did not complete{run.not_run_note()}")
     repo = tmp_path / "repo"
@@ -278,6 +283,15 @@ def test_metrics_compare_across_commits_and_experiments(run: Run, tmp_path: Path
     assert not [f for f in tracked if f.startswith(("data/", "models/", "reports/samples/"))]
 
     dvc = str(BIN / "dvc")
+    rc, out = run_cmd([dvc, "metrics", "show"], repo, env, 120)
+    assert rc == 0, out
+    table = [line for line in out.splitlines() if line.startswith(("Path ", "reports/"))]
+    columns = table[0].split()[1:]  # one per key, sorted; DVC drops a column of nulls only
+    assert {"objective", "kind", "unit", "test"} <= set(columns) <= set(HEADLINE_KEYS), out
+    assert sorted(line.split()[0] for line in table[1:]) == [
+        f"reports/metrics/{model}.json" for model in models
+    ], out  # one row per model
+    assert max(len(line.rstrip()) for line in table) <= 160, out
     rc, out = run_cmd([dvc, "metrics", "diff", "--json"], repo, env, 120)
     assert rc == 0, out
     hidden = yaml.safe_load((repo / "params.yaml").read_text())["models"]["rnn"]["hidden_size"]
@@ -294,12 +308,19 @@ def test_metrics_compare_across_commits_and_experiments(run: Run, tmp_path: Path
         assert len(rows) >= 3, (model, rows)  # workspace, the commit, the experiment
         for row in rows:
             assert "error" not in row, (model, row)
-            numbers = row["data"][model]
-            tests = [k for k in numbers if k.startswith("test_")]  # named for what it is
-            assert len(tests) == 1 and isinstance(numbers[tests[0]], float), (model, numbers)
+            numbers = row["data"]
+            # the same keys for every model (DVC leaves out the null ones)
+            assert {"objective", "kind", "unit", "test"} <= set(numbers) <= set(HEADLINE_KEYS)
+            assert isinstance(numbers["test"], float), (model, numbers)
+            assert isinstance(numbers["objective"], str), (model, numbers)  # what "test" is
     rows = _metric_rows(shown, "reports/metrics/rnn.json")
-    rnn = {r["data"]["rnn"]["test_pitch_nll"] for r in rows}
+    rnn = {r["data"]["test"] for r in rows}
+    assert {r["data"]["objective"] for r in rows} == {"pitch_nll"}, rows
     assert len(rnn) == 2, f"the experiment changes rnn's test NLL and nothing else: {rnn}"
+    # the same key in every file: `dvc exp show` sorts by it with the file's path
+    sort = [dvc, "exp", "show", "--no-pager", "--only-changed", "--csv"]
+    rc, out = run_cmd([*sort, "--sort-by", "reports/metrics/rnn.json:test"], repo, env, 120)
+    assert rc == 0 and "reports/metrics/rnn.json:test" in out, out
     rc, out = run_cmd([dvc, "metrics", "diff", "--json"], repo, env, 120)
     assert rc == 0, out
     diff = json.loads(out[out.index("{") :])

@@ -20,9 +20,9 @@ weighted by the model's ``n_units`` output when it gives one (per cell, note or
 token), by batch size otherwise. Non-finite numbers are written as null.
 
 Each model's reported number is what its spec's `Objective` says it is (a
-likelihood, a bound on one, or a loss, in its unit), and it is published under that
-name (``test_pitch_nll``, ``test_neg_elbo``, ``test_denoising_bce``, ...), beside a
-baseline only where the spec names one of a comparable kind.
+likelihood, a bound on one, or a loss, in its unit); the headline publishes it as
+``test`` beside its name, kind and unit (one schema for every model), and a
+``baseline`` only where the spec names one of a comparable kind.
 """
 
 from __future__ import annotations
@@ -317,41 +317,64 @@ def evaluate_model_dir(
     return result
 
 
-HEADLINE_MUSICAL = ("pitch_class_entropy", "polyphony", "scale_consistency")
-"""Musical metrics of the generated clips that go to the DVC metrics (means over clips)."""
+HEADLINE_MUSICAL = {
+    "polyphony": "polyphony",
+    "scale": "scale_consistency",
+    "pce": "pitch_class_entropy",
+}
+"""Headline key -> musical metric of `pipeline.evaluation.metrics` whose generated-clip
+mean goes to the DVC metrics (short keys keep `dvc metrics show` within 160 columns)."""
+
+HEADLINE_KEYS = ("objective", "kind", "unit", "test", "baseline", "oa_mean", *HEADLINE_MUSICAL)
+"""Every model's headline file has exactly these keys (null where a number is missing)."""
 
 
 def headline(result: dict[str, Any]) -> dict[str, Any]:
-    """The few numbers a person compares across runs, under the model's name.
+    """The few numbers a person compares across models and runs: one flat schema.
 
-    ``{"<model>": {"test_<objective>", "baseline_<baseline>", "oa_mean", "kl_mean",
-    "pitch_class_entropy", "polyphony", "scale_consistency"}}``: the test objective
-    under its own name (its unit and kind are in ``reports/evaluate/<model>.json``):
-    ``autoencoder.test_denoising_bce`` (a loss, nats per cell), ``vae.test_neg_elbo``
-    (a bound, nats per cell), ``rnn.test_pitch_nll`` (nats per note),
-    ``transformer.test_nll`` (nats per token), ``biaxial.test_play_nll`` and
-    ``poph.test_play_nll`` (nats per pitch-step); its baseline when the spec names one
-    of a comparable kind (``baseline_denoising_bce``, ``baseline_nll``,
-    ``baseline_pitch_nll``, ``baseline_play_nll``); how far the generated clips'
-    musical metrics are from the real ones (mean overlapping area, higher is closer, and
-    mean KL divergence, lower is closer; Yang & Lerch 2018) and three generated means.
-    Nested under the model's name so `dvc exp show` columns read
-    ``rnn.test_pitch_nll`` and sort with ``--sort-by rnn.test_pitch_nll``.
+    Every model's ``reports/metrics/<model>.json`` has the same keys (`HEADLINE_KEYS`),
+    so `dvc metrics show` prints one row per model with one column per key::
+
+        {"objective": "pitch_nll",   # the spec's Objective.name (what "test" is)
+         "kind": "likelihood",       # Objective.kind: likelihood, bound or loss
+         "unit": "nats/note",        # Objective.unit, " per " written "/"
+         "test": 3.21,               # the objective on the whole test split
+         "baseline": 3.54,           # the spec's baseline on the test split, or null
+         "oa_mean": 0.37,            # mean overlapping area of generated vs real
+                                     # musical-metric distributions (higher: closer;
+                                     # Yang & Lerch 2018)
+         "polyphony": 3.14, "scale": 0.82, "pce": 3.18}
+                                     # generated-clip means of polyphony,
+                                     # scale_consistency, pitch_class_entropy
+
+    "test" numbers rank only within one kind and unit (the report's tables do that);
+    "baseline" is null when the spec names no baseline of a comparable kind (which
+    baseline it is, and the KL divergences, are in ``reports/evaluate/<model>.json``).
+    Non-finite numbers are null (DVC shows ``-``, and drops a column null in every
+    row). Keys and strings are short: the six rows are 139 characters wide, within a
+    160-column terminal (tests/test_dag.py checks). In `dvc exp show` (one row per
+    run, every file's keys as columns) a key needs its file:
+    ``--sort-by reports/metrics/rnn.json:test``.
+    The find-the-fake score (a classifier's accuracy at telling generated from real
+    test clips, 0.5 = indistinguishable) will join as one more key, the same for every
+    model, once it is measured.
     """
     objective = result.get("objective") or {}
-    samples = result.get("samples", {})
-    per_metric = samples.get("metrics", {})
-    numbers: dict[str, Any] = {}
-    if objective.get("name"):
-        numbers[f"test_{objective['name']}"] = objective.get("test")
+    samples = result.get("samples") or {}
+    per_metric = samples.get("metrics") or {}
     baseline = objective.get("baseline")
-    if isinstance(baseline, dict) and baseline.get("name"):
-        numbers[f"baseline_{baseline['name']}"] = baseline.get("test")
-    numbers["oa_mean"] = samples.get("oa_mean")
-    numbers["kl_mean"] = samples.get("kl_mean")
-    for name in HEADLINE_MUSICAL:
-        numbers[name] = per_metric.get(name, {}).get("generated_mean")
-    return {result["model"]["name"]: _finite(numbers)}
+    unit = objective.get("unit")
+    numbers: dict[str, Any] = {
+        "objective": objective.get("name"),
+        "kind": objective.get("kind"),
+        "unit": unit.replace(" per ", "/") if isinstance(unit, str) else None,
+        "test": objective.get("test"),
+        "baseline": baseline.get("test") if isinstance(baseline, dict) else None,
+        "oa_mean": samples.get("oa_mean"),
+    }
+    for key, name in HEADLINE_MUSICAL.items():
+        numbers[key] = (per_metric.get(name) or {}).get("generated_mean")
+    return _finite(numbers)
 
 
 def evaluate_command(

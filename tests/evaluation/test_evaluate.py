@@ -19,11 +19,13 @@ from typer.testing import CliRunner
 
 from pipeline.core.params import default_params, from_mapping
 from pipeline.evaluation.evaluate import (
+    HEADLINE_KEYS,
     EvaluateParams,
     cut,
     evaluate,
     evaluate_command,
     headline,
+    objective_numbers,
     real_piece_ids,
 )
 from pipeline.midi import parse_midi
@@ -138,20 +140,20 @@ def test_pianoroll_models_write_samples_and_real_clips(
     assert result["test"]["nll"] > 0 and result["test"]["baseline_nll"] > 0
     objective = result["objective"]
     assert objective["test"] == result["test"]["nll"] and objective["unit"] == "nats per cell"
-    numbers = headline({"model": {"name": name}, **result})[name]
+    numbers = headline({"model": {"name": name}, **result})
+    assert tuple(numbers) == HEADLINE_KEYS and numbers["unit"] == "nats/cell"
+    assert numbers["test"] == result["test"]["nll"] and numbers["kind"] == objective["kind"]
     if name == "autoencoder":  # a denoising loss, beside the same loss of a one-cell denoiser
         assert objective["kind"] == "loss"
         assert objective["baseline"]["name"] == "denoising_bce"
         assert objective["baseline"]["test"] == result["test"]["baseline_denoising_bce"]
-        assert numbers["test_denoising_bce"] == result["test"]["nll"]
-        assert numbers["baseline_denoising_bce"] == result["test"]["baseline_denoising_bce"]
-        assert not [k for k in numbers if k in ("baseline_nll", "test_nll")]  # no likelihood
+        assert numbers["objective"] == "denoising_bce"
+        assert numbers["baseline"] == result["test"]["baseline_denoising_bce"]
     else:  # a bound, beside the Bernoulli baseline's exact NLL
         assert objective["kind"] == "bound"
         assert objective["baseline"]["test"] == result["test"]["baseline_nll"]
-        assert numbers["test_neg_elbo"] == result["test"]["nll"]
-        assert numbers["baseline_nll"] == result["test"]["baseline_nll"]
-        assert "test_nll" not in numbers
+        assert numbers["objective"] == "neg_elbo"
+        assert numbers["baseline"] == result["test"]["baseline_nll"]
     names = {p.name for p in out.iterdir()}
     for stem in ("sample-0", "sample-1", "real-0", "real-1"):
         assert f"{stem}.mid" in names
@@ -159,6 +161,49 @@ def test_pianoroll_models_write_samples_and_real_clips(
     real = parse_midi(out / "real-0.mid").notes
     assert real["end"].max() <= 3.0 + 1e-3  # real clips are cut to `seconds`
     json.dumps(result, allow_nan=False)  # NaN written as null
+
+
+def test_headline_is_one_flat_schema_for_every_model() -> None:
+    """Issue 20: every model's DVC metrics file has the same keys, so `dvc metrics show`
+    prints one row per model; what "test" is travels beside it as short strings."""
+    samples = {
+        "oa_mean": 0.4,
+        "kl_mean": 6.0,
+        "metrics": {
+            "polyphony": {"generated_mean": 3.0, "real_mean": 4.0},
+            "scale_consistency": {"generated_mean": float("nan")},  # -> null
+            "pitch_class_entropy": {"generated_mean": 3.2},
+        },
+    }
+    for name in base.names():
+        spec = base.get(name)
+        baseline = spec.objective.baseline
+        test = {"nll": 1.5} | ({} if baseline is None else {baseline.key: 2.0})
+        objective = objective_numbers(spec, test, {"nll": 1.0})
+        result = {"model": {"name": name}, "objective": objective, "samples": samples}
+        numbers = headline(result)
+        assert tuple(numbers) == HEADLINE_KEYS, name
+        assert numbers["objective"] == spec.objective.name and numbers["test"] == 1.5
+        assert numbers["kind"] == spec.objective.kind
+        assert " " not in numbers["unit"] and numbers["unit"].startswith("nats/"), numbers
+        assert numbers["baseline"] == (None if baseline is None else 2.0)
+        assert numbers["oa_mean"] == 0.4 and numbers["polyphony"] == 3.0
+        assert numbers["scale"] is None and numbers["pce"] == 3.2
+        json.dumps(numbers, allow_nan=False)  # valid JSON: no NaN
+    # a result without samples or baseline still has every key (null)
+    bare = headline({"model": {"name": "x"}, "objective": {"name": "nll", "test": math.inf}})
+    assert tuple(bare) == HEADLINE_KEYS and bare["test"] is None and bare["baseline"] is None
+
+
+def test_committed_headlines_are_the_headline_of_the_committed_results() -> None:
+    """reports/metrics/<m>.json (what `dvc metrics show` prints in a fresh clone) is
+    exactly `headline` of reports/evaluate/<m>.json, in one schema for every model."""
+    root = Path(__file__).resolve().parents[2] / "reports"
+    names = sorted(p.stem for p in (root / "metrics").glob("*.json"))
+    assert names == sorted(base.names())
+    for name in names:
+        details = json.loads((root / "evaluate" / f"{name}.json").read_text())
+        assert json.loads((root / "metrics" / f"{name}.json").read_text()) == headline(details)
 
 
 def test_real_clips_are_reproducible_and_cut() -> None:
@@ -239,25 +284,22 @@ def test_evaluate_command_writes_metrics_and_samples(stores: Path, tmp_path: Pat
     assert result.exit_code == 0, result.output
     data = json.loads(details.read_text())
     head = json.loads(metrics.read_text())
-    assert list(head) == ["rnn"]  # DVC metrics: a handful of numbers under the model's name
-    # the reported number under its own name: the pitch NLL, nats per note
-    assert head["rnn"]["test_pitch_nll"] == data["test"]["nll"]
-    assert head["rnn"]["baseline_pitch_nll"] == data["test"]["baseline_nll"]
+    # DVC metrics: the same flat keys for every model, and what "test" is beside it
+    assert sorted(head) == sorted(HEADLINE_KEYS) and head == headline(data)
+    assert head["objective"] == "pitch_nll" and head["kind"] == "likelihood"
+    assert head["unit"] == "nats/note"
+    assert head["test"] == data["test"]["nll"]
+    assert head["baseline"] == data["test"]["baseline_nll"]
     assert data["objective"]["name"] == "pitch_nll" and data["objective"]["kind"] == "likelihood"
     assert data["objective"]["unit"] == "nats per note"
     assert data["objective"]["test"] == data["test"]["nll"]
     assert data["objective"]["train"] == data["train"]["nll"]
     assert data["objective"]["baseline"]["test"] == data["test"]["baseline_nll"]
     assert "test pitch_nll" in result.output and "nats per note (likelihood)" in result.output
-    assert set(head["rnn"]) == {
-        "test_pitch_nll",
-        "baseline_pitch_nll",
-        "oa_mean",
-        "kl_mean",
-        "pitch_class_entropy",
-        "polyphony",
-        "scale_consistency",
-    }
+    generated = data["samples"]["metrics"]
+    assert head["oa_mean"] == data["samples"]["oa_mean"]
+    assert head["scale"] == generated["scale_consistency"]["generated_mean"]
+    assert head["pce"] == generated["pitch_class_entropy"]["generated_mean"]
     assert data["model"] == {
         "name": "rnn",
         "representation": "tuples",
