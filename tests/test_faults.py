@@ -370,8 +370,17 @@ def test_huge_delta_times(real: dict[str, bytes]) -> None:
 
 
 def test_tempo_zero(real: dict[str, bytes]) -> None:
-    """Fault: set_tempo 0 µs per quarter (infinitely fast), at tick 0 and at every tempo change."""
-    ingest_bytes(mutated(real, lambda f: set_tempo(f, 0)))
+    """Fault: set_tempo 0 µs per quarter (infinitely fast), at tick 0 and at every tempo change.
+
+    symusic would give every later note zero length, silently truncating the piece;
+    instead each file is rejected, naming the broken tempo."""
+    files = mutated(real, lambda f: set_tempo(f, 0))
+    out = ingest_bytes(files)
+    assert out.pieces.empty and out.notes.empty
+    for name in files:
+        assert out.reason(name) == (
+            "invalid tempo: 0 microseconds per quarter note (broken tempo map)"
+        ), name
 
 
 def test_tempo_max(real: dict[str, bytes], originals: Outcome) -> None:
@@ -429,11 +438,26 @@ def test_track_length_larger_than_file(real: dict[str, bytes]) -> None:
     assert out.pieces.empty and all(out.reason(n) for n in files)
 
 
-def test_track_count_lies(real: dict[str, bytes]) -> None:
-    """Fault: a header that claims 0, or 65535, tracks."""
+def test_track_count_lies(real: dict[str, bytes], originals: Outcome) -> None:
+    """Fault: a header that claims 0, or 65535, tracks.
+
+    The header's count is believed: claiming 0 reads no track, so no notes. Claiming
+    65535, the parser reads every real track and stops at the end of the file (same
+    notes as the original) unless bytes follow the last chunk: read as a truncated
+    chunk header, they make the file unreadable."""
     files = with_prefix("0", mutated(real, lambda f: setattr(f, "ntracks", 0)))
     files |= with_prefix("max", mutated(real, lambda f: setattr(f, "ntracks", 0xFFFF)))
-    ingest_bytes(files)
+    out = ingest_bytes(files)
+    trailing = {name for name, data in real.items() if Smf.parse(data).trailer}
+    assert trailing == {SAMPLE_NAMES[2]}  # the Lakh sample's two stray bytes
+    for name in real:
+        assert out.reason(f"0-{name}") == "no notes", name
+        if name in trailing:
+            reason = out.reason(f"max-{name}") or ""
+            assert reason.startswith("unreadable MIDI:"), (name, reason)
+        else:
+            assert out.reason(f"max-{name}") is None, name
+            assert same_notes(out.notes_of(f"max-{name}"), originals.notes_of(name)), name
 
 
 def test_a_million_notes() -> None:

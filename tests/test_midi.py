@@ -192,11 +192,36 @@ def test_file_without_notes_is_an_error(tmp_path):
         parse_midi(path)
 
 
-def test_notes_to_midi_round_trip(tmp_path):
-    src = MIDI_FILES[0]
+# notes_to_midi writes 480 ticks per beat at 120 bpm: 960 ticks per second, so a time
+# moves by at most half a tick; symusic then reads seconds as float32 (~6e-5 s apart
+# at ten minutes). A whole tick off (1/960 s) is outside this tolerance.
+ROUND_TRIP_TOL_S = 0.5 / 960 + 1e-4
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "miditok_Aicha.mid",  # 13 tracks, 12 programs, drums, same-pitch overlaps
+        "miditok_Maestro_2.mid",  # one piano track over 10 minutes: float32 times
+    ],
+)
+def test_notes_to_midi_round_trip(tmp_path: Path, name: str) -> None:
+    """Every column survives notes_to_midi then parse_midi: pitch, velocity, program and
+    is_drum exactly, times within half a tick; tracks are renumbered in the order of
+    notes_to_midi's (track, program, is_drum) instruments, each keeping its notes."""
+    (src,) = [p for p in MIDI_FILES if p.name == name]
     notes = parse_midi(src).notes
     out = notes_to_midi(notes, tmp_path / "copy.mid")
     back = parse_midi(out).notes
-    assert len(back) == len(notes)
-    # pretty_midi writes at 480 ticks/beat and 120 bpm: times within half a tick
-    np.testing.assert_allclose(sorted_notes(back)["start"], sorted_notes(notes)["start"], atol=1e-3)
+    assert list(back.columns) == list(notes.columns)
+    assert back.dtypes.to_dict() == notes.dtypes.to_dict()
+    instruments = notes.groupby(["track", "program", "is_drum"], sort=True).ngroup()
+    expected = notes.assign(track=instruments.astype(notes["track"].dtype))
+    key = ["track", "pitch", "start", "end", "velocity"]
+    a = expected.sort_values(key, kind="stable", ignore_index=True)
+    b = back.sort_values(key, kind="stable", ignore_index=True)
+    assert len(a) == len(b)
+    exact = [c for c in notes.columns if c not in ("start", "end")]  # ints and is_drum
+    pd.testing.assert_frame_equal(a[exact], b[exact])
+    for column in ("start", "end"):
+        np.testing.assert_allclose(b[column], a[column], rtol=0, atol=ROUND_TRIP_TOL_S)

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 from fixture_stores import SMALL, SMALL_2, SMALL_3, encoded_store, model_config
+from tiny_project import copy_code
+from tools import last_line, python_in
 
 from pipeline.modeling import base
 from pipeline.modeling.base import CHECKPOINT_VERSION, Augment, StoreData, TrainParams
 from pipeline.modeling.checkpoint import CheckpointError, load_checkpoint, load_model
-from pipeline.modeling.fit import FitError, _lr_lambda, fit
+from pipeline.modeling.fit import FitError, _lr_lambda, code_digest, fit
 
 OFF = Augment(transpositions=(0,), stretches=(1.0,))  # train.augment as shipped
 
@@ -312,22 +315,66 @@ def test_ddp_two_cpu_ranks_end_with_identical_weights(tmp_path: Path) -> None:
     assert not all(torch.equal(initial.state_dict()[k], w0[k]) for k in w0)  # it trained
 
 
-def test_finished_checkpoint_is_not_reused_after_a_code_or_data_change(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """models/<m> persists across `dvc repro` for resume; a change of the model code
-    or of the store's rows (which makes DVC rerun the stage) must retrain."""
-    from pipeline.modeling import fit as fit_module
-
+def test_finished_checkpoint_is_not_reused_after_a_data_change(tmp_path: Path) -> None:
+    """models/<m> persists across `dvc repro` for resume; a change of the store's rows
+    (which makes DVC rerun the stage) must retrain. Code changes: the next test."""
     spec, store = base.get("rnn"), store_for("rnn")
     fit(spec, config_for("rnn"), train_params(), store, tmp_path / "m", tmp_path / "l")
-    monkeypatch.setattr(fit_module, "code_digest", lambda spec: "edited")
-    edited = fit(spec, config_for("rnn"), train_params(), store, tmp_path / "m", tmp_path / "l")
-    assert edited["resumed_from"] is None and edited["steps"] == 12
+    same = fit(spec, config_for("rnn"), train_params(), store, tmp_path / "m", tmp_path / "l")
+    assert same["resumed_from"] == 12
     fewer_rows = {**store.rows, "train": store.rows["train"].iloc[:-5]}
     smaller = dataclasses.replace(store, rows=fewer_rows)
     again = fit(spec, config_for("rnn"), train_params(), smaller, tmp_path / "m", tmp_path / "l")
-    assert again["resumed_from"] is None
+    assert again["resumed_from"] is None and again["steps"] == 12
+
+
+FIT_SCRIPT = """
+import json, pickle, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from pipeline.modeling import base
+from pipeline.modeling.fit import code_digest, fit
+config, params, store = pickle.loads(Path(sys.argv[1]).read_bytes())
+spec, run = base.get("rnn"), Path(sys.argv[2])
+summary = fit(spec, config, params, store, run / "m", run / "live")
+model_file = sys.modules[spec.model_cls.__module__].__file__
+print(json.dumps({"summary": summary, "digest": code_digest(spec), "model_file": model_file}))
+"""
+
+
+def test_a_model_code_edit_retrains_and_the_same_code_resumes(tmp_path: Path) -> None:
+    """A finished last.pt, written by this process's code, meets two copies of pipeline/
+    in fresh processes: the byte-identical copy resumes it (nothing to train), the copy
+    whose rnn.py was edited gets another code digest and trains from scratch."""
+    spec, config, params = base.get("rnn"), config_for("rnn"), train_params(max_steps=4)
+    first = fit(spec, config, params, store_for("rnn"), tmp_path / "run" / "m", tmp_path / "l")
+    assert first["resumed_from"] is None and first["steps"] == 4
+    inputs = tmp_path / "inputs.pkl"
+    inputs.write_bytes(pickle.dumps((config, params, store_for("rnn"))))
+    procs = {}
+    for kind in ("same", "edited"):
+        code = tmp_path / kind
+        copy_code(code)
+        shutil.copytree(tmp_path / "run", code / "run")  # last.pt of the first run
+        model_file = code / "pipeline" / "modeling" / "tuples" / "rnn.py"
+        if kind == "edited":
+            model_file.write_text(model_file.read_text() + "\nEDITED_BY_A_TEST = True\n")
+        procs[kind] = (code, python_in(code, FIT_SCRIPT, str(inputs), str(code / "run")))
+    results = {}
+    for kind, (code, proc) in procs.items():
+        results[kind] = result = json.loads(last_line(proc))
+        # the copy's code ran, and last.pt now carries the digest of that code
+        assert Path(result["model_file"]) == code / "pipeline" / "modeling" / "tuples" / "rnn.py"
+        last = load_checkpoint(code / "run" / "m" / "last.pt", "rnn")
+        assert last["fingerprint"]["code"] == result["digest"] and last["step"] == 4
+    same, edited = results["same"], results["edited"]
+    assert same["digest"] == code_digest(spec)
+    assert same["summary"]["resumed_from"] == 4  # finished: reused as it is, not rewritten
+    last_pt = Path("run") / "m" / "last.pt"
+    assert (tmp_path / "same" / last_pt).read_bytes() == (tmp_path / last_pt).read_bytes()
+    assert edited["digest"] != code_digest(spec)
+    assert edited["summary"]["resumed_from"] is None and edited["summary"]["steps"] == 4
 
 
 def test_augment_draws_are_reproducible_and_cover_the_lists() -> None:

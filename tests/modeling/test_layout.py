@@ -2,7 +2,8 @@
 
 `train` loads base, fit, checkpoint, train, the model's family package and the
 model's own module, never sampling code or another model; `evaluate` adds the
-family's sampling module. The resume fingerprint hashes the same files.
+family's sampling module. The resume fingerprint hashes the same files, and moves when
+a copy of one of them is edited.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_project import copy_code
+from tools import python_in
 
 from pipeline.modeling import base, fit
 
@@ -128,10 +131,61 @@ def test_code_digest_hashes_the_training_files(name: str) -> None:
     assert fit._training_modules(spec) == sorted(
         _training(name) - {"pipeline.modeling", "pipeline.modeling.train"}
     )
-    assert fit.code_digest(spec) == fit.code_digest(spec)  # deterministic
     assert f"{family}.{name}" == base.REGISTRY.modules[name]
 
 
 def test_code_digest_differs_per_model() -> None:
     digests = {fit.code_digest(base.get(name)) for name in FAMILY}
     assert len(digests) == len(FAMILY)
+
+
+DIGESTS = """
+import json, sys
+from pipeline.modeling import base, fit
+for _ in sys.stdin:  # a line per request: every model's digest, its files read anew
+    digests = {name: fit.code_digest(base.get(name)) for name in sys.argv[1:]}
+    print(json.dumps({"base": base.__file__, "digests": digests}), flush=True)
+"""
+
+# a file of pipeline/modeling edited in a copy -> the models whose digest must move
+EDITS = {
+    "tuples/rnn.py": {"rnn"},  # one model's own module
+    "pianoroll/__init__.py": {"autoencoder", "vae"},  # a family package: its models
+    "tuples/sampling.py": set(),  # sampling does not train
+    "prv/frames.py": set(),  # nor does the frames stage's scoring
+    "checkpoint.py": set(FAMILY),  # shared by every model's training
+}
+
+
+def test_code_digest_moves_with_a_real_edit_of_the_training_files(tmp_path: Path) -> None:
+    """A process importing a copy of pipeline/ gives this process's digests (the same
+    bytes at another path); after an edit of one copied file, exactly the models that
+    file trains get a new digest, and undoing the edit restores them."""
+    code = tmp_path / "code"
+    copy_code(code)
+    here = {name: fit.code_digest(base.get(name)) for name in FAMILY}
+    proc = python_in(code, DIGESTS, *FAMILY)
+    requests, replies = proc.stdin, proc.stdout
+    assert requests is not None and replies is not None
+
+    def digests() -> dict[str, str]:
+        requests.write("\n")
+        requests.flush()
+        line = replies.readline()
+        assert line, proc.communicate(timeout=60)[1][-3000:]
+        result = json.loads(line)
+        assert Path(result["base"]).is_relative_to(code), result["base"]  # the copy's code
+        return result["digests"]
+
+    try:
+        assert digests() == here
+        for edit, expected in EDITS.items():
+            path = code / "pipeline" / "modeling" / edit
+            original = path.read_bytes()
+            path.write_bytes(original + b"\nEDITED_BY_A_TEST = True\n")
+            moved = {name for name, digest in digests().items() if digest != here[name]}
+            assert moved == expected, edit
+            path.write_bytes(original)
+        assert digests() == here
+    finally:
+        proc.communicate(timeout=60)  # closes stdin: the loop ends

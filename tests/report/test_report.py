@@ -1,6 +1,7 @@
 """The HTML report and the find-the-fake page: built from a real reports tree, parsed,
-and (where /usr/bin/chromium exists) opened headless and clicked through over the
-Chrome DevTools Protocol, checking that no request leaves the machine."""
+and opened in headless Chromium (found on PATH) and clicked through over the Chrome
+DevTools Protocol, checking that no request leaves the machine. Without Chromium the
+browser tests skip locally and fail under CI (tests/tools.py: `require_tool`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from urllib.parse import unquote
 import pytest
 import typer
 from fixture_stores import FIXTURES
+from tools import CHROMIUM_NAMES, find_chromium, require_tool
 from typer.testing import CliRunner
 
 from pipeline import report
@@ -28,7 +30,7 @@ from pipeline.evaluation import metrics, render
 
 DEFAULTS = default_params("report", report.ReportParams)
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = find_chromium()
 CLIP_S = 2.0
 NLL = {"rnn": 2.5, "transformer": 1.75}
 OBJECTIVES = {  # as evaluate records them (`pipeline.evaluation.evaluate.objective_numbers`)
@@ -401,13 +403,11 @@ def test_write_dvc_plots_template(tmp_path: Path) -> None:
 
 # --- headless Chromium over the DevTools protocol (stdlib: --remote-debugging-pipe) -----
 
-needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed")
-
 
 class Browser:
     """A headless Chromium driven over CDP through the pipe on fds 3 and 4."""
 
-    def __init__(self, profile: Path) -> None:
+    def __init__(self, chromium: str, profile: Path) -> None:
         to_child_r, self._w = os.pipe()
         self._r, from_child_w = os.pipe()
 
@@ -419,7 +419,7 @@ class Browser:
             os.set_inheritable(4, True)
 
         args = [
-            str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+            chromium, "--headless", "--no-sandbox", "--disable-gpu",
             "--disable-background-networking", "--disable-component-update", "--no-first-run",
             "--no-default-browser-check", "--disable-sync", "--mute-audio",
             f"--user-data-dir={profile}", "--host-resolver-rules=MAP * ~NOTFOUND",
@@ -539,11 +539,43 @@ class Browser:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium not installed")
-    chrome = Browser(tmp_path_factory.mktemp("chromium-profile"))
+    """One headless Chromium for the module; without one: skip, or fail under CI."""
+    require_tool(CHROMIUM is not None, f"Chromium (none of {', '.join(CHROMIUM_NAMES)} on PATH)")
+    assert CHROMIUM is not None  # require_tool returned: found
+    chrome = Browser(CHROMIUM, tmp_path_factory.mktemp("chromium-profile"))
     yield chrome
     chrome.close()
+
+
+def test_a_missing_tool_skips_locally_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The browser and FluidSynth tests rest on `require_tool`: a failed apt-get in CI
+    must show as a failure, never as a green run with skipped tests."""
+    message = r"widget is not installed \(scripts/setup\.sh installs it"
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=message):
+        require_tool(False, "widget")
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match=message):
+        require_tool(False, "widget")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=message + r".*CI=true"):
+        require_tool(False, "widget")
+    require_tool(True, "widget")  # present: neither skips nor fails, under CI or not
+    monkeypatch.delenv("CI")
+    require_tool(True, "widget")
+
+
+def test_chromium_is_looked_up_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a fixed /usr/bin/chromium: whichever of the usual names PATH has, in order."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_chromium() is None
+    for name in ("google-chrome", "chromium-browser"):
+        exe = tmp_path / name
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
+    assert find_chromium() == str(tmp_path / "chromium-browser")  # listed before google-chrome
+    (tmp_path / "chromium").write_text("not executable")
+    assert find_chromium() == str(tmp_path / "chromium-browser")
 
 
 def _local_only(urls: list[str]) -> None:
@@ -552,7 +584,6 @@ def _local_only(urls: list[str]) -> None:
     assert not remote, remote
 
 
-@needs_chromium
 def test_report_renders_and_sorts_in_chromium(
     browser: Browser, built: Path, tmp_path: Path
 ) -> None:
@@ -579,7 +610,6 @@ def test_report_renders_and_sorts_in_chromium(
     assert browser.errors(session) == []
 
 
-@needs_chromium
 def test_find_the_fake_click_through_in_chromium(
     browser: Browser, built: Path, tmp_path: Path
 ) -> None:
@@ -609,7 +639,6 @@ def test_find_the_fake_click_through_in_chromium(
     assert browser.errors(session) == []
 
 
-@needs_chromium
 def test_dvc_plots_template_renders_offline(browser: Browser, tmp_path: Path) -> None:
     from dvc_render import render_html
     from dvc_render.vega import VegaRenderer
