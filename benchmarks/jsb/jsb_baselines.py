@@ -1,6 +1,6 @@
 """The two data-only baselines of the JSB Chorales table (Boulanger-Lewandowski et al. 2012).
 
-Usage: `.venv/bin/python benchmarks/jsb_baselines.py [--data PATH]`
+Usage: `.venv/bin/python benchmarks/jsb/jsb_baselines.py [--data PATH]`
 
 Reads the benchmark file (default: ../shared/data/jsb-chorales-quarter.json beside the
 repository, see SOURCES.txt there), checks its SHA-256 against params.yaml's `jsb.sha256`,
@@ -27,7 +27,7 @@ from pipeline.evaluation.frames import (
 )
 from pipeline.sources.jsb import OFFICIAL_SPLITS, Params, read_chorales
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # benchmarks/jsb/ -> the repository
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "jsb-chorales-quarter.json"
 
 

@@ -1,6 +1,6 @@
 """Which of the evaluation issue's (#14) model changes move the JSB Chorales number.
 
-Usage: `.venv/bin/python benchmarks/jsb_ablations.py [--steps 600] [--seeds 0] [--threads 2]
+Usage: `.venv/bin/python benchmarks/jsb/jsb_ablations.py [--steps 600] [--seeds 0] [--threads 2]
 [--only "NAME|NAME"]`
 
 Run after `dvc repro benchmarks/jsb/dvc.yaml` has built the benchmark's prv store
@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-BENCH = REPO / "benchmarks" / "jsb"
+BENCH = Path(__file__).resolve().parent  # benchmarks/jsb: its params.yaml and stores
+REPO = BENCH.parents[1]
 if str(REPO) not in sys.path:  # run as a file, not as an installed module
     sys.path.insert(0, str(REPO))
 

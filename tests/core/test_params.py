@@ -15,7 +15,7 @@ from pipeline.core.params import (
 )
 from pipeline.ingest import IngestParams
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # tests/core/ -> the repository
 
 
 @dataclass(frozen=True)
