@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "interpolate": ("pipeline.modeling.generate", "interpolate_command"),
     "evaluate": ("pipeline.evaluation.evaluate", "evaluate_command"),
     "frames": ("pipeline.evaluation.frames", "frames_command"),
-    "report": ("pipeline.report", "report_command"),
+    "report": ("pipeline.report.stage", "report_command"),
     "table": ("pipeline.report.table", "table_command"),
 }
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import http.client
 import logging
@@ -102,22 +103,47 @@ def download(
     """
     dest = Path(dest)
     expected = {k: v.lower() for k, v in (("md5", md5), ("sha256", sha256)) if v}
-    if dest.exists():
-        problem = _verify_file(dest, expected, size)
-        if problem is None:
-            log.info("%s: already present and verified, not downloading", dest)
-            return dest
-        log.warning("%s: existing file is wrong (%s); downloading again", dest, problem)
-        dest.unlink()
+    if _already_present(dest, expected, size):
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
     state = _HashState(tuple(expected))
+    attempt = functools.partial(
+        _attempt, url, part, state, size=size, timeout_s=timeout_s, progress=progress
+    )
+    _with_retries(attempt, url, part, retries, backoff_s)
+    received = _check_received(url, part, state, expected, size)
+    os.replace(part, dest)
+    log.info("%s: downloaded %d bytes to %s", url, received, dest)
+    return dest
+
+
+def _already_present(dest: Path, expected: dict[str, str], size: int | None) -> bool:
+    """Whether `dest` exists and matches; a wrong one is deleted (to download again)."""
+    if not dest.exists():
+        return False
+    problem = _verify_file(dest, expected, size)
+    if problem is None:
+        log.info("%s: already present and verified, not downloading", dest)
+        return True
+    log.warning("%s: existing file is wrong (%s); downloading again", dest, problem)
+    dest.unlink()
+    return False
+
+
+def _with_retries(
+    attempt: Callable[[], None], url: str, part: Path, retries: int, backoff_s: float
+) -> None:
+    """Run `attempt` until it completes, backing off after each transient failure.
+
+    The count of failures in a row restarts whenever an attempt grew the partial file.
+    """
     failures = 0
     while True:
         before = part.stat().st_size if part.exists() else 0
         try:
-            _attempt(url, part, state, size=size, timeout_s=timeout_s, progress=progress)
-            break
+            attempt()
+            return
         except KeyboardInterrupt:
             raise _interrupted(part) from None
         except _Retryable as exc:
@@ -131,6 +157,12 @@ def download(
             wait = min(backoff_s * 2 ** (failures - 1), MAX_BACKOFF_S)
             log.warning("%s: %s; retrying in %.1f s (%d/%d)", url, exc, wait, failures, retries)
             time.sleep(wait)
+
+
+def _check_received(
+    url: str, part: Path, state: _HashState, expected: dict[str, str], size: int | None
+) -> int:
+    """The size of the complete `part`; a wrong size or digest deletes it and fails."""
     received = part.stat().st_size
     if size is not None and received != size:
         part.unlink()
@@ -140,9 +172,7 @@ def download(
         if got != want:
             part.unlink()
             raise DownloadError(f"{url}: {name.upper()} mismatch: expected {want}, got {got}")
-    os.replace(part, dest)
-    log.info("%s: downloaded %d bytes to %s", url, received, dest)
-    return dest
+    return received
 
 
 def _interrupted(part: Path) -> Interrupted:

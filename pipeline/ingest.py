@@ -4,29 +4,23 @@ Every input file ends up in exactly one of `pieces` or `rejects` (with a reason)
 Splits come from the manifest where it gives one, else per work: pieces sharing a
 manifest group or a content fingerprint share a split (`pipeline.splits`), decided
 once every file is parsed.
-Files are parsed in a process pool (symusic, see `pipeline.midi` for the note
-policy) that sends plain numpy columns back; one parent streams them to Parquet in
-input order. Nothing is held per file (the file list is walked lazily) but the
-three short keys per piece that drawing the splits needs, so memory stays nearly flat
-with the number of files, and the output folder appears atomically only when complete.
+Files are parsed in a process pool (`pipeline.ingest_pool`; symusic, see
+`pipeline.midi` for the note policy) that sends plain numpy columns back; one parent
+streams them to Parquet in input order. Nothing is held per file (the file list is
+walked lazily) but the three short keys per piece that drawing the splits needs, so
+memory stays nearly flat with the number of files, and the output folder appears
+atomically only when complete.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
-import itertools
 import logging
-import multiprocessing as mp
 import os
-import signal
-import threading
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -48,8 +42,11 @@ from pipeline.core.stores import (
     storage_schema,
     with_meta,
 )
-from pipeline.midi import MidiError, ParseLimits, PieceArrays, parse_midi_arrays
-from pipeline.splits import assign_splits, content_fingerprint, stable_shard
+from pipeline.ingest_pool import Chunk, IngestError, PieceSummary, parse_all
+from pipeline.midi import ParseLimits
+from pipeline.splits import assign_splits, stable_shard
+
+__all__ = ["IngestError", "IngestParams", "IngestSummary", "ingest_dir", "ingest_command"]
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +77,6 @@ class IngestParams:
             and self.validation_fraction + self.test_fraction < 1,
             "validation_fraction and test_fraction must be >= 0 and sum to < 1",
         )
-
-
-class IngestError(RuntimeError):
-    """Ingest cannot produce a trustworthy store (e.g. too many rejects)."""
 
 
 @dataclass(frozen=True)
@@ -208,13 +201,8 @@ def ingest_dir(
         raise IngestError(f"{in_dir}: input folder not found")
     manifest = read_manifest(in_dir)
 
-    no_meta = _Meta()
-
     def jobs() -> Iterator[_Job]:
-        for rel in iter_midi_files(in_dir):
-            meta = manifest.get(rel, no_meta)
-            if shard is None or stable_shard(meta.group or rel, shard[1]) == shard[0]:
-                yield _Job(str(in_dir / rel), rel, meta)
+        return _jobs(in_dir, manifest, shard)
 
     total = sum(1 for _ in jobs())  # a cheap first walk, for the progress bar
     if total == 0:
@@ -222,62 +210,22 @@ def ingest_dir(
     fractions = (params.validation_fraction, params.test_fraction)
     limits = ParseLimits(max_notes=params.max_notes, max_duration_s=params.max_duration_s)
 
-    reasons: Counter[str] = Counter()
-    n_pieces = n_notes = 0
+    tally = _Tally()
     with atomic_dir(out_dir) as tmp:
         writers: list[_ColumnWriter | _RowWriter] = []
         results = None
         try:
-            notes_out = _ColumnWriter(tmp / "notes.parquet", NOTES, "notes")
-            writers.append(notes_out)
-            pedals_out = _ColumnWriter(tmp / "pedals.parquet", PEDALS, "pedals")
-            writers.append(pedals_out)
-            # split and group are final only once every piece is known: see _finish_pieces
-            pieces_out = _RowWriter(tmp / UNSPLIT, PIECES, "pieces")
-            writers.append(pieces_out)
-            rejects_out = _RowWriter(tmp / "rejects.parquet", REJECTS, "rejects")
-            writers.append(rejects_out)
-            results = _parse_all(jobs(), total, source, limits, params)
+            out = _open_outputs(tmp, writers)
+            results = parse_all(
+                jobs(), total, source, limits, params.workers, params.file_timeout_s
+            )
             bar = tqdm(
                 total=total, desc=f"ingest {source}", unit="file", disable=not progress or None
             )
             with bar:
                 for batch, chunk in results:
                     bar.update(len(batch))
-                    note_runs: list[tuple[str, int]] = []
-                    pedal_runs: list[tuple[str, int]] = []
-                    for job, outcome in zip(batch, chunk.outcomes, strict=True):
-                        if isinstance(outcome, str):
-                            rejects_out.write({"path": job.rel, "reason": outcome})
-                            reasons[_reason_kind(outcome)] += 1
-                            continue
-                        piece_id = _piece_id(source, job.rel)
-                        note_runs.append((piece_id, outcome.n_notes))
-                        if outcome.n_pedals:
-                            pedal_runs.append((piece_id, outcome.n_pedals))
-                        n_pieces += 1
-                        n_notes += outcome.n_notes
-                        meta = job.meta
-                        pieces_out.write(
-                            {
-                                "piece_id": piece_id,
-                                "source": source,
-                                "split": meta.split,  # "" = drawn in _finish_pieces
-                                "path": job.rel,
-                                "md5": outcome.md5,
-                                "group": meta.group,  # "" = the fingerprint, in _finish_pieces
-                                "fingerprint": outcome.fingerprint,
-                                "composer": meta.composer,
-                                "title": meta.title or Path(job.rel).stem,
-                                "style": meta.style or meta.composer or source,
-                                "duration": outcome.duration,
-                                "n_notes": outcome.n_notes,
-                                "n_tracks": outcome.n_tracks,
-                                "ticks_per_quarter": outcome.ticks_per_quarter,
-                            }
-                        )
-                    notes_out.write(note_runs, chunk.notes)
-                    pedals_out.write(pedal_runs, chunk.pedals)
+                    _write_chunk(batch, chunk, source, out, tally)
             for writer in writers:
                 writer.close()
             _finish_pieces(tmp / UNSPLIT, tmp / "pieces.parquet", fractions)
@@ -291,19 +239,113 @@ def ingest_dir(
             for writer in writers:
                 writer.abort()
             raise
-        n_rejects = sum(reasons.values())
-        if n_pieces + n_rejects != total:
-            raise IngestError(f"{in_dir}: {total} files found, {n_pieces + n_rejects} ingested")
-        rate = n_rejects / total
-        if rate > params.max_reject_rate:
-            top = ", ".join(f"{k}: {v}" for k, v in reasons.most_common(3))
-            raise IngestError(
-                f"{in_dir}: {n_rejects} of {total} files rejected ({rate:.1%}) > "
-                f"ingest.max_reject_rate={params.max_reject_rate:.1%}; top reasons: {top}"
-            )
-    summary = IngestSummary(total, n_pieces, n_rejects, n_notes, dict(reasons))
+        _check_rejects(in_dir, total, tally, params.max_reject_rate)
+    n_rejects = sum(tally.reasons.values())
+    summary = IngestSummary(total, tally.pieces, n_rejects, tally.notes, dict(tally.reasons))
     log.info("ingest %s: %s", source, asdict(summary))
     return summary
+
+
+def _jobs(in_dir: Path, manifest: Manifest, shard: tuple[int, int] | None) -> Iterator[_Job]:
+    """The files to ingest (this shard's, if any), each with its manifest row."""
+    no_meta = _Meta()
+    for rel in iter_midi_files(in_dir):
+        meta = manifest.get(rel, no_meta)
+        if shard is None or stable_shard(meta.group or rel, shard[1]) == shard[0]:
+            yield _Job(str(in_dir / rel), rel, meta)
+
+
+@dataclass
+class _Tally:
+    """What was written so far: pieces, notes, and reject reasons by kind."""
+
+    pieces: int = 0
+    notes: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """The four files one ingest streams to (pieces before their splits are drawn)."""
+
+    notes: _ColumnWriter
+    pedals: _ColumnWriter
+    pieces: _RowWriter
+    rejects: _RowWriter
+
+
+def _open_outputs(tmp: Path, opened: list[_ColumnWriter | _RowWriter]) -> _Outputs:
+    """Open the writers in `tmp`, adding each to `opened` as soon as it exists, so that
+    a failure while opening the next one still closes it."""
+
+    def keep(writer: Any) -> Any:
+        opened.append(writer)
+        return writer
+
+    notes = keep(_ColumnWriter(tmp / "notes.parquet", NOTES, "notes"))
+    pedals = keep(_ColumnWriter(tmp / "pedals.parquet", PEDALS, "pedals"))
+    # split and group are final only once every piece is known: see _finish_pieces
+    pieces = keep(_RowWriter(tmp / UNSPLIT, PIECES, "pieces"))
+    rejects = keep(_RowWriter(tmp / "rejects.parquet", REJECTS, "rejects"))
+    return _Outputs(notes, pedals, pieces, rejects)
+
+
+def _write_chunk(
+    batch: list[_Job], chunk: Chunk, source: str, out: _Outputs, tally: _Tally
+) -> None:
+    """Stream one parsed chunk: a rejects row per failed file, a pieces row per good one,
+    and the good files' notes and pedals as one block each."""
+    note_runs: list[tuple[str, int]] = []
+    pedal_runs: list[tuple[str, int]] = []
+    for job, outcome in zip(batch, chunk.outcomes, strict=True):
+        if isinstance(outcome, str):
+            out.rejects.write({"path": job.rel, "reason": outcome})
+            tally.reasons[_reason_kind(outcome)] += 1
+            continue
+        piece_id = _piece_id(source, job.rel)
+        note_runs.append((piece_id, outcome.n_notes))
+        if outcome.n_pedals:
+            pedal_runs.append((piece_id, outcome.n_pedals))
+        tally.pieces += 1
+        tally.notes += outcome.n_notes
+        out.pieces.write(_piece_row(piece_id, source, job, outcome))
+    out.notes.write(note_runs, chunk.notes)
+    out.pedals.write(pedal_runs, chunk.pedals)
+
+
+def _piece_row(piece_id: str, source: str, job: _Job, outcome: PieceSummary) -> dict[str, Any]:
+    """One row of pieces.parquet, before its split and group are drawn."""
+    meta = job.meta
+    return {
+        "piece_id": piece_id,
+        "source": source,
+        "split": meta.split,  # "" = drawn in _finish_pieces
+        "path": job.rel,
+        "md5": outcome.md5,
+        "group": meta.group,  # "" = the fingerprint, in _finish_pieces
+        "fingerprint": outcome.fingerprint,
+        "composer": meta.composer,
+        "title": meta.title or Path(job.rel).stem,
+        "style": meta.style or meta.composer or source,
+        "duration": outcome.duration,
+        "n_notes": outcome.n_notes,
+        "n_tracks": outcome.n_tracks,
+        "ticks_per_quarter": outcome.ticks_per_quarter,
+    }
+
+
+def _check_rejects(in_dir: Path, total: int, tally: _Tally, max_reject_rate: float) -> None:
+    """Refuse the store when a file went missing or too many were rejected."""
+    n_rejects = sum(tally.reasons.values())
+    if tally.pieces + n_rejects != total:
+        raise IngestError(f"{in_dir}: {total} files found, {tally.pieces + n_rejects} ingested")
+    rate = n_rejects / total
+    if rate > max_reject_rate:
+        top = ", ".join(f"{k}: {v}" for k, v in tally.reasons.most_common(3))
+        raise IngestError(
+            f"{in_dir}: {n_rejects} of {total} files rejected ({rate:.1%}) > "
+            f"ingest.max_reject_rate={max_reject_rate:.1%}; top reasons: {top}"
+        )
 
 
 UNSPLIT = "pieces.unsplit.parquet"  # pieces before their splits are drawn (temporary)
@@ -459,268 +501,6 @@ class _RowWriter:
         """Drop what is buffered and close the file being thrown away; never raises."""
         self.rows = []
         abandon_writer(self.writer)
-
-
-# --- worker side -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Piece:
-    """What the parent needs to know of one good file besides its rows."""
-
-    md5: str
-    fingerprint: str
-    n_notes: int
-    n_pedals: int
-    duration: float
-    n_tracks: int
-    ticks_per_quarter: int
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    """A worker's answer for a list of files: one outcome per file (a piece or a reject
-    reason) and the good pieces' notes and pedals as single concatenated column blocks,
-    so the parent handles a few arrays per chunk instead of seven per file."""
-
-    outcomes: list[_Piece | str]
-    notes: dict[str, np.ndarray]
-    pedals: dict[str, np.ndarray]
-
-
-_LIMITS: ParseLimits | None = None
-_TIMEOUT_S = 0
-
-
-class _Timeout(Exception):
-    pass
-
-
-def _configure(limits: ParseLimits, timeout_s: int) -> None:
-    global _LIMITS, _TIMEOUT_S
-    _LIMITS, _TIMEOUT_S = limits, timeout_s
-
-
-def _init_worker(limits: ParseLimits, timeout_s: int) -> None:
-    _configure(limits, timeout_s)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-
-
-def _alarm(signum: int, frame: Any) -> None:
-    raise _Timeout
-
-
-def _parse_one(path: str) -> tuple[_Piece, PieceArrays] | str:
-    """Parse one file; return its columns or a one-line reject reason."""
-    assert _LIMITS is not None
-    use_alarm = _TIMEOUT_S > 0 and hasattr(signal, "SIGALRM")
-    if use_alarm:
-        signal.signal(signal.SIGALRM, _alarm)
-        signal.alarm(_TIMEOUT_S)
-    try:
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            return f"unreadable: {exc.strerror}"
-        if not data:
-            return "empty file"
-        md5 = hashlib.md5(data).hexdigest()
-        parsed = parse_midi_arrays(data, _LIMITS)
-    except MidiError as exc:
-        return str(exc)
-    except _Timeout:
-        return f"timeout: parsing took longer than {_TIMEOUT_S} s (ingest.file_timeout_s)"
-    except MemoryError:
-        return "too large: out of memory while parsing"
-    except Exception as exc:  # a parser bug must not stop the whole ingest
-        return f"parser error: {type(exc).__name__}: {str(exc)[:200]}"
-    finally:
-        if use_alarm:
-            signal.alarm(0)
-    notes = parsed.notes
-    piece = _Piece(
-        md5=md5,
-        fingerprint=content_fingerprint(notes["pitch"], notes["start"], notes["is_drum"]),
-        n_notes=len(parsed.notes["pitch"]),
-        n_pedals=len(parsed.pedals["start"]),
-        duration=float(parsed.notes["end"].max()),
-        n_tracks=parsed.n_tracks,
-        ticks_per_quarter=parsed.ticks_per_quarter,
-    )
-    return piece, parsed
-
-
-def _parse_chunk(paths: list[str]) -> _Chunk:
-    outcomes: list[_Piece | str] = []
-    notes: list[dict[str, np.ndarray]] = []
-    pedals: list[dict[str, np.ndarray]] = []
-    for path in paths:
-        result = _parse_one(path)
-        if isinstance(result, str):
-            outcomes.append(result)
-            continue
-        piece, arrays = result
-        outcomes.append(piece)
-        notes.append(arrays.notes)
-        pedals.append(arrays.pedals)
-    return _Chunk(outcomes, _concat(notes, NOTES), _concat(pedals, PEDALS))
-
-
-def _concat(parts: list[dict[str, np.ndarray]], schema: pa.Schema) -> dict[str, np.ndarray]:
-    names = [name for name in schema.names if name != "piece_id"]
-    if not parts:
-        return {name: np.empty(0, schema.field(name).type.to_pandas_dtype()) for name in names}
-    if len(parts) == 1:
-        return parts[0]
-    return {name: np.concatenate([p[name] for p in parts]) for name in names}
-
-
-# --- the pool --------------------------------------------------------------------
-
-CRASHED = "parser crashed: its process died (segfault or out of memory) on this file"
-HUNG = "timeout: the parser hung and was killed"
-MAX_CONSECUTIVE_CRASHES = 5
-HANG_SLACK_S = 10.0  # beyond file_timeout_s before a chunk counts as hung (pool start-up)
-
-
-def _parse_all(
-    jobs: Iterator[_Job], total: int, source: str, limits: ParseLimits, params: IngestParams
-) -> Iterator[tuple[list[_Job], _Chunk]]:
-    """Yield (jobs, chunk) in job order, from a process pool when it pays off.
-
-    At most a few chunks per worker are in flight, so a slow writer makes the workers
-    wait instead of piling results up in memory. A worker that dies (a parser
-    segfault, the OOM killer) breaks the pool, and one stuck where SIGALRM cannot
-    reach it (inside symusic's C++) is noticed when its chunk overruns
-    `file_timeout_s` + HANG_SLACK_S and killed; either way the files the pool may
-    have held are re-parsed one at a time in a fresh process, and the one that kills
-    or hangs it again is rejected, so a single hostile file can neither hang nor
-    abort the ingest.
-    """
-    workers = params.workers or os.cpu_count() or 1
-    if workers == 1 or total < 8:
-        yield from _parse_in_process(jobs, limits, params.file_timeout_s)
-        return
-    chunk = max(1, min(32, total // (workers * 8)))
-    chunks = _batched(jobs, chunk)
-    budget = _hang_budget(params.file_timeout_s)
-    pending: deque[tuple[list[_Job], Future[_Chunk]]] = deque()
-    pool = _pool(workers, limits, params.file_timeout_s)
-    try:
-        while True:
-            while len(pending) < 4 * workers:
-                batch = next(chunks, None)
-                if batch is None:
-                    break
-                pending.append((batch, pool.submit(_parse_chunk, [j.path for j in batch])))
-            if not pending:
-                return
-            batch, future = pending.popleft()
-            try:
-                chunk_result = future.result(timeout=budget)
-            except (BrokenProcessPool, TimeoutError) as exc:
-                lost = [(batch, future), *pending]
-                pending.clear()
-                _stop(pool)
-                what = "died" if isinstance(exc, BrokenProcessPool) else "hung and was killed"
-                log.warning(
-                    "ingest %s: a parser process %s; retrying its files one by one", source, what
-                )
-                yield from _isolate(lost, limits, params.file_timeout_s)
-                pool = _pool(workers, limits, params.file_timeout_s)
-                continue
-            yield batch, chunk_result
-    finally:
-        _stop(pool)
-
-
-def _parse_in_process(
-    jobs: Iterator[_Job], limits: ParseLimits, timeout_s: int
-) -> Iterator[tuple[list[_Job], _Chunk]]:
-    in_main = threading.current_thread() is threading.main_thread()
-    _configure(limits, timeout_s if in_main else 0)  # SIGALRM only works in the main thread
-    old = signal.getsignal(signal.SIGALRM) if in_main and hasattr(signal, "SIGALRM") else None
-    try:
-        for batch in _batched(jobs, 32):
-            yield batch, _parse_chunk([job.path for job in batch])
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGALRM, old)
-
-
-def _isolate(
-    lost: list[tuple[list[_Job], Future[_Chunk]]], limits: ParseLimits, timeout_s: int
-) -> Iterator[tuple[list[_Job], _Chunk]]:
-    """Outcomes of the chunks a broken pool held: finished ones as they are, the rest
-    re-parsed file by file in a one-process pool that is replaced after each crash
-    or hang."""
-    pool = _pool(1, limits, timeout_s)
-    budget = _hang_budget(timeout_s)
-    crashes = 0
-    try:
-        for batch, future in lost:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                yield batch, future.result()
-                continue
-            for job in batch:
-                try:
-                    outcome = pool.submit(_parse_chunk, [job.path]).result(timeout=budget)
-                    crashes = 0
-                except TimeoutError:
-                    _stop(pool)
-                    pool = _pool(1, limits, timeout_s)
-                    reason = f"{HUNG}: more than {timeout_s} s (ingest.file_timeout_s)"
-                    outcome = _rejected(reason)
-                except BrokenProcessPool:
-                    crashes += 1
-                    if crashes >= MAX_CONSECUTIVE_CRASHES:
-                        raise IngestError(
-                            f"parser processes died on {crashes} files in a row (last: "
-                            f"{job.path}); is the machine out of memory?"
-                        ) from None
-                    _stop(pool)
-                    pool = _pool(1, limits, timeout_s)
-                    outcome = _rejected(CRASHED)
-                yield [job], outcome
-    finally:
-        _stop(pool)
-
-
-def _hang_budget(timeout_s: int) -> float | None:
-    """How long to wait on a chunk (or an isolated file) before calling it hung."""
-    return timeout_s + HANG_SLACK_S if timeout_s else None
-
-
-def _rejected(reason: str) -> _Chunk:
-    """The chunk answer for one file that a dead or hung parser could not parse."""
-    return _Chunk([reason], _concat([], NOTES), _concat([], PEDALS))
-
-
-def _pool(workers: int, limits: ParseLimits, timeout_s: int) -> ProcessPoolExecutor:
-    ctx = mp.get_context("forkserver" if hasattr(os, "fork") else "spawn")
-    return ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker, initargs=(limits, timeout_s)
-    )
-
-
-def _stop(pool: ProcessPoolExecutor) -> None:
-    """Shut a pool down without waiting on files still being parsed (Ctrl-C, errors)."""
-    procs = dict(getattr(pool, "_processes", None) or {})  # private, hence the getattr
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in procs.values():
-        if proc.is_alive():
-            proc.terminate()
-    for proc in procs.values():
-        proc.join(timeout=5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(timeout=5)
-
-
-def _batched(items: Iterator[_Job], size: int) -> Iterator[list[_Job]]:
-    while batch := list(itertools.islice(items, size)):
-        yield batch
 
 
 # --- CLI -------------------------------------------------------------------------------

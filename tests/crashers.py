@@ -10,14 +10,14 @@ import os
 import signal
 import time
 
-from pipeline import ingest
+from pipeline import ingest_pool
 
 
 def crash_on_marker(paths: list[str]) -> list[object]:
     """Parse like ingest, but die (SIGKILL, as the OOM killer would) on files named CRASH*."""
     if any(os.path.basename(p).startswith("CRASH") for p in paths):
         os.kill(os.getpid(), signal.SIGKILL)
-    return ingest._parse_chunk(paths)
+    return ingest_pool._parse_chunk(paths)
 
 
 def always_crash(paths: list[str]) -> list[object]:
@@ -32,4 +32,4 @@ def hang_on_marker(paths: list[str]) -> object:
     if any(os.path.basename(p).startswith("HANG") for p in paths):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         time.sleep(3600)
-    return ingest._parse_chunk(paths)
+    return ingest_pool._parse_chunk(paths)

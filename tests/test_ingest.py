@@ -11,6 +11,7 @@ from rawfolder import make_renditions
 from typer.testing import CliRunner
 
 from pipeline import ingest as ingest_mod
+from pipeline import ingest_pool as pool_mod
 from pipeline.cli import app
 from pipeline.core.params import default_params
 from pipeline.core.stores import read_store
@@ -81,7 +82,7 @@ def test_interrupted_ingest_leaves_nothing_half_written(corpus_dir, tmp_path, mo
     ingest_dir(corpus_dir, out, source="test", params=lenient(workers=1), progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     calls = {"n": 0}
-    real = ingest_mod._parse_one
+    real = pool_mod._parse_one
 
     def dies_midway(path: str):
         calls["n"] += 1
@@ -89,7 +90,7 @@ def test_interrupted_ingest_leaves_nothing_half_written(corpus_dir, tmp_path, mo
             raise KeyboardInterrupt
         return real(path)
 
-    monkeypatch.setattr(ingest_mod, "_parse_one", dies_midway)
+    monkeypatch.setattr(pool_mod, "_parse_one", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         ingest_dir(corpus_dir, out, source="test", params=lenient(workers=1), progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -279,11 +280,11 @@ def test_a_worker_that_dies_costs_only_its_file(corpus_dir, tmp_path, monkeypatc
     good = tmp_path / "good"
     ingest_dir(corpus_dir, good, source="t", params=lenient(), progress=False)
     shutil.copy(corpus_dir / "other" / "symusic_1.midi", corpus_dir / "other" / "CRASH.mid")
-    monkeypatch.setattr(ingest_mod, "_parse_chunk", crash_on_marker)
+    monkeypatch.setattr(pool_mod, "_parse_chunk", crash_on_marker)
     out = tmp_path / "out"
     summary = ingest_dir(corpus_dir, out, source="t", params=lenient(), progress=False)
     rejects = read_store(out / "rejects.parquet", "rejects").set_index("path")
-    assert rejects.loc["other/CRASH.mid", "reason"] == ingest_mod.CRASHED
+    assert rejects.loc["other/CRASH.mid", "reason"] == pool_mod.CRASHED
     assert summary.rejects == 4 and summary.pieces == 24
     for kind in ("notes", "pieces", "pedals"):
         pd.testing.assert_frame_equal(
@@ -297,7 +298,7 @@ def test_workers_that_always_die_stop_the_ingest_with_a_message(corpus_dir, tmp_
     out = tmp_path / "out"
     out.mkdir()
     (out / "previous.txt").write_text("keep me")
-    monkeypatch.setattr(ingest_mod, "_parse_chunk", always_crash)
+    monkeypatch.setattr(pool_mod, "_parse_chunk", always_crash)
     with pytest.raises(IngestError, match="parser processes died on 5 files in a row"):
         ingest_dir(corpus_dir, out, source="t", params=lenient(), progress=False)
     assert (out / "previous.txt").read_text() == "keep me"
@@ -312,8 +313,8 @@ def test_a_parser_stuck_beyond_sigalrm_is_killed_and_its_file_rejected(
     from crashers import hang_on_marker
 
     shutil.copy(corpus_dir / "other" / "symusic_1.midi", corpus_dir / "other" / "HANG.mid")
-    monkeypatch.setattr(ingest_mod, "_parse_chunk", hang_on_marker)
-    monkeypatch.setattr(ingest_mod, "HANG_SLACK_S", 2.0)
+    monkeypatch.setattr(pool_mod, "_parse_chunk", hang_on_marker)
+    monkeypatch.setattr(pool_mod, "HANG_SLACK_S", 2.0)
     out = tmp_path / "out"
     done: dict[str, object] = {}
 
@@ -328,5 +329,5 @@ def test_a_parser_stuck_beyond_sigalrm_is_killed_and_its_file_rejected(
     assert not thread.is_alive(), "ingest hung on a parser stuck in C++"
     assert done["summary"].pieces == 24
     rejects = read_store(out / "rejects.parquet", "rejects").set_index("path")
-    assert rejects.loc["other/HANG.mid", "reason"].startswith(ingest_mod.HUNG)
+    assert rejects.loc["other/HANG.mid", "reason"].startswith(pool_mod.HUNG)
     assert "ingest.file_timeout_s" in rejects.loc["other/HANG.mid", "reason"]

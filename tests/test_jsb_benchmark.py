@@ -41,7 +41,7 @@ from tiny_project import (
     traced_env,
 )
 
-from pipeline.evaluation.frames import note_unigram_baseline, roll_from_steps
+from pipeline.modeling.frames import note_unigram_baseline, roll_from_steps
 from pipeline.report.table import ROW_KEYS, read_published
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -145,6 +145,7 @@ CROSS_CUTTING = {
     "test_faults.py": "hostile MIDI through ingest, midi and the stores",
     "test_interruptions.py": "SIGKILL of real `etude` and `dvc repro` processes",
     "test_jsb_benchmark.py": "benchmarks/jsb/dvc.yaml end to end",
+    "test_layers.py": "pipeline/'s import layers, cycles and file and function sizes",
     "test_pipeline_integrity.py": "dvc.yaml, params.yaml and the code agree",
     "test_readme.py": "README.md's checkable claims",
     "test_remote.py": "dvc push / pull of the tiny project through a remote",

@@ -58,10 +58,11 @@ def run_variant(
 ) -> dict[str, Any]:
     """Train one variant in a temporary folder and score it like the frames stage."""
     from pipeline.core.params import load_params
-    from pipeline.evaluation.frames import FramesParams, score_model
+    from pipeline.evaluation.frames import score_model
     from pipeline.modeling.base import model_spec
     from pipeline.modeling.checkpoint import load_model
     from pipeline.modeling.fit import fit
+    from pipeline.modeling.frames import FramesParams
     from pipeline.modeling.train import load_train_params
 
     params = BENCH / "params.yaml"

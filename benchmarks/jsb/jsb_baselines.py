@@ -6,7 +6,7 @@ Reads the benchmark file (default: ../shared/data/jsb-chorales-quarter.json besi
 repository, see SOURCES.txt there), checks its SHA-256 against params.yaml's `jsb.sha256`,
 and prints the frame NLL (nats per quarter-note step, summed over the 88 keys, pooled
 over all frames) of the paper's "Random" and "Note 1-Gram" on each split, with
-`pipeline.evaluation.frames`. The paper's Table 1 gives 61.00 and 11.06 on test.
+`pipeline.modeling.frames`. The paper's Table 1 gives 61.00 and 11.06 on test.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.params import default_params
-from pipeline.evaluation.frames import (
+from pipeline.modeling.frames import (
     N_KEYS,
     frame_nll,
     note_unigram_baseline,

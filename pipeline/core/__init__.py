@@ -4,5 +4,5 @@ command helpers.
 Every stage in dvc.yaml depends on this folder as a whole, so it holds only code that
 every command really runs (tests/test_dag.py checks it), and it imports nothing heavy
 at package load. Code that only some commands run lives beside them (`pipeline.splits`,
-`pipeline.registry`, `pipeline.validation.expect`).
+`pipeline.registry`, `pipeline.expect`).
 """

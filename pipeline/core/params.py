@@ -171,33 +171,54 @@ def from_mapping(raw: Any, cls: type[T], section: str) -> T:
 
 
 def _check(value: Any, hint: Any, key: str) -> Any:
+    """`value` if it has type `hint` (a list as a tuple, an int as a float where the hint
+    says so, a mapping as its dataclass); else a ParamsError naming `key`."""
     origin = get_origin(hint)
     if origin is Literal:
-        choices = get_args(hint)
-        if value not in choices:
-            raise ParamsError(f"params.yaml: '{key}' must be one of {list(choices)}, got {value!r}")
-        return value
+        return _check_literal(value, hint, key)
     if origin in (typing.Union, types.UnionType):
-        args = get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check(value, arg, key)
-            except ParamsError as exc:
-                errors.append(str(exc))
-        raise ParamsError(errors[0] if errors else f"params.yaml: '{key}' has the wrong type")
+        return _check_union(value, hint, key)
     if origin in (list, tuple):
-        (inner, *_) = get_args(hint) or (Any,)
-        if not isinstance(value, list):
-            raise ParamsError(f"params.yaml: '{key}' must be a list, got {value!r}")
-        items = [_check(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _check_sequence(value, hint, origin, key)
     if dataclasses.is_dataclass(hint):
         return from_mapping(value, hint, key)
+    return _check_scalar(value, hint, key)
+
+
+def _check_literal(value: Any, hint: Any, key: str) -> Any:
+    choices = get_args(hint)
+    if value not in choices:
+        raise ParamsError(f"params.yaml: '{key}' must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _check_union(value: Any, hint: Any, key: str) -> Any:
+    """The first member type `value` passes (None where the union allows it); else the
+    first member's error."""
+    args = get_args(hint)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _check(value, arg, key)
+        except ParamsError as exc:
+            errors.append(str(exc))
+    raise ParamsError(errors[0] if errors else f"params.yaml: '{key}' has the wrong type")
+
+
+def _check_sequence(value: Any, hint: Any, origin: Any, key: str) -> Any:
+    (inner, *_) = get_args(hint) or (Any,)
+    if not isinstance(value, list):
+        raise ParamsError(f"params.yaml: '{key}' must be a list, got {value!r}")
+    items = [_check(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+def _check_scalar(value: Any, hint: Any, key: str) -> Any:
+    """bool, int, float (an int becomes a float) and str; any other hint passes."""
     if hint is Any:
         return value
     if hint is bool:

@@ -99,7 +99,7 @@ def evaluate(
     import torch
     from torch.utils.data import DataLoader
 
-    from pipeline.modeling.fit import evaluate_loader
+    from pipeline.modeling.scoring import evaluate_loader
 
     ep = eval_params
     config = model.config

@@ -1,210 +1,63 @@
-"""Frame-level NLL of the polyphonic-music benchmarks (Boulanger-Lewandowski et al., 2012).
+"""The `frames` stage: the frame NLL of a trained model (``etude frames <model>``).
 
-The metric of the paper's Table 1: each frame (one quarter-note step for JSB Chorales)
-is a set of sounding keys on the 88-key piano (MIDI 21-108), a model gives each key
-an independent Bernoulli probability of sounding, and the score is the negative
-log-likelihood in nats per frame, summed over the 88 keys and averaged over all frames
-of all test pieces pooled (a long piece counts more; not a mean of per-piece means).
+Used by the JSB Chorales benchmark (``benchmarks/jsb``). The metric, its errors and
+params live in `pipeline.modeling.frames`; each model family that defines a
+probability of frames has a ``pipeline.modeling.<store>.frames`` module (prv: exact,
+every piece scored whole; events: an upper bound), and a model without one is refused
+with a message saying so.
 
-Keys outside a model's pitch window count as probability 0 of sounding: free (log 1 =
-0) while silent, and an error (`FrameError`) when one sounds, since the window then
-cannot score the data (an infinite NLL would hide a misconfigured window). Inside the
-window a probability of exactly 0 for a sounding key (or 1 for a silent one) gives an
-infinite NLL, as it should; clip the probabilities first if a model saturates.
-
-The metric itself is pure numpy (`frame_nll`, `note_unigram_baseline`,
-`random_baseline`; ``random_baseline``, p = 1/2 everywhere, is 88 ln 2 = 60.9970 nats).
-The ``frames`` stage below (``etude frames <model>``, used by the JSB Chorales
-benchmark, ``benchmarks/jsb``) scores a trained model with it: each model family that
-defines a probability of frames has a ``pipeline.modeling.<store>.frames`` module
-(prv: exact, every piece scored whole; events: an upper bound), and a model without
-one is refused with a message saying so.
+The frame grid is read from a store's params.json, never from params.yaml: a prv
+model's own store sets it; an events store has none, so ``--grid`` names the store
+whose grid the frames follow (the benchmark's prv store).
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
+import importlib
 import importlib.util
-import logging
-import math
+import json
 import os
 import platform
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
-from scipy.special import xlogy
 
 from pipeline.core.config import PARAMS_FILE
-from pipeline.core.params import require
 from pipeline.core.stage_utils import user_errors
+from pipeline.modeling.frames import UNIT, FrameError, FramesParams
 
 if TYPE_CHECKING:
     from pipeline.modeling.base import ModelSpec, StoreData
 
-log = logging.getLogger(__name__)
-
-KEY_LOW = 21  # A0
-KEY_HIGH = 108  # C8
-N_KEYS = KEY_HIGH - KEY_LOW + 1  # 88
-# The Note 1-Gram's probabilities are clipped to [EPS, 1 - EPS], as the other
-# baselines of Etude (pipeline.modeling.prv / pianoroll BASELINE_EPS).
-UNIGRAM_EPS = 1e-4
-
-
-class FrameError(ValueError):
-    """Rolls and probabilities that cannot be scored; the message says which piece and why."""
-
-
-def roll_from_steps(steps: Sequence[Sequence[int]]) -> np.ndarray:
-    """Boolean ``(frames, 88)`` roll of one piece given as lists of sounding MIDI pitches."""
-    roll = np.zeros((len(steps), N_KEYS), dtype=bool)
-    for t, step in enumerate(steps):
-        for pitch in step:
-            if not KEY_LOW <= pitch <= KEY_HIGH:
-                raise FrameError(f"step {t}: pitch {pitch} is outside the 88 keys 21-108")
-            roll[t, pitch - KEY_LOW] = True
-    return roll
-
-
-def _check_roll(roll: np.ndarray, i: int) -> np.ndarray:
-    roll = np.asarray(roll)
-    if roll.ndim != 2 or roll.shape[1] != N_KEYS:
-        raise FrameError(f"piece {i}: roll must be (frames, {N_KEYS}), got {roll.shape}")
-    return roll.astype(bool)
-
-
-def frame_nll(
-    probs: Sequence[np.ndarray],
-    rolls: Sequence[np.ndarray],
-    *,
-    min_pitch: int = KEY_LOW,
-    logits: bool = False,
-) -> float:
-    """Pooled NLL in nats per frame (summed over the 88 keys) of `rolls` under `probs`.
-
-    Args:
-        probs: per piece, ``(frames, K)`` probabilities in [0, 1] that each key of the
-            model's window, MIDI ``min_pitch .. min_pitch + K - 1``, sounds in that frame;
-            with ``logits=True``, their logits (any real number) instead.
-        rolls: per piece, the ``(frames, 88)`` boolean roll over MIDI 21-108.
-        min_pitch: the lowest MIDI pitch of the window (21 = all 88 keys when K = 88).
-        logits: score logits directly (``log sigmoid`` without forming a probability,
-            so a confident model is not rounded to probability 1 and an infinite NLL).
-
-    Raises:
-        FrameError: mismatched shapes or counts, a window reaching past the 88 keys,
-            probabilities outside [0, 1], no frames, or a key outside the window that
-            sounds (naming the piece, frame and pitch).
-    """
-    if len(probs) != len(rolls):
-        raise FrameError(f"{len(probs)} probability arrays for {len(rolls)} rolls")
-    total, frames = 0.0, 0
-    for i, (p, roll) in enumerate(zip(probs, rolls, strict=True)):
-        roll = _check_roll(roll, i)
-        p = np.asarray(p, dtype=np.float64)
-        if p.ndim != 2 or p.shape[0] != roll.shape[0]:
-            raise FrameError(f"piece {i}: probs {p.shape} do not match roll {roll.shape}")
-        lo = min_pitch - KEY_LOW
-        hi = lo + p.shape[1]
-        if lo < 0 or hi > N_KEYS:
-            raise FrameError(
-                f"window MIDI {min_pitch}-{min_pitch + p.shape[1] - 1} reaches past the 88 keys"
-            )
-        if logits:
-            if not np.all(np.isfinite(p)):
-                raise FrameError(f"piece {i}: logits must be finite")
-        elif not np.all((p >= 0) & (p <= 1)):  # also catches NaN
-            raise FrameError(f"piece {i}: probabilities outside [0, 1] (or NaN)")
-        outside = roll.copy()
-        outside[:, lo:hi] = False
-        if outside.any():
-            t, k = np.argwhere(outside)[0]
-            raise FrameError(
-                f"piece {i}: frame {t} sounds MIDI {k + KEY_LOW}, outside the model's window "
-                f"{min_pitch}-{min_pitch + p.shape[1] - 1} (probability 0)"
-            )
-        y = roll[:, lo:hi]
-        if logits:  # -log sigmoid(z) = log(1 + e^-z) where sounding, log(1 + e^z) where not
-            total += float(np.logaddexp(0.0, np.where(y, -p, p)).sum())
-            frames += roll.shape[0]
-            continue
-        with np.errstate(divide="ignore"):
-            total -= float((xlogy(y, p) + xlogy(~y, 1.0 - p)).sum())
-        frames += roll.shape[0]
-    if frames == 0:
-        raise FrameError("no frames to score")
-    return total / frames
-
-
-def note_unigram_baseline(
-    train_rolls: Sequence[np.ndarray], test_rolls: Sequence[np.ndarray]
-) -> float:
-    """The paper's "Note 1-Gram": each key sounds with its frequency over all train frames.
-
-    The frequencies are clipped to [UNIGRAM_EPS, 1 - UNIGRAM_EPS]: without it a key
-    never heard in train but sounding in test costs infinity (JSB's test has one such
-    frame: MIDI 45, never in train), and a key never silent costs the same.
-    """
-    if not train_rolls:
-        raise FrameError("no train pieces for the Note 1-Gram")
-    train = np.concatenate([_check_roll(r, i) for i, r in enumerate(train_rolls)])
-    if len(train) == 0:
-        raise FrameError("no train frames for the Note 1-Gram")
-    p = np.clip(train.mean(axis=0), UNIGRAM_EPS, 1.0 - UNIGRAM_EPS)
-    return frame_nll([np.broadcast_to(p, (len(r), N_KEYS)) for r in test_rolls], test_rolls)
-
-
-def random_baseline() -> float:
-    """Every key sounds with probability 1/2: 88 ln 2 nats per frame, whatever the data."""
-    return N_KEYS * math.log(2.0)
-
-
-# --------------------------------------------------------------------------------------
-# The `frames` stage
-
-
-UNIT = "nats per frame (88 keys)"
-
-
-@dataclass(frozen=True)
-class FramesParams:
-    """The `frames` section of params.yaml."""
-
-    split: str  # the split scored (the benchmarks' tables are on test)
-    steps_per_second: float  # the frame grid; a prv store must have the same
-    token_stride: int  # events models: tokens each sliding window moves (<= seq_len)
-    device: str  # auto, cpu or cuda
-    num_threads: int  # torch CPU threads; 0 = torch's default
-
-    def validate(self) -> None:
-        require(self.split in ("train", "validation", "test"), "split must be a split name")
-        require(self.steps_per_second > 0, "steps_per_second must be > 0")
-        require(self.token_stride >= 1, "token_stride must be >= 1")
-        require(self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda")
-        require(self.num_threads >= 0, "num_threads must be >= 0")
-
 
 def score_model(
-    spec: ModelSpec, model: Any, store: StoreData, params: FramesParams
+    spec: ModelSpec,
+    model: Any,
+    store: StoreData,
+    params: FramesParams,
+    *,
+    steps_per_second: float | None = None,
 ) -> dict[str, Any]:
     """The frame NLL of `model` on ``params.split`` of `store`, with what it is.
 
     Each model family that defines a probability of frames has a
-    ``pipeline.modeling.<store>.frames`` module whose ``score(model, store, params)``
-    returns ``{"frame_nll", "bound", "unit", "method", "split", "pieces", "frames",
-    ...}``: prv models add ``frame_nll_windowed`` (the same model scored on
-    `etude evaluate`'s windows) and ``note_unigram`` (the per-key frequency baseline of
-    the same store); events models ``tokens`` and ``nats_per_token``. Here: which
-    module, and its errors as one-line `FrameError`s. The families score in `eval_mode`.
+    ``pipeline.modeling.<store>.frames`` module whose ``score(model, store, params,
+    steps_per_second=...)`` returns ``{"frame_nll", "bound", "unit", "method", "split",
+    "pieces", "frames", ...}``: prv models add ``frame_nll_windowed`` (the same model
+    scored on `etude evaluate`'s windows) and ``note_unigram`` (the per-key frequency
+    baseline of the same store); events models ``tokens`` and ``nats_per_token``. Here:
+    which module, and its errors as one-line `FrameError`s. The families score in
+    `eval_mode`.
+
+    Args:
+        steps_per_second: the frame grid from another store (`grid_of`); None for a
+            model whose store has its own (prv). A prv store must have the same.
 
     Raises:
-        FrameError: the model's family has no frame probability, or its store's grid
-            is not ``frames.steps_per_second``.
+        FrameError: the model's family has no frame probability, or no grid to score on,
+            or a grid that is not its store's.
     """
     family = f"pipeline.modeling.{spec.representation}.frames"
     if importlib.util.find_spec(family) is None:
@@ -214,22 +67,33 @@ def score_model(
         )
     module = importlib.import_module(family)
     try:  # a grid or pitch window that does not fit, a missing split or column: one line
-        return module.score(model, store, params)
+        return module.score(model, store, params, steps_per_second=steps_per_second)
     except FrameError:
         raise
     except (ValueError, KeyError) as exc:
         raise FrameError(_message(exc)) from exc
 
 
-@contextlib.contextmanager
-def eval_mode(model: Any) -> Iterator[None]:
-    """Score without dropout (a model in training mode would give a random number)."""
-    was_training = model.training
-    model.eval()
+def grid_of(store_dir: Path) -> float:
+    """The frame grid (``steps_per_second``) recorded in a store's params.json.
+
+    Read as JSON, without the store's representation module, so that scoring an events
+    model on a prv store's grid loads no prv code.
+    """
+    path = Path(store_dir) / "params.json"
     try:
-        yield
-    finally:
-        model.train(was_training)
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FrameError(f"{path}: missing (rebuild the store with `etude represent`)") from None
+    except json.JSONDecodeError as exc:
+        raise FrameError(f"{path}: not valid JSON ({exc})") from exc
+    grid = (meta.get("params") or {}).get("steps_per_second")
+    if isinstance(grid, bool) or not isinstance(grid, (int, float)) or not grid > 0:
+        raise FrameError(
+            f"{path}: no frame grid (params.steps_per_second > 0; a prv store has one), "
+            f"got {grid!r}"
+        )
+    return float(grid)
 
 
 def _message(exc: BaseException) -> str:
@@ -242,6 +106,13 @@ def frames_command(
     store: Annotated[Path, typer.Option(help="The model's representation store.")],
     model_dir: Annotated[Path, typer.Option(help="Folder of the trained model.pt.")],
     out: Annotated[Path, typer.Option(help="Result JSON (written atomically).")],
+    grid: Annotated[
+        Path | None,
+        typer.Option(
+            help="Store whose params.json sets the frame grid (steps_per_second): needed "
+            "for events models; a prv model's store has its own, which must match."
+        ),
+    ] = None,
     params: Annotated[Path, typer.Option("--params", help="params.yaml to read.")] = PARAMS_FILE,
 ) -> None:
     """Frame NLL (nats per frame over 88 keys) of trained model NAME: exact or a bound."""
@@ -257,6 +128,7 @@ def frames_command(
         p = load_params("frames", FramesParams, params)
         if p.num_threads:
             torch.set_num_threads(p.num_threads)
+        steps_per_second = grid_of(grid) if grid is not None else None
         spec = model_spec(name)
         model, spec, ckpt = load_model(model_dir / "model.pt", name, pick_device(p.device))
         data = load_store(store, spec.representation)
@@ -265,7 +137,7 @@ def frames_command(
             "run": out.stem,
             "seed": (ckpt.get("train_params") or {}).get("seed"),
             "step": ckpt.get("step"),
-            **score_model(spec, model, data, p),
+            **score_model(spec, model, data, p, steps_per_second=steps_per_second),
             "scored_on": datetime.date.today().isoformat(),
             "machine": machine(next(model.parameters()).device),
         }

@@ -18,9 +18,10 @@ rank 0 writes the outputs (`pipeline.modeling.fit`). So dvc.yaml's command stays
 eight GPUs. A person may still wrap the command in ``torchrun`` by hand (then the
 environment decides the world size and the launch keys are not read).
 
-Training loads base, fit, checkpoint, this module, the model's family ``__init__``
-and the model's own module, never any sampling code (``etude generate`` and
-``etude interpolate`` live in `pipeline.modeling.generate`).
+Training loads base, checkpoint, the loop (fit and its parts: resume, distributed,
+live, scoring), this module, the model's family ``__init__`` and the model's own
+module, never any sampling code (``etude generate`` and ``etude interpolate`` live in
+`pipeline.modeling.generate`).
 
 Torch is imported inside the command so that ``etude --help`` stays fast.
 """
@@ -144,7 +145,7 @@ def train_command(
 ) -> None:
     """Train model NAME; writes OUT/model.pt (best), OUT/last.pt (resumable), LIVE/."""
     from pipeline.modeling.checkpoint import CheckpointError
-    from pipeline.modeling.fit import FitError
+    from pipeline.modeling.scoring import FitError
     from pipeline.representations import RepresentError
 
     with user_errors(FitError, CheckpointError, RepresentError):
@@ -215,14 +216,10 @@ def launch(name: str, train: TrainParams, argv: list[str], out: Path) -> None:
     """Run ``python -m pipeline <argv>`` as this machine's ranks and wait for them.
 
     The launcher is torch.distributed.run itself (``torchrun``'s engine), called in
-    this process with the arguments a person would give ``torchrun``: one machine
-    without an endpoint gets ``--standalone`` (a rendezvous on a free local port, so
-    several runs never collide); several machines meet at ``train.rdzv_endpoint``
-    (static rendezvous: ``train.node_rank`` is the machine's index, and node 0, which
-    hosts the endpoint, holds global rank 0 and so the outputs) within
-    ``train.rdzv_timeout_s``. No restarts: a failed rank ends the run, and a rerun
-    resumes from OUT/last.pt. Ctrl-C ends every rank within seconds (`_interruptible`),
-    with one line saying what `out` kept.
+    this process with the arguments a person would give ``torchrun`` (`torchrun_args`).
+    No restarts: a failed rank ends the run, and a rerun resumes from OUT/last.pt.
+    Ctrl-C ends every rank within seconds (`_interruptible`), with one line saying
+    what `out` kept.
 
     Raises:
         FitError: a rank failed (its own error is printed above), a signal other than
@@ -235,10 +232,36 @@ def launch(name: str, train: TrainParams, argv: list[str], out: Path) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous import RendezvousError
 
-    from pipeline.modeling.fit import FitError
-
     check_launch(name, train)
     since = time.time()
+    args = torchrun_args(name, train, argv)
+    log.info("%s: launching %d processes: torchrun %s", name, train.nproc_per_node, " ".join(args))
+    # the ranks inherit this environment: the pid to die with, and train.num_threads as
+    # OMP_NUM_THREADS (torchrun would set 1 with a warning banner)
+    env = {LAUNCHER_PID_ENV: str(os.getpid())}
+    if train.num_threads > 0 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(train.num_threads)
+    os.environ.update(env)
+    failures = (ChildFailedError, KeyboardInterrupt, SignalException, RendezvousError, DistError)
+    try:
+        with _interruptible(lambda: kept_message(name, out, since)), _quiet_torch_logs():
+            torchrun.run(torchrun.parse_args(args))
+    except failures as exc:
+        raise launch_error(exc, name, train, lambda: kept_message(name, out, since)) from None
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+
+
+def torchrun_args(name: str, train: TrainParams, argv: list[str]) -> list[str]:
+    """``torchrun``'s arguments for this machine's ranks of ``python -m pipeline <argv>``.
+
+    One machine without an endpoint gets ``--standalone`` (a rendezvous on a free local
+    port, so several runs never collide); several machines meet at
+    ``train.rdzv_endpoint`` (static rendezvous: ``train.node_rank`` is the machine's
+    index, and node 0, which hosts the endpoint, holds global rank 0 and so the
+    outputs) within ``train.rdzv_timeout_s``.
+    """
     args = ["--nproc-per-node", str(train.nproc_per_node), "--nnodes", str(train.nnodes)]
     args += ["--node-rank", str(train.node_rank), "--max-restarts", "0"]
     if train.rdzv_endpoint:
@@ -253,49 +276,52 @@ def launch(name: str, train: TrainParams, argv: list[str], out: Path) -> None:
         )
     else:
         args.append("--standalone")
-    args += ["--module", "pipeline", *argv]
-    log.info("%s: launching %d processes: torchrun %s", name, train.nproc_per_node, " ".join(args))
-    # the ranks inherit this environment: the pid to die with, and train.num_threads as
-    # OMP_NUM_THREADS (torchrun would set 1 with a warning banner)
-    env = {LAUNCHER_PID_ENV: str(os.getpid())}
-    if train.num_threads > 0 and "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(train.num_threads)
-    os.environ.update(env)
-    try:
-        with _interruptible(lambda: kept_message(name, out, since)), _quiet_torch_logs():
-            torchrun.run(torchrun.parse_args(args))
-    except ChildFailedError as exc:
+    return [*args, "--module", "pipeline", *argv]
+
+
+def launch_error(
+    exc: BaseException, name: str, train: TrainParams, kept: Callable[[], str]
+) -> Exception:
+    """The error a failed launch raises, in the user's words: Interrupted for Ctrl-C,
+    FitError otherwise; `kept` says what OUT kept.
+
+    `exc` is what torch's launcher raised: ChildFailedError (a rank failed, or a Ctrl-C
+    reached the ranks first), KeyboardInterrupt (Ctrl-C before torch took over the
+    signal handlers), SignalException (SIGINT, SIGTERM, ...: torch stopped the ranks),
+    or RendezvousError / DistError (DistNetworkError: the endpoint is unreachable).
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from pipeline.modeling.scoring import FitError
+
+    if isinstance(exc, ChildFailedError):
         rank, failure = exc.get_first_failure()
         if failure.exitcode == INTERRUPT_EXIT:  # a Ctrl-C that reached the ranks first
-            raise Interrupted(kept_message(name, out, since)) from None
+            return Interrupted(kept())
         how = (
             f"was killed by signal {-failure.exitcode}"
             if failure.exitcode < 0
             else f"exited with code {failure.exitcode}"
         )
-        raise FitError(
+        return FitError(
             f"{name}: rank {rank} of {train.n_processes} {how} (its error is above); "
-            f"every rank was stopped; {kept_message(name, out, since)}"
-        ) from None
-    except KeyboardInterrupt:  # Ctrl-C before torch took over the signal handlers
-        raise Interrupted(kept_message(name, out, since)) from None
-    except SignalException as exc:  # SIGINT, SIGTERM, ...: torch stopped the ranks
+            f"every rank was stopped; {kept()}"
+        )
+    if isinstance(exc, KeyboardInterrupt):
+        return Interrupted(kept())
+    if isinstance(exc, SignalException):
         if exc.sigval == signal.SIGINT:
-            raise Interrupted(kept_message(name, out, since)) from None
-        raise FitError(
-            f"{name}: stopped by {signal.Signals(exc.sigval).name} with every rank; "
-            f"{kept_message(name, out, since)}"
-        ) from None
-    except (RendezvousError, DistError) as exc:  # DistNetworkError: endpoint unreachable
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise FitError(
-            f"{name}: the {train.nnodes} machines did not meet at train.rdzv_endpoint "
-            f"{train.rdzv_endpoint!r} within train.rdzv_timeout_s = {train.rdzv_timeout_s} s "
-            f"({first}); nothing was trained"
-        ) from None
-    finally:
-        for key in env:
-            os.environ.pop(key, None)
+            return Interrupted(kept())
+        return FitError(
+            f"{name}: stopped by {signal.Signals(exc.sigval).name} with every rank; {kept()}"
+        )
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return FitError(
+        f"{name}: the {train.nnodes} machines did not meet at train.rdzv_endpoint "
+        f"{train.rdzv_endpoint!r} within train.rdzv_timeout_s = {train.rdzv_timeout_s} s "
+        f"({first}); nothing was trained"
+    )
 
 
 def check_launch(name: str, train: TrainParams) -> None:
@@ -309,7 +335,7 @@ def check_launch(name: str, train: TrainParams) -> None:
 
     import torch
 
-    from pipeline.modeling.fit import FitError
+    from pipeline.modeling.scoring import FitError
 
     if train.rdzv_endpoint:
         host, _, port = train.rdzv_endpoint.rpartition(":")

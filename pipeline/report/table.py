@@ -250,7 +250,9 @@ def markdown(table: dict[str, Any]) -> str:
 
 def html_page(table: dict[str, Any]) -> str:
     """The table as a static page in the report's style (offline; the report links it)."""
-    from pipeline.report import _esc, _page, _table
+    from pipeline.report.templating import esc as _esc
+    from pipeline.report.templating import page as _page
+    from pipeline.report.templating import table as _table
 
     rows = []
     for row in table["rows"]:

@@ -50,9 +50,9 @@ class Representation:
         encode: notes (+ pedals) of any number of pieces -> store rows.
         decode: one piece's store rows -> notes (pitch, velocity, start, end, ...).
         expectations: store params (from params.json, a dict) -> the value expectations
-            (`pipeline.validation.expect.Spec`) every row of a split file must meet.
+            (`pipeline.expect.Spec`) every row of a split file must meet.
         checks: (split name -> Arrow table, store params) -> extra tables to validate
-            (`pipeline.validation.expect.Table`), e.g. every token of the events store.
+            (`pipeline.expect.Table`), e.g. every token of the events store.
         density: (split name -> Arrow table, store params) -> a frame (piece_id,
             notes, seconds) per piece, checked against `validate.max_notes_per_second`;
             None where the representation cannot count notes (piano-roll cells).

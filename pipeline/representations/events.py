@@ -295,7 +295,7 @@ def decode(rows: pd.DataFrame, params: Params) -> pd.DataFrame:
 
 def expectations(meta: dict[str, Any]) -> list[Any]:
     """One row (token list) per piece."""
-    from pipeline.validation.expect import unique
+    from pipeline.expect import unique
 
     return [unique("piece_id")]
 
@@ -317,7 +317,7 @@ def checks(splits: dict[str, Any], meta: dict[str, Any]) -> list[Any]:
     """Every token in the vocabulary; every sequence BOS ... EOS."""
     import pyarrow.compute as pc
 
-    from pipeline.validation.expect import Table, between, in_set
+    from pipeline.expect import Table, between, in_set
 
     lists, flat, _, piece_ids = _token_columns(splits)
     tokens = pd.DataFrame({"token": flat})  # no piece_id: a million repeated strings cost seconds

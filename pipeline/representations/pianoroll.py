@@ -119,7 +119,7 @@ def decode(rows: pd.DataFrame, params: Params) -> pd.DataFrame:
 
 def expectations(meta: dict[str, Any]) -> list[Any]:
     """Cells inside the store's pitch range and frame budget, one row per cell."""
-    from pipeline.validation.expect import MIDI_MAX, between, meta_int, unique
+    from pipeline.expect import MIDI_MAX, between, meta_int, unique
 
     specs = [
         between("frame", 0),

@@ -130,7 +130,7 @@ def decode(rows: pd.DataFrame, params: Params) -> pd.DataFrame:
 
 def expectations(meta: dict[str, Any]) -> list[Any]:
     """Cells inside the pitch window and step budget, volumes in [0, 1], one row per cell."""
-    from pipeline.validation.expect import MIDI_MAX, between, meta_int, unique
+    from pipeline.expect import MIDI_MAX, between, meta_int, unique
 
     n_pitches = meta_int(meta, "n_pitches", MIDI_MAX + 1)
     specs = [
@@ -147,7 +147,7 @@ def expectations(meta: dict[str, Any]) -> list[Any]:
 
 def density(splits: dict[str, Any], meta: dict[str, Any]) -> pd.DataFrame | None:
     """Onsets (replay cells) and seconds of each piece; None without a step rate."""
-    from pipeline.validation.expect import concat_frames
+    from pipeline.expect import concat_frames
 
     steps_per_second = meta.get("steps_per_second")
     if not isinstance(steps_per_second, (int, float)) or steps_per_second <= 0:

@@ -11,8 +11,9 @@ by the chunk, not the data set; the folder appears atomically when complete.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -59,13 +60,10 @@ def build_store(
         RepresentError: a piece has no split, or notes of one piece are not contiguous.
         StoreError: an interim store is missing or of another schema version.
     """
-    import numpy as np
-    import pandas as pd
-    import pyarrow.parquet as pq
     from tqdm import tqdm
 
     from pipeline import representations
-    from pipeline.core.io import atomic_dir, close_writers, write_json
+    from pipeline.core.io import atomic_dir, write_json
     from pipeline.core.stores import PIECES, read_interim, with_meta, write_store
 
     rep = representations.get(name)
@@ -75,54 +73,100 @@ def build_store(
     if bad:
         raise RepresentError(f"pieces: unknown split(s) {bad}; expected {list(SPLITS)}")
     split_of = dict(zip(pieces["piece_id"], pieces["split"], strict=True))
-    counts = {split: 0 for split in SPLITS}
-    kept: list[Any] = []
-    n_notes = 0
     schema = with_meta(rep.schema, name)
+    bar = functools.partial(
+        tqdm,
+        total=len(pieces),
+        desc=f"represent {name}",
+        unit="piece",
+        disable=not progress or None,
+    )
     with atomic_dir(out_dir) as tmp:
-        writers: dict[str, Any] = {}
-        try:
-            for split in SPLITS:
-                writers[split] = pq.ParquetWriter(
-                    tmp / f"{split}.parquet", schema, compression="zstd"
-                )
-            bar = tqdm(
-                total=len(pieces),
-                desc=f"represent {name}",
-                unit="piece",
-                disable=not progress or None,
-            )
-            for notes, pedals in _chunks(dirs, chunk_pieces):
-                missing = set(pd.unique(notes["piece_id"])) - split_of.keys()
-                if missing:
-                    raise RepresentError(
-                        f"notes: piece {sorted(missing)[0]!r} is in no pieces.parquet of {dirs}"
-                    )
-                n_notes += len(notes)
-                rows = rep.encode(notes, pedals, params)
-                bar.update(int(notes["piece_id"].nunique()))
-                if rows.empty:
-                    continue
-                codes, uniques = pd.factorize(rows["piece_id"], sort=False)
-                kept.extend(uniques)
-                split = np.array([split_of[u] for u in uniques], dtype=object)[codes]
-                for name_ in SPLITS:
-                    part = rows[split == name_]
-                    if len(part):
-                        writers[name_].write_table(rows_table(part, schema))
-                        counts[name_] += len(part)
-            bar.close()
-        except BaseException:
-            close_writers(writers.values(), abandon=True)  # never raises over this error
-            raise
-        close_writers(writers.values())
-        in_store = pieces[pieces["piece_id"].isin(set(kept))]
+        written = _write_splits(rep, dirs, tmp, schema, split_of, params, chunk_pieces, bar)
+        in_store = pieces[pieces["piece_id"].isin(set(written.kept))]
         write_store(in_store, tmp / PIECES_FILE, "pieces", PIECES)
         meta = {"representation": name, "params": dataclasses.asdict(params)}
         write_json(tmp / PARAMS_JSON, meta)
-    result = {**counts, "pieces": len(in_store), "notes": n_notes}
+    result = {**written.counts, "pieces": len(in_store), "notes": written.notes}
     log.info("represent %s: %s -> %s", name, result, out_dir)
     return result
+
+
+@dataclasses.dataclass
+class _Written:
+    """What `_write_splits` wrote: rows per split, the pieces with rows, notes read."""
+
+    counts: dict[str, int] = dataclasses.field(
+        default_factory=lambda: {split: 0 for split in SPLITS}
+    )
+    kept: list[Any] = dataclasses.field(default_factory=list)  # piece ids, in the order written
+    notes: int = 0
+
+
+def _write_splits(
+    rep: Any,
+    dirs: list[Path],
+    tmp: Path,
+    schema: Any,
+    split_of: dict[str, str],
+    params: Any,
+    chunk_pieces: int,
+    bar: Callable[[], Any],
+) -> _Written:
+    """Encode the notes of `dirs` a chunk of pieces at a time into `tmp/<split>.parquet`.
+
+    `bar` makes the progress bar (once the split files are open). On any failure the
+    split files are closed without a footer.
+    """
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from pipeline.core.io import close_writers
+
+    written = _Written()
+    writers: dict[str, Any] = {}
+    try:
+        for split in SPLITS:
+            writers[split] = pq.ParquetWriter(tmp / f"{split}.parquet", schema, compression="zstd")
+        progress = bar()
+        for notes, pedals in _chunks(dirs, chunk_pieces):
+            missing = set(pd.unique(notes["piece_id"])) - split_of.keys()
+            if missing:
+                raise RepresentError(
+                    f"notes: piece {sorted(missing)[0]!r} is in no pieces.parquet of {dirs}"
+                )
+            written.notes += len(notes)
+            rows = rep.encode(notes, pedals, params)
+            progress.update(int(notes["piece_id"].nunique()))
+            if not rows.empty:
+                written.kept.extend(_write_rows(rows, schema, split_of, writers, written.counts))
+        progress.close()
+    except BaseException:
+        close_writers(writers.values(), abandon=True)  # never raises over this error
+        raise
+    close_writers(writers.values())
+    return written
+
+
+def _write_rows(
+    rows: Any,
+    schema: Any,
+    split_of: dict[str, str],
+    writers: dict[str, Any],
+    counts: dict[str, int],
+) -> Any:
+    """Append encoded rows to their pieces' split files; returns those pieces, in order."""
+    import numpy as np
+    import pandas as pd
+
+    codes, uniques = pd.factorize(rows["piece_id"], sort=False)
+    split = np.array([split_of[u] for u in uniques], dtype=object)[codes]
+    for name in SPLITS:
+        part = rows[split == name]
+        if len(part):
+            writers[name].write_table(rows_table(part, schema))
+            counts[name] += len(part)
+    return uniques
 
 
 def rows_table(rows: Any, schema: Any) -> Any:

@@ -117,7 +117,7 @@ def decode(rows: pd.DataFrame, params: Params) -> pd.DataFrame:
 
 def expectations(meta: dict[str, Any]) -> list[Any]:
     """One row per note index, MIDI ranges, non-negative steps, positive durations."""
-    from pipeline.validation.expect import MIDI_MAX, between, unique
+    from pipeline.expect import MIDI_MAX, between, unique
 
     return [
         between("index", 0),
@@ -131,7 +131,7 @@ def expectations(meta: dict[str, Any]) -> list[Any]:
 
 def density(splits: dict[str, Any], meta: dict[str, Any]) -> pd.DataFrame:
     """Notes and seconds (last note end) of each piece."""
-    from pipeline.validation.expect import concat_frames
+    from pipeline.expect import concat_frames
 
     df = concat_frames(splits, ["piece_id", "index", "step", "duration"])
     df = df.sort_values(["piece_id", "index"], kind="stable")

@@ -31,7 +31,7 @@ import pyarrow as pa
 from pipeline.core.config import SPLITS
 from pipeline.core.params import require
 from pipeline.core.stores import NOTES, PEDALS, PIECES, REJECTS, StoreError, read_table
-from pipeline.validation.expect import (
+from pipeline.expect import (
     Spec,
     Table,
     between,

@@ -127,7 +127,7 @@ def _sections() -> list[tuple[str, type]]:
     from pipeline import representations, sources
     from pipeline.evaluation.evaluate import EvaluateParams
     from pipeline.modeling import base
-    from pipeline.report import ReportParams
+    from pipeline.report.stage import ReportParams
     from pipeline.validation import ValidateParams
 
     data = read_params_file(ROOT / "params.yaml")

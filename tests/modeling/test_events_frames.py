@@ -18,12 +18,13 @@ import torch.nn.functional as F
 from fixture_stores import model_config
 from torch.utils.data import DataLoader
 
-from pipeline.evaluation.frames import FrameError, FramesParams, score_model
+from pipeline.evaluation.frames import score_model
 from pipeline.modeling import base
 from pipeline.modeling.base import StoreData
 from pipeline.modeling.events import EventWindows
 from pipeline.modeling.events.frames import frame_bound, sequence_nll
 from pipeline.modeling.events.transformer import MusicTransformer
+from pipeline.modeling.frames import FrameError, FramesParams
 from pipeline.representations.events import BOS, EOS, VOCAB_SIZE
 
 SEQ_LEN = 16
@@ -157,10 +158,8 @@ def test_frame_bound_sums_nats_tokens_and_frames(model: MusicTransformer) -> Non
     noisy = events_store({**DURATIONS, "t0": 0.1 * 3})
     assert frame_bound(model, noisy, "test", 10.0, 4).frames == 3 + 23 + 3
 
-    params = FramesParams(
-        split="test", steps_per_second=2.0, token_stride=4, device="cpu", num_threads=0
-    )
-    result = score_model(base.get("transformer"), model, store, params)
+    params = FramesParams(split="test", token_stride=4, device="cpu", num_threads=0)
+    result = score_model(base.get("transformer"), model, store, params, steps_per_second=2.0)
     assert result["bound"] is True
     assert result["frames"] == 10 and result["tokens"] == 69 and result["pieces"] == 3
     assert result["frame_nll"] == pytest.approx(bound.nats / 10, rel=1e-12)
@@ -177,29 +176,23 @@ def test_frame_bound_needs_every_duration(model: MusicTransformer) -> None:
     missing = events_store({k: v for k, v in DURATIONS.items() if k != "t1"})
     with pytest.raises(ValueError, match="piece 't1' has no duration"):
         frame_bound(model, missing, "test", 2.0, 4)
-    params = FramesParams(
-        split="test", steps_per_second=2.0, token_stride=4, device="cpu", num_threads=0
-    )
+    params = FramesParams(split="test", token_stride=4, device="cpu", num_threads=0)
     with pytest.raises(FrameError, match="piece 't1' has no duration"):
-        score_model(base.get("transformer"), model, missing, params)
-    too_long = FramesParams(
-        split="test", steps_per_second=2.0, token_stride=SEQ_LEN + 1, device="cpu", num_threads=0
-    )
+        score_model(base.get("transformer"), model, missing, params, steps_per_second=2.0)
+    too_long = FramesParams(split="test", token_stride=SEQ_LEN + 1, device="cpu", num_threads=0)
     with pytest.raises(FrameError, match="stride must be in 1..seq_len"):
-        score_model(base.get("transformer"), model, store, too_long)
+        score_model(base.get("transformer"), model, store, too_long, steps_per_second=2.0)
 
 
 def test_score_model_scores_without_dropout_and_restores_the_mode() -> None:
     torch.manual_seed(0)
     dropping = MusicTransformer(dataclasses.replace(TINY, dropout=0.5))
     store = events_store(DURATIONS)
-    params = FramesParams(
-        split="test", steps_per_second=2.0, token_stride=4, device="cpu", num_threads=0
-    )
+    params = FramesParams(split="test", token_stride=4, device="cpu", num_threads=0)
     spec = base.get("transformer")
     dropping.train()
-    first = score_model(spec, dropping, store, params)["frame_nll"]
+    first = score_model(spec, dropping, store, params, steps_per_second=2.0)["frame_nll"]
     assert dropping.training  # handed back as it came
-    second = score_model(spec, dropping, store, params)["frame_nll"]
+    second = score_model(spec, dropping, store, params, steps_per_second=2.0)["frame_nll"]
     expected = frame_bound(dropping.eval(), store, "test", 2.0, 4).nats / 10
     assert first == second == pytest.approx(expected, rel=1e-12)

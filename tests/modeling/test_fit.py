@@ -21,7 +21,9 @@ from tools import last_line, python_in
 from pipeline.modeling import base
 from pipeline.modeling.base import CHECKPOINT_VERSION, Augment, StoreData, TrainParams
 from pipeline.modeling.checkpoint import CheckpointError, load_checkpoint, load_model
-from pipeline.modeling.fit import FitError, _lr_lambda, code_digest, fit
+from pipeline.modeling.fit import _lr_lambda, fit
+from pipeline.modeling.resume import code_digest
+from pipeline.modeling.scoring import FitError
 
 OFF = Augment(transpositions=(0,), stretches=(1.0,))  # train.augment as shipped
 
@@ -334,7 +336,8 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 from pipeline.modeling import base
-from pipeline.modeling.fit import code_digest, fit
+from pipeline.modeling.fit import fit
+from pipeline.modeling.resume import code_digest
 config, params, store = pickle.loads(Path(sys.argv[1]).read_bytes())
 spec, run = base.get("rnn"), Path(sys.argv[2])
 summary = fit(spec, config, params, store, run / "m", run / "live")
@@ -405,7 +408,7 @@ def test_model_selection_scores_the_whole_validation_split(tmp_path: Path) -> No
     validation window, not over the first batches."""
     from torch.utils.data import DataLoader
 
-    from pipeline.modeling.fit import evaluate_loader
+    from pipeline.modeling.scoring import evaluate_loader
 
     spec, config, store = base.get("rnn"), config_for("rnn"), store_for("rnn")
     params = train_params(eval_batches=0, max_steps=4, eval_every=4)
@@ -421,7 +424,7 @@ def test_model_selection_scores_the_whole_validation_split(tmp_path: Path) -> No
 
 
 def test_capped_validation_is_a_fixed_sample_spread_over_the_split() -> None:
-    from pipeline.modeling.fit import validation_loader
+    from pipeline.modeling.scoring import validation_loader
 
     spec, config, store = base.get("rnn"), config_for("rnn"), store_for("rnn")
     val = spec.make_dataset(store, config, "validation")

@@ -18,7 +18,7 @@ import pytest
 from tiny_project import copy_code
 from tools import python_in
 
-from pipeline.modeling import base, fit
+from pipeline.modeling import base, fit, resume
 
 FAMILY = {
     "autoencoder": "pianoroll",
@@ -71,7 +71,11 @@ def _training(name: str) -> set[str]:
         "pipeline.modeling",
         "pipeline.modeling.base",
         "pipeline.modeling.checkpoint",
+        "pipeline.modeling.distributed",
         "pipeline.modeling.fit",
+        "pipeline.modeling.live",
+        "pipeline.modeling.resume",
+        "pipeline.modeling.scoring",
         "pipeline.modeling.train",
         family,
         f"{family}.{name}",
@@ -102,7 +106,8 @@ def test_models_import_no_sampling_and_no_other_model() -> None:
     a model file imports no other model's file."""
     root = Path(base.__file__).parent
     models = {f"pipeline.modeling.{FAMILY[n]}.{n}" for n in FAMILY}
-    training = [root / f for f in ("base.py", "fit.py", "checkpoint.py", "train.py")]
+    loop = ("fit.py", "resume.py", "distributed.py", "live.py", "scoring.py")
+    training = [root / f for f in ("base.py", *loop, "checkpoint.py", "train.py")]
     training += [root / f / "__init__.py" for f in set(FAMILY.values())]
     training += [root / FAMILY[n] / f"{n}.py" for n in FAMILY]
     for path in training:
@@ -128,7 +133,7 @@ def _imports(path: Path) -> set[str]:
 def test_code_digest_hashes_the_training_files(name: str) -> None:
     spec = base.get(name)
     family = f"pipeline.modeling.{FAMILY[name]}"
-    assert fit._training_modules(spec) == sorted(
+    assert resume._training_modules(spec) == sorted(
         _training(name) - {"pipeline.modeling", "pipeline.modeling.train"}
     )
     assert f"{family}.{name}" == base.REGISTRY.modules[name]

@@ -15,7 +15,7 @@ accumulates in fp32 and is rounded to bf16).
 That is on a CPU whose oneDNN runs bf16. Elsewhere (e.g. AVX2 without AVX-512, which
 ``ONEDNN_MAX_CPU_ISA=AVX2`` imitates here) oneDNN refuses a bf16 LSTM ("could not
 create a primitive descriptor for the LSTM forward propagation primitive"), so
-`pipeline.modeling.fit.autocast` asks torch (`cpu_bf16_kernels`) and then runs the
+`pipeline.modeling.scoring.autocast` asks torch (`cpu_bf16_kernels`) and then runs the
 forward with oneDNN off: torch's own kernels, LSTMs in fp32, everything else as
 above. The tests below run on whichever path this CPU takes; one forces the fallback
 by patching the capability, and one reproduces the real refusal in a subprocess.
@@ -52,11 +52,11 @@ import yaml
 from fixture_stores import SMALL, SMALL_2, SMALL_3, encoded_store, model_config, shipped
 
 from pipeline.core.params import ParamsError
-from pipeline.modeling import base
-from pipeline.modeling import fit as fit_module
+from pipeline.modeling import base, scoring
 from pipeline.modeling.base import StoreData, TrainParams
 from pipeline.modeling.checkpoint import load_checkpoint, load_model
-from pipeline.modeling.fit import evaluate_loader, fit, validation_loader
+from pipeline.modeling.fit import fit
+from pipeline.modeling.scoring import evaluate_loader, validation_loader
 from pipeline.modeling.train import load_train_params
 
 STEPS = 4
@@ -240,9 +240,9 @@ def test_bf16_without_onednn_bf16_falls_back_and_agrees(
     trains, agrees with fp32 within the tolerance, really computes in bf16 (the losses
     differ from fp32's), warns once, and leaves oneDNN on afterwards. (On a CPU without
     oneDNN bf16 the tests above take this path already.)"""
-    monkeypatch.setattr(fit_module, "_CPU_BF16", False)
-    monkeypatch.setattr(fit_module, "_WARNED", set())
-    caplog.set_level(logging.WARNING, logger="pipeline.modeling.fit")
+    monkeypatch.setattr(scoring, "_CPU_BF16", False)
+    monkeypatch.setattr(scoring, "_WARNED", set())
+    caplog.set_level(logging.WARNING, logger="pipeline.modeling.scoring")
     config = model_config(name, **TINY[name])
     fit(
         base.get(name),
@@ -263,7 +263,7 @@ def test_bf16_without_onednn_bf16_falls_back_and_agrees(
 
 PROBE = """
 import torch
-from pipeline.modeling.fit import autocast, cpu_bf16_kernels
+from pipeline.modeling.scoring import autocast, cpu_bf16_kernels
 lstm = torch.nn.LSTM(8, 16, batch_first=True)
 x = torch.randn(2, 5, 8)
 try:

@@ -17,17 +17,17 @@ import torch
 from fixture_stores import encoded_store, model_config
 from torch.utils.data import DataLoader
 
-from pipeline.evaluation.frames import (
+from pipeline.evaluation.frames import score_model
+from pipeline.modeling import base
+from pipeline.modeling.base import StoreData
+from pipeline.modeling.fit import evaluate_loader
+from pipeline.modeling.frames import (
     FrameError,
     FramesParams,
     frame_nll,
     note_unigram_baseline,
     roll_from_steps,
-    score_model,
 )
-from pipeline.modeling import base
-from pipeline.modeling.base import StoreData
-from pipeline.modeling.fit import evaluate_loader
 from pipeline.modeling.prv import make_dataset, prepare
 from pipeline.modeling.prv.frames import piece_rolls, play_logits, split_rolls
 from pipeline.sources.jsb import OFFICIAL_SPLITS, write_midi
@@ -130,9 +130,7 @@ def test_windowed_frame_nll_is_n_pitches_times_evaluate_play(store: StoreData, n
     assert 1.0 < windowed < 100.0  # a real, finite score of an untrained model
 
     # the benchmark's own entry point gives the same numbers
-    params = FramesParams(
-        split="test", steps_per_second=2.0, token_stride=1, device="cpu", num_threads=0
-    )
+    params = FramesParams(split="test", token_stride=1, device="cpu", num_threads=0)
     result = score_model(base.get(name), model, store, params)
     assert result["frame_nll_windowed"] == pytest.approx(windowed, rel=1e-12)
     whole = frame_nll(scored.whole, scored.rolls, min_pitch=scored.min_pitch, logits=True)
@@ -183,9 +181,7 @@ def test_store_with_another_pitch_window_is_refused(store: StoreData, tmp_path: 
     other = jsb_store(tmp_path, min_pitch=36, n_pitches=61)  # also covers 43-96
     with pytest.raises(ValueError, match=r"MIDI 36 \+ 61 pitches, the model 43 \+ 54"):
         play_logits(model, other, "test")
-    params = FramesParams(
-        split="test", steps_per_second=2.0, token_stride=1, device="cpu", num_threads=0
-    )
+    params = FramesParams(split="test", token_stride=1, device="cpu", num_threads=0)
     with pytest.raises(FrameError, match="not the store it was trained on"):
         score_model(base.get("biaxial"), model, other, params)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import select
 import subprocess
 import time
@@ -17,18 +18,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import numpy as np
 import pytest
+import soundfile
 import typer
 from fixture_stores import FIXTURES
 from tools import CHROMIUM_NAMES, find_chromium, require_tool
 from typer.testing import CliRunner
 
-from pipeline import report
 from pipeline.core.io import write_json
 from pipeline.core.params import ParamsError, default_params, from_mapping
 from pipeline.evaluation import metrics, render
+from pipeline.report.stage import ReportParams, build_report, report_command
+from pipeline.report.templating import NOT_RUN
 
-DEFAULTS = default_params("report", report.ReportParams)
+DEFAULTS = default_params("report", ReportParams)
+ROOT = Path(__file__).resolve().parents[2]
+PLOTS_TEMPLATE = ROOT / "pipeline" / "report" / "plots" / "dvc_plots.html"
 
 CHROMIUM = find_chromium()
 CLIP_S = 2.0
@@ -131,7 +137,7 @@ def reports_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def built(reports_dir: Path) -> Path:
-    return report.build_report(reports_dir, models=["rnn", "transformer", "vae"], params=DEFAULTS)
+    return build_report(reports_dir, models=["rnn", "transformer", "vae"], params=DEFAULTS)
 
 
 class Page(HTMLParser):
@@ -203,7 +209,7 @@ def test_summary_table_rows_and_not_run_yet(built: Path, reports_dir: Path) -> N
     by_model = {r[0]: dict(zip(header, r, strict=True)) for r in rows}
     assert by_model["rnn"]["objective"] == "pitch nll (likelihood, nats per note)"
     assert by_model["transformer"]["objective"] == "nll (likelihood, nats per token)"
-    assert by_model["vae"]["objective"] == report.NOT_RUN
+    assert by_model["vae"]["objective"] == NOT_RUN
     # test numbers: one table per kind and unit, so rnn and transformer never share one
     (per_note_header, per_note), (per_token_header, per_token) = (
         page.rows["objective-likelihood-nats-per-note"],
@@ -220,7 +226,7 @@ def test_summary_table_rows_and_not_run_yet(built: Path, reports_dir: Path) -> N
     assert by_model["rnn"]["parameters"] == "98,765"  # training summary wins
     assert by_model["rnn"]["train time"] == "2m05s"
     assert by_model["rnn"]["samples"] == "2"
-    assert by_model["transformer"]["steps"] == report.NOT_RUN
+    assert by_model["transformer"]["steps"] == NOT_RUN
     assert by_model["transformer"]["parameters"] == "1,234"  # from the metrics file
     in_objective_tables = [
         m for table, ms in page.row_models.items() if table.startswith("objective-") for m in ms
@@ -230,7 +236,7 @@ def test_summary_table_rows_and_not_run_yet(built: Path, reports_dir: Path) -> N
     musical_header, *musical = page.rows["musical"]
     assert musical_header == ["model", *metrics.METRICS]
     assert [r[0] for r in musical] == ["rnn", "transformer", "vae"]
-    assert musical[2][1] == report.NOT_RUN
+    assert musical[2][1] == NOT_RUN
     text = " ".join(page.text)
     assert "Training curves: not run yet" in text  # transformer, vae
     assert "Samples: not run yet" in text  # vae
@@ -263,8 +269,26 @@ def test_model_sections_show_clips_and_curves(built: Path) -> None:
     assert len(audio) == 6 and all(a.endswith(".wav") for a in audio)
     html_text = built.read_text(encoding="utf-8")
     rnn = html_text[html_text.index('id="model-rnn"') : html_text.index('id="model-transformer"')]
-    assert rnn.count("<svg") == 1 and rnn.count("<polyline") == 2  # loss: train and eval
-    assert "train/loss" in rnn and "eval/loss" in rnn
+    assert rnn.count('<svg class="chart"') == 1  # one metric: loss
+    assert re.findall(r'<g id="([^"]*-curve-\d+)"', rnn) == [
+        "chart-rnn-loss-curve-0",  # eval/loss, then train/loss (file order)
+        "chart-rnn-loss-curve-1",
+    ]
+    assert "train/loss" in rnn and "eval/loss" in rnn  # the legend names the curves
+    assert "<?xml" not in html_text and "<!DOCTYPE svg" not in html_text
+
+
+def test_chart_ids_are_unique_and_charts_reproducible(built: Path, tmp_path: Path) -> None:
+    """Inline SVGs share one id space: matplotlib's ids get a per-chart prefix. The same
+    curves give the same bytes (fixed hash salt, no date)."""
+    html_text = built.read_text(encoding="utf-8")
+    ids = re.findall(r'\sid="([^"]+)"', html_text)
+    assert len(ids) == len(set(ids)), sorted(i for i in set(ids) if ids.count(i) > 1)[:5]
+    refs = set(re.findall(r'(?:url\(#|href="#)([^)"]+)', html_text))
+    assert refs <= set(ids) | {f"model-{m}" for m in ("rnn", "transformer", "vae")}
+    again = build_report(built.parent, tmp_path / "index.html", ["rnn"], params=DEFAULTS)
+    svg = re.compile(r'<svg class="chart".*?</svg>', re.S)
+    assert svg.findall(again.read_text(encoding="utf-8")) == svg.findall(html_text)
 
 
 def test_data_and_validation_section(built: Path) -> None:
@@ -292,26 +316,29 @@ def test_find_the_fake_pairs(built: Path) -> None:
     for i, pair in enumerate(answers):
         a, b = audio[2 * i], audio[2 * i + 1]
         # neutral names: the file name must not tell real from generated
-        assert (a, b) == (f"fake/pair-{i:02d}-a.wav", f"fake/pair-{i:02d}-b.wav")
-        fake, real = (a, b) if pair["fake"] == "a" else (b, a)
-        fake_bytes = (built.parent / fake).read_bytes()
-        real_bytes = (built.parent / real).read_bytes()
-        model_dir = samples / pair["model"]
-        assert fake_bytes == (model_dir / f"{pair[pair['fake']]['name']}.wav").read_bytes()
+        assert (a, b) == (f"fake/pair-{i:02d}-a.ogg", f"fake/pair-{i:02d}-b.ogg")
         real_side = "b" if pair["fake"] == "a" else "a"
         assert pair[real_side]["name"].startswith("real-")
-        assert real_bytes == (model_dir / f"{pair[real_side]['name']}.wav").read_bytes()
         assert pair[pair["fake"]]["real"] is False
+        model_dir = samples / pair["model"]
+        sources = [model_dir / f"{pair[side]['name']}.wav" for side in ("a", "b")]
+        for copy, source, other in ((a, *sources), (b, *reversed(sources))):
+            # each copy is its own clip, Vorbis-encoded: same length, same sound
+            decoded, rate = soundfile.read(built.parent / copy)
+            original, original_rate = soundfile.read(source)
+            assert rate == original_rate and len(decoded) == len(original)
+            match = np.corrcoef(decoded, original)[0, 1]
+            assert match > 0.9 and match > np.corrcoef(decoded, soundfile.read(other)[0])[0, 1]
     sides = {p["fake"] for p in answers}
     assert sides <= {"a", "b"}
 
 
 def test_fake_pairs_capped_and_reproducible(reports_dir: Path, tmp_path: Path) -> None:
-    params = report.ReportParams(fake_pairs=2, seed=5, benchmarks=[])
-    out = report.build_report(reports_dir, tmp_path / "site" / "index.html", params=params)
+    params = ReportParams(fake_pairs=2, seed=5, benchmarks=[])
+    out = build_report(reports_dir, tmp_path / "site" / "index.html", params=params)
     first = json.loads(parse(out.with_name("fake.html")).answers)
     assert len(first) == 2
-    report.build_report(reports_dir, tmp_path / "site" / "index.html", params=params)
+    build_report(reports_dir, tmp_path / "site" / "index.html", params=params)
     assert json.loads(parse(out.with_name("fake.html")).answers) == first
     # the pages live elsewhere: links still resolve, relative to the page
     for tag, _, value in parse(out).links:
@@ -320,7 +347,7 @@ def test_fake_pairs_capped_and_reproducible(reports_dir: Path, tmp_path: Path) -
 
 
 def test_empty_reports_folder_says_not_run_yet(tmp_path: Path) -> None:
-    out = report.build_report(tmp_path / "reports", params=DEFAULTS)
+    out = build_report(tmp_path / "reports", params=DEFAULTS)
     text = " ".join(parse(out).text)
     assert "Models: not run yet" in text and "Validation: not run yet" in text
     assert "No pairs" in " ".join(parse(out.with_name("fake.html")).text)
@@ -332,7 +359,7 @@ def test_unreadable_files_are_listed_not_fatal(tmp_path: Path) -> None:
     (root / "evaluate" / "rnn.json").write_text("{not json")
     (root / "train" / "rnn").mkdir(parents=True)
     (root / "train" / "rnn" / "summary.json").write_text("[1, 2]")
-    page = parse(report.build_report(root, params=DEFAULTS))
+    page = parse(build_report(root, params=DEFAULTS))
     assert page.row_models["models"] == ["rnn"]
     text = " ".join(page.text)
     assert "rnn.json: unreadable JSON" in text and "expected a JSON object" in text
@@ -344,7 +371,7 @@ def test_report_command(reports_dir: Path, tmp_path: Path) -> None:
         "models:\n  rnn: {}\n  vae: {}\nreport:\n  fake_pairs: 1\n  seed: 0\n  benchmarks: []\n"
     )
     app = typer.Typer()
-    app.command()(report.report_command)
+    app.command()(report_command)
     out = tmp_path / "site" / "index.html"
     args = ["--reports", str(reports_dir), "--out", str(out), "--params", str(params)]
     result = CliRunner().invoke(app, args)
@@ -366,22 +393,20 @@ def test_benchmark_pages_are_framed_and_missing_ones_named(
     page = Path("benchmarks/jsb/table.html")
     page.parent.mkdir(parents=True)
     page.write_text("<html><body>table</body></html>", encoding="utf-8")
-    params = report.ReportParams(
+    params = ReportParams(
         fake_pairs=0, seed=0, benchmarks=[str(page), "benchmarks/other/table.html"]
     )
-    out = report.build_report(reports_dir, tmp_path / "site" / "index.html", params=params)
+    out = build_report(reports_dir, tmp_path / "site" / "index.html", params=params)
     frames = [v for t, _, v in parse(out).links if t == "iframe"]
     assert len(frames) == 1 and (out.parent / unquote(frames[0])).resolve() == page.resolve()
     text = " ".join(parse(out).text)
     assert "benchmarks/other/table.html: not run yet" in text
     with pytest.raises(ParamsError, match="benchmarks"):
-        from_mapping(
-            {"fake_pairs": 0, "seed": 0, "benchmarks": ["x.json"]}, report.ReportParams, "report"
-        )
+        from_mapping({"fake_pairs": 0, "seed": 0, "benchmarks": ["x.json"]}, ReportParams, "report")
 
 
 def test_dvc_plots_template_is_offline_and_complete() -> None:
-    template = Path(report.__file__).with_name("plots") / "dvc_plots.html"
+    template = PLOTS_TEMPLATE
     text = template.read_text(encoding="utf-8")
     assert "{plot_divs}" in text and "{scripts}" not in text
     assert "<script src" not in text
@@ -389,16 +414,49 @@ def test_dvc_plots_template_is_offline_and_complete() -> None:
     assert template.stat().st_size < 2_000_000
 
 
+def _template_script() -> Any:
+    """scripts/dvc_plots_template.py (a maintainer's tool, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "dvc_plots_template", ROOT / "scripts" / "dvc_plots_template.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_write_dvc_plots_template(tmp_path: Path) -> None:
+    script = _template_script()
     js = tmp_path / "lib.js"
     js.write_text('window.lib = "</script>";')
-    out = report.write_dvc_plots_template([js], tmp_path / "t.html", ["lib@1"], notice="MIT -- x")
+    out = script.write_dvc_plots_template([js], tmp_path / "t.html", ["lib@1"], notice="MIT -- x")
     text = out.read_text()
     assert "<\\/script>" in text and "<!-- lib@1 (BSD-3-Clause) -->" in text
     assert "{plot_divs}" in text and "MIT - - x" in text
     js.write_text("var s = '{plot_divs}';")
     with pytest.raises(ValueError, match="placeholder"):
-        report.write_dvc_plots_template([js], tmp_path / "t.html")
+        script.write_dvc_plots_template([js], tmp_path / "t.html")
+
+
+def test_the_script_rebuilds_the_committed_template(tmp_path: Path) -> None:
+    """The committed template is the script's output: from its own scripts and notice,
+    through the script's command line, byte for byte."""
+    text = PLOTS_TEMPLATE.read_text(encoding="utf-8")
+    notice = re.match(r"<!DOCTYPE html>\n<!--\n(.*?)\n-->\n", text, re.S)
+    blocks = re.findall(r"<!-- (.*?) \(BSD-3-Clause\) -->\n<script>\n(.*?)\n</script>", text, re.S)
+    assert notice and [label.split("@")[0] for label, _ in blocks] == [
+        "vega", "vega-lite", "vega-embed",
+    ]  # fmt: skip
+    (tmp_path / "NOTICE").write_text(notice.group(1), encoding="utf-8")
+    args = ["--out", str(tmp_path / "out.html"), "--notice", str(tmp_path / "NOTICE")]
+    for i, (label, code) in enumerate(blocks):
+        js = tmp_path / f"{i}.js"
+        js.write_text(code.replace("<\\/script", "</script"), encoding="utf-8")
+        args.append(f"{label}={js}")
+    _template_script().main(args)
+    assert (tmp_path / "out.html").read_bytes() == PLOTS_TEMPLATE.read_bytes()
 
 
 # --- headless Chromium over the DevTools protocol (stdlib: --remote-debugging-pipe) -----
@@ -603,7 +661,8 @@ def test_report_renders_and_sorts_in_chromium(
         ".then(ok => ok.filter(Boolean).length)"
     )
     assert browser.js(session, loaded) == 6
-    assert browser.js(session, "document.querySelectorAll('svg.chart polyline').length") == 2
+    curves = "document.querySelectorAll('svg.chart g[id*=\"-curve-\"] path').length"
+    assert browser.js(session, curves) == 2
     shot = browser.screenshot(session, tmp_path / "report.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     _local_only(browser.requests(session))
@@ -633,10 +692,20 @@ def test_find_the_fake_click_through_in_chromium(
     assert marked == expected
     tally = browser.js(session, "document.querySelectorAll('#tally tbody tr').length")
     assert tally == len({p["model"] for p in answers})
+    durations = (  # every blind clip loads in the browser (Ogg Vorbis), about full length
+        "Promise.all(Array.from(document.querySelectorAll('audio')).map(a =>"
+        " new Promise(done => { a.onloadedmetadata = () => done(a.duration);"
+        " a.onerror = () => done(-1); a.preload = 'metadata'; a.load(); })))"
+    )
+    # (Chromium estimates a Vorbis stream's duration; the exact length is checked above)
+    assert browser.js(session, durations) == pytest.approx([CLIP_S] * 2 * len(answers), abs=0.1)
     browser.screenshot(session, tmp_path / "fake.png")
     assert (tmp_path / "fake.png").stat().st_size > 1000
     _local_only(browser.requests(session))
-    assert browser.errors(session) == []
+    # once it has the metadata, Chromium cancels a media download (net::ERR_ABORTED)
+    aborted = {"type": "Media", "errorText": "net::ERR_ABORTED"}
+    errors = browser.errors(session)
+    assert [e for e in errors if aborted.items() - e.items()] == [], errors
 
 
 def test_dvc_plots_template_renders_offline(browser: Browser, tmp_path: Path) -> None:
@@ -646,7 +715,7 @@ def test_dvc_plots_template_renders_offline(browser: Browser, tmp_path: Path) ->
     points = [{"step": s, "loss": 3.0 / (1 + s), "rev": "workspace", "filename": "loss.tsv",
                "field": "loss"} for s in range(20)]  # fmt: skip
     renderer = VegaRenderer(points, "train/loss.tsv", x="step", y="loss")
-    template = Path(report.__file__).with_name("plots") / "dvc_plots.html"
+    template = PLOTS_TEMPLATE
     page = Path(render_html([renderer], tmp_path / "index.html", html_template=template))
     assert "cdn.jsdelivr" not in page.read_text()
     session = browser.open(page)
@@ -670,7 +739,7 @@ def test_pitch_class_profiles_compare_poph_with_biaxial(tmp_path: Path) -> None:
         path.write_text(
             json.dumps({"test": {"nll": 1.0}, "samples": {"pitch_class_profile": profile}})
         )
-    page = parse(report.build_report(tmp_path, models=["biaxial", "poph"], params=DEFAULTS))
+    page = parse(build_report(tmp_path, models=["biaxial", "poph"], params=DEFAULTS))
     rows = page.rows["pitch-classes"][1:]
     assert [r[:2] for r in rows] == [
         ["biaxial", "generated"],
@@ -701,7 +770,7 @@ def test_test_numbers_are_grouped_by_kind_and_unit(tmp_path: Path) -> None:
             },
         )
     write_json(root / "evaluate" / "old.json", {"test": {"nll": 1.0}})  # before objectives
-    page = parse(report.build_report(root, params=DEFAULTS))
+    page = parse(build_report(root, params=DEFAULTS))
     tables = {t: ms for t, ms in page.row_models.items() if t.startswith("objective-")}
     assert tables == {
         "objective-likelihood-nats-per-note": ["rnn"],

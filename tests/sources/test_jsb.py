@@ -21,9 +21,9 @@ from pipeline.cli import app
 from pipeline.core.params import ParamsError, default_params, from_mapping
 from pipeline.core.stage_utils import Interrupted
 from pipeline.download import DownloadError
-from pipeline.evaluation.frames import N_KEYS, frame_nll, roll_from_steps
 from pipeline.ingest import IngestParams, ingest_dir
 from pipeline.midi import parse_midi
+from pipeline.modeling.frames import N_KEYS, frame_nll, roll_from_steps
 from pipeline.representations import prv
 from pipeline.sources import MANIFEST_COLUMNS
 from pipeline.sources.jsb import (

@@ -751,7 +751,7 @@ def test_failure_line_is_one_line() -> None:
 
 
 def test_rate_of_an_instant_piece_is_infinite() -> None:
-    from pipeline.validation.expect import rate as _rate
+    from pipeline.expect import rate as _rate
 
     rate = _rate(pd.Series([3, 4]), pd.Series([0.0, 2.0]))
     assert math.isinf(rate.iloc[0]) and rate.iloc[1] == 2.0

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.evaluation.frames import UNIT, FrameError, FramesParams, eval_mode
 from pipeline.modeling.base import StoreData
 from pipeline.modeling.events import split_tokens
+from pipeline.modeling.frames import UNIT, FrameError, FramesParams, eval_mode
 
 
 @dataclass
@@ -91,12 +91,21 @@ def frame_bound(
     return TokenNll(nats, tokens, frames, pieces)
 
 
-def score(model: Any, store: StoreData, params: FramesParams) -> dict[str, Any]:
-    """The frames stage's result for an events model: an upper bound (module docstring)."""
-    with eval_mode(model):
-        bound = frame_bound(
-            model, store, params.split, params.steps_per_second, params.token_stride
+def score(
+    model: Any, store: StoreData, params: FramesParams, *, steps_per_second: float | None = None
+) -> dict[str, Any]:
+    """The frames stage's result for an events model: an upper bound (module docstring).
+
+    An events store has no frame grid, so `steps_per_second` comes from the store that
+    has one (the stage's ``--grid``, the benchmark's prv store).
+    """
+    if steps_per_second is None:
+        raise FrameError(
+            f"events store {store.path or '(in memory)'} has no frame grid: give the store "
+            "whose frames to score on with --grid (e.g. data/processed/prv)"
         )
+    with eval_mode(model):
+        bound = frame_bound(model, store, params.split, steps_per_second, params.token_stride)
     if bound.frames == 0:
         raise FrameError(f"{params.split}: no frames to score")
     return {

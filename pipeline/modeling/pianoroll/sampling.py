@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from pipeline.modeling.pianoroll import roll_to_rows, rows_to_roll
+from pipeline.modeling.sampling import SampleOptions
 
 __all__ = ["binarize", "generate_autoencoder", "generate_vae", "interpolate_vae", "slerp"]
 
@@ -53,37 +54,23 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
 
 @torch.no_grad()
 def generate_autoencoder(
-    model: Any,
-    n: int,
-    *,
-    generator: torch.Generator | None = None,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    primer: pd.DataFrame | None = None,
-    seconds: float = 30.0,
-    length: int | None = None,
-    style: str | None = None,
+    model: Any, n: int, options: SampleOptions, generator: torch.Generator | None = None
 ) -> list[pd.DataFrame]:
-    """Sample `n` piano rolls with the denoising chain (autoencoder module docstring).
+    """Sample `n` piano rolls of a `PianorollAutoencoder` with its denoising chain.
 
-    Args:
-        model: a `PianorollAutoencoder`.
-        n: number of samples.
-        generator: torch random generator (seeded by the caller).
-        temperature: divides the logits inside the chain (> 1: busier, < 1: sparser).
-        top_k, top_p, style: ignored (cells are independent Bernoullis; no styles).
-        primer: pianoroll rows; its frames (from frame 0) open every sample and the
-            chain continues them.
-        seconds: length of the continuation; ``length`` (frames) overrides it.
+    The chain is described in the autoencoder's module docstring. Of the
+    `SampleOptions`: ``temperature`` divides the logits inside the chain (> 1:
+    busier, < 1: sparser); the ``primer``'s frames (from frame 0) open every sample
+    and the chain continues them; ``length`` counts frames; ``top_k``, ``top_p`` and
+    ``style`` are ignored (cells are independent Bernoullis; no styles).
 
     Returns:
         n DataFrames of pianoroll rows (piece_id "sample-i"), primer included.
     """
-    del top_k, top_p, style
     cfg = model.config
     device = model.density.device
-    prime = _primer_roll(model, primer, device)  # (F, P)
+    prime = _primer_roll(model, options.primer, device)  # (F, P)
+    length, seconds = options.length, options.seconds
     new_frames = length if length is not None else round(seconds * 1000.0 / cfg.frame_ms)
     total = prime.size(0) + max(0, int(new_frames))
     roll = torch.zeros(n, total, cfg.n_pitches, device=device)
@@ -100,7 +87,7 @@ def generate_autoencoder(
             chunk = roll[:, start : start + window]
             x[:, : chunk.size(1)] = chunk
             x[:, known:] = _noise(model, n, window - known, generator, device)
-            x = _chain(model, x, known, generator, max(temperature, 1e-3))
+            x = _chain(model, x, known, generator, max(options.temperature, 1e-3))
             end = min(total, start + window)
             roll[:, position:end] = x[:, known : end - start]
             position = end
@@ -153,36 +140,21 @@ def _primer_roll(model: Any, primer: pd.DataFrame | None, device: torch.device) 
 
 @torch.no_grad()
 def generate_vae(
-    model: Any,
-    n: int,
-    *,
-    generator: torch.Generator | None = None,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    primer: pd.DataFrame | None = None,
-    seconds: float = 30.0,
-    length: int | None = None,
-    style: str | None = None,
+    model: Any, n: int, options: SampleOptions, generator: torch.Generator | None = None
 ) -> list[pd.DataFrame]:
-    """Decode independent windows from the prior.
+    """Decode independent windows of a `PianorollVAE` from its prior.
 
-    Args:
-        model: a `PianorollVAE`.
-        n: number of samples.
-        generator: torch random generator (seeded by the caller).
-        temperature: scales the standard deviation of the codes drawn.
-        top_k, top_p, style: ignored (no token distribution; no styles).
-        primer: pianoroll rows; when given its frames open every sample and the
-            codes of the following windows are drawn from the posterior of the
-            primer's last window (std scaled by temperature): variations on it.
-        seconds: length after the primer; ``length`` (frames) overrides it.
+    Of the `SampleOptions`: ``temperature`` scales the standard deviation of the codes
+    drawn; a ``primer``'s frames open every sample and the codes of the following
+    windows are drawn from the posterior of the primer's last window (std scaled by
+    temperature): variations on it; ``length`` counts frames after the primer;
+    ``top_k``, ``top_p`` and ``style`` are ignored (no token distribution; no styles).
 
     Returns:
         n DataFrames of pianoroll rows (piece_id "sample-i"), primer included.
     """
-    del top_k, top_p, style
     cfg = model.config
+    primer, length, temperature = options.primer, options.length, options.temperature
     device = model.from_latent.weight.device
     was_training = model.training
     model.eval()
@@ -197,6 +169,7 @@ def generate_vae(
             last[0, : tail.size(0)] = tail
             mean, logvar = model.encode(last)
             mu, sigma = mean[0], torch.exp(0.5 * logvar[0])
+        seconds = options.seconds
         new_frames = length if length is not None else round(seconds * 1000.0 / cfg.frame_ms)
         n_windows = max(0, math.ceil(int(new_frames) / cfg.window_frames))
         eps = torch.randn(n, n_windows, cfg.latent_dim, generator=generator, device=device)

@@ -2,7 +2,7 @@
 
 Both models factorise each step over pitches (the note axis), so the play channel's
 per-pitch probabilities *are* the probability of each frame given the earlier ones:
-`pipeline.evaluation.frames.frame_nll` scores them exactly. Only play counts (the
+`pipeline.modeling.frames.frame_nll` scores them exactly. Only play counts (the
 benchmarks have no articulation or dynamics to score).
 
 Two ways to run a piece through the model, both returned so the difference is
@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.evaluation.frames import (
+from pipeline.modeling.base import StoreData
+from pipeline.modeling.frames import (
     KEY_LOW,
     N_KEYS,
     UNIT,
@@ -36,7 +37,6 @@ from pipeline.evaluation.frames import (
     frame_nll,
     note_unigram_baseline,
 )
-from pipeline.modeling.base import StoreData
 from pipeline.modeling.prv import (
     PLAY,
     PrvPieces,
@@ -118,14 +118,19 @@ def play_logits(model: Any, store: StoreData, split: str) -> PlayLogits:
     return PlayLogits(pieces.piece_ids, piece_rolls(pieces, min_pitch), whole, windowed, min_pitch)
 
 
-def score(model: Any, store: StoreData, params: FramesParams) -> dict[str, Any]:
-    """The frames stage's result for a prv model: exact, whole pieces (and windowed)."""
+def score(
+    model: Any, store: StoreData, params: FramesParams, *, steps_per_second: float | None = None
+) -> dict[str, Any]:
+    """The frames stage's result for a prv model: exact, whole pieces (and windowed).
+
+    One frame per step: the grid is the store's own (its params.json). A grid given
+    from elsewhere (`steps_per_second`, the stage's ``--grid``) must be the same.
+    """
     _, _, grid = store_prv_params(store)
-    if abs(grid - params.steps_per_second) > 1e-9:
+    if steps_per_second is not None and abs(grid - steps_per_second) > 1e-9:
         raise FrameError(
             f"prv store {store.path or '(in memory)'} has steps_per_second {grid}, "
-            f"but frames.steps_per_second is {params.steps_per_second}: "
-            "one frame per step needed"
+            f"but the frames are on a grid of {steps_per_second}: one frame per step needed"
         )
     with eval_mode(model):
         scored = play_logits(model, store, params.split)

@@ -2,7 +2,9 @@
 
 A store's checks are written once, beside the code that writes the store (each
 representation declares its own through the registry), in this small vocabulary;
-`pipeline.validation` runs them with Great Expectations.
+`pipeline.validation` runs them with Great Expectations. It sits in the bottom layer
+(see `pipeline`'s docstring) so that both `pipeline.representations`, which declares
+the checks, and `pipeline.validation`, which runs them, import it from below.
 """
 
 from __future__ import annotations
