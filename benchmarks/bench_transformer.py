@@ -52,6 +52,7 @@ from pipeline.core.io import write_json
 from pipeline.modeling.events import transformer
 from pipeline.modeling.events.sampling import ContextWindow, generate_transformer, sample_next
 from pipeline.modeling.events.transformer import MusicTransformer, sine_positions
+from pipeline.modeling.sampling import SampleOptions
 from pipeline.modeling.train import load_train_params
 from pipeline.representations.events import BOS, VOCAB_SIZE
 
@@ -83,7 +84,7 @@ DIRECT_MAX_LENGTH = 1024
 class TorchDecoder(nn.Module):
     """Decoder-only baseline from torch's own layers: same sizes, causal mask, pre-LN."""
 
-    def __init__(self, config: transformer.Config):
+    def __init__(self, config: transformer.TransformerConfig):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(VOCAB_SIZE, config.d_model)
@@ -185,7 +186,7 @@ def _sampler(model: nn.Module, device: torch.device) -> tuple[Callable[[], None]
 
         def run() -> int:
             rows = generate_transformer(
-                model, 1, generator=gen.manual_seed(0), length=GENERATE_TOKENS
+                model, 1, SampleOptions(length=GENERATE_TOKENS), generator=gen.manual_seed(0)
             )
             tokens = rows[0]["tokens"][0]
             return len(tokens) - 2 + int(len(tokens) < GENERATE_TOKENS + 2)  # minus BOS, EOS

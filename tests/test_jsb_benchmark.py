@@ -51,10 +51,15 @@ DVC_YAML = str(JSB / "dvc.yaml")
 TEST_FRAMES = 84 + 61  # the slice's two test chorales, one frame per quarter-note step
 REPRO_TIMEOUT_S = 600  # ~1 min on 2 cores
 RUNS = {
-    "biaxial-s0": {"model": "biaxial", "representation": "prv", "seed": 0},
-    "biaxial-s1": {"model": "biaxial", "representation": "prv", "seed": 1},
-    "poph-s0": {"model": "poph", "representation": "prv", "seed": 0},
-    "transformer-s0": {"model": "transformer", "representation": "events", "seed": 0},
+    "biaxial-s0": {"model": "biaxial", "network": "biaxial", "representation": "prv", "seed": 0},
+    "biaxial-s1": {"model": "biaxial", "network": "biaxial", "representation": "prv", "seed": 1},
+    "poph-s0": {"model": "poph", "network": "biaxial", "representation": "prv", "seed": 0},
+    "transformer-s0": {
+        "model": "transformer",
+        "network": "transformer",
+        "representation": "events",
+        "seed": 0,
+    },
 }
 TINY_PRV = {"time_hidden": 8, "note_hidden": 8, "vicinity_filters": 4, "seq_len": 16}
 TINY_MODELS = {

@@ -162,24 +162,15 @@ def sample_and_compare(
     import torch
 
     from pipeline.midi import notes_to_midi
-    from pipeline.modeling.sampling import sampler
+    from pipeline.modeling.sampling import SampleOptions, sampler
     from pipeline.representations import decode_rows
 
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(ep.seed)
-    rows = (
-        sampler(spec)(
-            model,
-            ep.n_samples,
-            generator=generator,
-            temperature=ep.temperature,
-            top_k=ep.top_k,
-            top_p=ep.top_p,
-            seconds=ep.seconds,
-        )
-        if ep.n_samples
-        else []
+    options = SampleOptions(
+        temperature=ep.temperature, top_k=ep.top_k, top_p=ep.top_p, seconds=ep.seconds
     )
+    rows = sampler(spec)(model, ep.n_samples, options, generator) if ep.n_samples else []
     generated = [decode_rows(spec.representation, r, store.params) for r in rows]
     real_ids = real_piece_ids(store, ep.n_real, ep.seed)
     test_rows = store.rows.get("test")

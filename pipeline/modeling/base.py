@@ -9,34 +9,32 @@ imports sampling code, so a `train@<model>` stage depends only on base, fit,
 checkpoint, train, the family ``__init__`` and the model's own module.
 
 Contract every model module fulfils (nanoGPT-style: the model computes its own loss,
-so `fit()` stays generic):
+so `fit()` stays generic), all named in the `ModelSpec` it registers, class by class and
+function by function:
 
-* a frozen dataclass config (params section ``models.<name>``);
-* an ``nn.Module`` built as ``model_cls(config)`` whose ``forward(batch)`` takes a
-  dict of tensors (one collated batch of its dataset) and returns a dict with
-  ``"loss"`` (scalar training objective; fit selects the checkpoint with the lowest
-  validation ``"loss"``), ``"nll"`` (the scalar its `Objective` names: what evaluate
-  reports, in the objective's unit) and any other scalar terms to log (e.g. ``"kl"``,
-  ``"play"``);
-* an `Objective` in its spec: what the ``"nll"`` term is (a likelihood, a bound on
-  one, or a loss), its unit, and which baseline number it may be compared with;
+* ``config_cls``: a frozen dataclass config named for its model (``TransformerConfig``;
+  params section ``models.<name>``);
+* ``model_cls``: an ``nn.Module`` built as ``model_cls(config)`` whose
+  ``forward(batch)`` takes a dict of tensors (one collated batch of its dataset) and
+  returns a dict with ``"loss"`` (scalar training objective; fit selects the checkpoint
+  with the lowest validation ``"loss"``), ``"nll"`` (the scalar its `Objective` names:
+  what evaluate reports, in the objective's unit) and any other scalar terms to log
+  (e.g. ``"kl"``, ``"play"``);
+* ``objective``: what the ``"nll"`` term is (a likelihood, a bound on one, or a loss),
+  its unit, and which baseline number it may be compared with;
 * ``make_dataset(store, config, split)``: a ``torch.utils.data.Dataset`` of dicts of
   tensors over one split of the representation's store;
 * ``baseline(store, config)``: trivial-baseline numbers on the test split (e.g.
   ``{"baseline_nll": ...}``); the objective's `Baseline` names the one that is of a
-  kind and unit its ``"nll"`` may be compared with, if any.
-
-Generation lives in ``pipeline/modeling/<representation>/sampling.py``, found by
-`pipeline.modeling.sampling.sampler`:
-
-* ``generate_<name>(model, n, *, generator, temperature, top_k, top_p, primer,
-  seconds, length, style)`` returns ``n`` DataFrames of store rows (the
-  representation's schema, ``piece_id`` set to e.g. "sample-0"), which the
-  representation's ``decode`` turns into notes. ``seconds`` is the target length;
-  ``length`` (model units: tokens, frames, steps) overrides it when given; samplers
-  that ignore an option (top_p for a piano-roll) say so in their docstring;
-* optionally ``interpolate_<name>(model, a_rows, b_rows, steps)``: store rows of a
-  latent walk (``etude interpolate``).
+  kind and unit its ``"nll"`` may be compared with, if any;
+* ``sampler``: ``"<module>:<function>"`` of its sampler, a
+  `pipeline.modeling.sampling.Sampler` (``generate_<name>(model, n, options,
+  generator)``, the options a `pipeline.modeling.sampling.SampleOptions`), usually in
+  ``pipeline/modeling/<representation>/sampling.py``; optionally ``interpolator``, the
+  same for ``interpolate_<name>(model, a_rows, b_rows, steps)`` (``etude
+  interpolate``). They are named by reference, not imported, because training never
+  loads sampling code: `pipeline.modeling.sampling.sampler` imports the one module a
+  trained model needs.
 
 Optional, honoured by `pipeline.modeling.fit` and `pipeline.evaluation.evaluate`:
 
@@ -83,6 +81,7 @@ __all__ = [
     "get",
     "model_spec",
     "names",
+    "network_model",
     "register",
 ]
 
@@ -291,11 +290,12 @@ def _check_name(name: str, what: str) -> None:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered model: everything the stages need to train and evaluate it.
+    """A registered model: everything the stages need to train, evaluate and sample it.
 
-    Its sampler is ``generate_<name>`` in ``pipeline.modeling.<representation>.sampling``
-    (`pipeline.modeling.sampling.sampler`), kept out of the spec so that training never
-    loads sampling code.
+    Every field names its class or function itself (one hop from a model's params to
+    its code). The sampler and interpolator are ``"<module>:<function>"`` references,
+    resolved by `pipeline.modeling.sampling.sampler` and ``interpolator``, so that
+    registering (and training) a model never imports sampling code.
     """
 
     name: str
@@ -305,10 +305,20 @@ class ModelSpec:
     make_dataset: Callable[[StoreData, Any, str], Any]
     baseline: Callable[[StoreData, Any], dict[str, float]]
     objective: Objective  # what the forward "nll" term (the reported number) is
+    sampler: str  # "<module>:<function>" of its `Sampler`
+    # optional: "<module>:<function>" of its latent walk (`etude interpolate`)
+    interpolator: str | None = None
     # optional: build the config-dependent extras from the store (e.g. style vocabulary)
     prepare: Callable[[StoreData, Any], Any] | None = None
     # optional: ParamsError when the config and the run's train params disagree
     check_train: Callable[[Any, TrainParams], None] | None = None
+
+    def __post_init__(self) -> None:
+        for field, reference in (("sampler", self.sampler), ("interpolator", self.interpolator)):
+            if reference is not None and not re.fullmatch(r"[\w.]+:\w+", reference):
+                raise ValueError(
+                    f"model {self.name!r}: {field} {reference!r} is not '<module>:<function>'"
+                )
 
 
 # model name -> the module that registers it (pipeline.modeling.<representation>.<name>)
@@ -326,6 +336,20 @@ REGISTRY: Registry[ModelSpec] = Registry(
 register = REGISTRY.register
 get = REGISTRY.get
 names = REGISTRY.names
+
+
+def network_model(spec: ModelSpec) -> str:
+    """The model whose module holds the network class `spec`'s network extends, else its own.
+
+    poph's `PopH` is biaxial's `BiaxialLSTM`, so training or sampling poph also loads
+    ``prv/biaxial.py``: params.yaml says so in ``models.<name>.network``, which
+    dvc.yaml's train and evaluate stages read for their deps.
+    """
+    by_module = {module: name for name, module in REGISTRY.modules.items() if name != spec.name}
+    for cls in spec.model_cls.__mro__:
+        if cls.__module__ in by_module:
+            return by_module[cls.__module__]
+    return spec.name
 
 
 def model_spec(name: str) -> ModelSpec:

@@ -1,8 +1,8 @@
 """The `generate` and `interpolate` tools (typer commands).
 
 ``etude generate <model>`` and ``etude interpolate vae`` need only the checkpoint:
-the model is rebuilt from the config stored in it, sampled by its family's sampling
-module (`pipeline.modeling.sampling.sampler`), and samples are decoded through the
+the model is rebuilt from the config stored in it, sampled by the sampler its spec
+names (`pipeline.modeling.sampling.sampler`), and samples are decoded through the
 representation's ``decode`` with the representation params stored beside it.
 
 Torch is imported inside the commands so that ``etude --help`` stays fast.
@@ -154,7 +154,7 @@ def generate_files(
     import torch
 
     from pipeline.modeling.checkpoint import load_model, pick_device, repr_params_from_checkpoint
-    from pipeline.modeling.sampling import sampler
+    from pipeline.modeling.sampling import SampleOptions, sampler
 
     path = Path(model_dir) / "model.pt"
     device = pick_device(device)
@@ -163,10 +163,7 @@ def generate_files(
     repr_params = repr_params_from_checkpoint(ckpt, path)
     primer_rows = encode_midi(primer, spec.representation, repr_params) if primer else None
     generator = torch.Generator(device=device).manual_seed(seed)
-    samples = generate(
-        model,
-        n,
-        generator=generator,
+    options = SampleOptions(
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
@@ -174,6 +171,7 @@ def generate_files(
         seconds=seconds,
         style=style,
     )
+    samples = generate(model, n, options, generator=generator)
     return write_samples(samples, spec.representation, repr_params, Path(out), "sample")
 
 

@@ -1,10 +1,12 @@
-"""Sampling shared by the model families, and the lookup of a model's sampler.
+"""What every sampler takes, the lookup of a model's sampler, and shared sampling code.
 
-Each family keeps its samplers in ``pipeline/modeling/<representation>/sampling.py``:
-``generate_<name>(model, n, *, generator, temperature=1.0, top_k=0, top_p=1.0,
-primer=None, seconds=30.0, length=None, style=None) -> list[pd.DataFrame]`` for
-every model, and ``interpolate_<name>(model, a_rows, b_rows, steps)`` for models
-with a latent space. Training never imports these modules; `sampler` and
+A model's sampler is a `Sampler`: ``generate_<name>(model, n, options, generator)``
+returning ``n`` DataFrames of store rows (the representation's schema, ``piece_id`` set
+to e.g. "sample-0"), which the representation's ``decode`` turns into notes; the shared
+arguments travel in one `SampleOptions`. Models with a latent space also have
+``interpolate_<name>(model, a_rows, b_rows, steps)``. Both usually live in
+``pipeline/modeling/<representation>/sampling.py`` and are named in the model's
+`ModelSpec` as ``"<module>:<function>"``; training never imports them, and `sampler` and
 `interpolator` import the one module a trained model needs.
 """
 
@@ -12,38 +14,89 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from types import ModuleType
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from pipeline.modeling.base import GenerateError, ModelSpec
 
-__all__ = ["GenerateError", "filter_logits", "interpolator", "sampler", "sampling_module"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "GenerateError",
+    "SampleOptions",
+    "Sampler",
+    "filter_logits",
+    "interpolator",
+    "resolve",
+    "sampler",
+]
 
 
-def sampling_module(spec: ModelSpec) -> ModuleType:
-    """``pipeline.modeling.<spec.representation>.sampling``, imported."""
-    return importlib.import_module(f"pipeline.modeling.{spec.representation}.sampling")
+@dataclass(frozen=True)
+class SampleOptions:
+    """The sampling arguments every model's sampler takes (`Sampler`).
+
+    Each sampler's docstring says how it reads them and which it ignores (e.g. top-k
+    for a piano roll of independent cells).
+
+    Attributes:
+        temperature: divides the logits drawn from (<= 0: greedy, where the model
+            draws from logits).
+        top_k: keep the k most likely tokens (0: off; token models only).
+        top_p: keep the smallest nucleus of this mass (1.0: off; token models only).
+        primer: store rows (the model's representation) every sample continues and
+            starts with.
+        seconds: length of the continuation, in seconds.
+        length: length of the continuation in the model's units (tokens, frames,
+            steps, notes); overrides ``seconds`` when given.
+        style: a style label of style-conditioned models (None: any style).
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    primer: pd.DataFrame | None = None
+    seconds: float = 30.0
+    length: int | None = None
+    style: str | None = None
 
 
-def sampler(spec: ModelSpec) -> Callable[..., Any]:
-    """The ``generate_<name>`` function of `spec`'s model.
+class Sampler(Protocol):
+    """``generate_<name>``: `n` samples of a trained model as store rows."""
+
+    def __call__(
+        self,
+        model: Any,
+        n: int,
+        options: SampleOptions,
+        generator: torch.Generator | None = None,
+    ) -> list[pd.DataFrame]: ...
+
+
+def resolve(reference: str) -> Callable[..., Any]:
+    """The function a ``"<module>:<function>"`` reference names, importing its module.
 
     Raises:
-        GenerateError: its family's sampling module defines none.
+        GenerateError: the module defines no such function.
     """
-    module = sampling_module(spec)
-    generate = getattr(module, f"generate_{spec.name}", None)
-    if not callable(generate):
-        raise GenerateError(f"model '{spec.name}' has no sampler ({module.__name__})")
-    return generate
+    module_name, _, attribute = reference.partition(":")
+    function = getattr(importlib.import_module(module_name), attribute, None)
+    if not callable(function):
+        raise GenerateError(f"{reference}: {module_name} defines no function {attribute!r}")
+    return function
+
+
+def sampler(spec: ModelSpec) -> Sampler:
+    """The sampler `spec` names (``spec.sampler``), its module imported."""
+    return resolve(spec.sampler)
 
 
 def interpolator(spec: ModelSpec) -> Callable[..., Any] | None:
-    """The ``interpolate_<name>`` function of `spec`'s model, or None if it has none."""
-    interpolate = getattr(sampling_module(spec), f"interpolate_{spec.name}", None)
-    return interpolate if callable(interpolate) else None
+    """The latent walk `spec` names (``spec.interpolator``), or None if it has none."""
+    return resolve(spec.interpolator) if spec.interpolator is not None else None
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:

@@ -7,7 +7,8 @@ shared ``train`` section and ``models.<model>``; an optional ``train`` mapping i
 ``models.<model>`` overrides keys of the shared section for that model only (models
 differ a lot in step cost, e.g. ``models.rnn.train: {max_steps: 1500}``), and an
 optional ``representation`` key (read by dvc.yaml's foreach) must name the store
-the model reads.
+the model reads, and an optional ``network`` key (read for the stages' deps) the model
+whose module holds the network class it trains or extends (`base.network_model`).
 
 Several processes: when ``train.nproc_per_node * train.nnodes > 1`` and this process
 is not already a launched rank (no ``WORLD_SIZE`` in the environment), the command
@@ -94,6 +95,12 @@ def _train_sections(name: str, spec: ModelSpec, data: dict[str, Any]) -> tuple[A
         raise ParamsError(
             f"params.yaml: 'models.{name}.representation' is {declared!r}, but model "
             f"'{name}' reads the {spec.representation!r} store"
+        )
+    network = section.pop("network", None)  # dvc.yaml's foreach reads it for the deps
+    if network is not None and network != base.network_model(spec):
+        raise ParamsError(
+            f"params.yaml: 'models.{name}.network' is {network!r}, but model '{name}' "
+            f"trains the network of {base.network_model(spec)!r}"
         )
     override = section.pop("train", None) or {}
     if not isinstance(override, Mapping):

@@ -169,6 +169,7 @@ def test_a_missing_key_names_itself(section):
     cls = dict(_sections())[section]
     raw = dict(get_section(data, section))
     raw.pop("representation", None)
+    raw.pop("network", None)
     raw.pop("train", None) if section.startswith("models.") else None
     key = next(iter(raw))
     del raw[key]

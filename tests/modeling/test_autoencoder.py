@@ -16,13 +16,10 @@ from pipeline import representations
 from pipeline.modeling import base
 from pipeline.modeling import pianoroll as prd
 from pipeline.modeling.base import StoreData
-from pipeline.modeling.pianoroll.autoencoder import (
-    Config,
-    PianorollAutoencoder,
-    make_dataset,
-    prepare,
-)
+from pipeline.modeling.pianoroll import make_dataset, prepare
+from pipeline.modeling.pianoroll.autoencoder import AutoencoderConfig, PianorollAutoencoder
 from pipeline.modeling.pianoroll.sampling import binarize, generate_autoencoder
+from pipeline.modeling.sampling import SampleOptions
 
 
 def cells(piece_id: str, frame_pitch: list[tuple[int, int]]) -> pd.DataFrame:
@@ -44,7 +41,7 @@ class ToyParams:
     max_pitch: int = 63
 
 
-def tiny_config(**kw: object) -> Config:
+def tiny_config(**kw: object) -> AutoencoderConfig:
     base_kw = dict(window_frames=8, filters=(4, 8), min_pitch=60, n_pitches=4, frame_ms=100.0)
     return model_config("autoencoder", **{**base_kw, **kw})
 
@@ -186,7 +183,7 @@ def test_generate_rows_decode_to_valid_notes() -> None:
     model = PianorollAutoencoder(config)
     rep = representations.get("pianoroll")
     samples = generate_autoencoder(
-        model, 2, generator=torch.Generator().manual_seed(0), seconds=2.0
+        model, 2, SampleOptions(seconds=2.0), generator=torch.Generator().manual_seed(0)
     )
     assert len(samples) == 2
     for i, rows in enumerate(samples):
@@ -205,10 +202,16 @@ def test_generate_keeps_primer_and_is_reproducible() -> None:
     model = PianorollAutoencoder(tiny_config())
     primer = cells("p", [(0, 60), (1, 61), (5, 63)])
     a = generate_autoencoder(
-        model, 2, generator=torch.Generator().manual_seed(3), primer=primer, length=12
+        model,
+        2,
+        SampleOptions(primer=primer, length=12),
+        generator=torch.Generator().manual_seed(3),
     )
     b = generate_autoencoder(
-        model, 2, generator=torch.Generator().manual_seed(3), primer=primer, length=12
+        model,
+        2,
+        SampleOptions(primer=primer, length=12),
+        generator=torch.Generator().manual_seed(3),
     )
     for x, y in zip(a, b, strict=True):
         pd.testing.assert_frame_equal(x, y)

@@ -17,9 +17,10 @@ from pipeline.core.params import ParamsError, from_mapping
 from pipeline.modeling import base, prv
 from pipeline.modeling.base import StoreData
 from pipeline.modeling.checkpoint import describe, load_model, save_checkpoint
-from pipeline.modeling.prv import make_dataset, prepare, prv_losses
-from pipeline.modeling.prv.biaxial import BiaxialLSTM, Config
+from pipeline.modeling.prv import make_dataset, prepare
+from pipeline.modeling.prv.biaxial import BiaxialConfig, BiaxialLSTM, prv_losses
 from pipeline.modeling.prv.sampling import generate_biaxial, lstm_step, stepwise_logits
+from pipeline.modeling.sampling import SampleOptions
 
 MAESTRO = FIXTURES / "maestro" / "giantmidi_eval_MIDI-Unprocessed_"
 # (file, style) per split: small real files; "Liszt" appears only in test (-> <unk>)
@@ -47,7 +48,7 @@ def store() -> StoreData:
     return prv_store()
 
 
-def tiny_config(**kw: object) -> Config:
+def tiny_config(**kw: object) -> BiaxialConfig:
     base_kw = dict(
         time_hidden=16,
         note_hidden=16,
@@ -107,11 +108,11 @@ def test_prepare_fills_styles_and_grid(store: StoreData) -> None:
 def test_config_round_trips_through_params_and_rejects_bad_styles() -> None:
     raw = describe(tiny_config())
     assert raw["styles"] == ["<unk>", "Bach", "Chopin"]
-    assert from_mapping(raw, Config, "models.biaxial") == tiny_config()
+    assert from_mapping(raw, BiaxialConfig, "models.biaxial") == tiny_config()
     with pytest.raises(ParamsError, match="styles must start with '<unk>'"):
-        from_mapping({**raw, "styles": ["Bach"]}, Config, "models.biaxial")
+        from_mapping({**raw, "styles": ["Bach"]}, BiaxialConfig, "models.biaxial")
     with pytest.raises(ParamsError, match="unknown key 'models.biaxial.bogus'"):
-        from_mapping({"bogus": 1}, Config, "models.biaxial")
+        from_mapping({"bogus": 1}, BiaxialConfig, "models.biaxial")
 
 
 def test_model_needs_prepared_config() -> None:
@@ -330,7 +331,9 @@ def test_generate_valid_rows_polyphony_and_styles() -> None:
 
     def sample(style: str | None, seed: int = 0) -> list[pd.DataFrame]:
         g = torch.Generator().manual_seed(seed)
-        return generate_biaxial(model, 2, generator=g, length=12, style=style, top_k=5, top_p=0.5)
+        return generate_biaxial(
+            model, 2, SampleOptions(length=12, style=style, top_k=5, top_p=0.5), generator=g
+        )
 
     samples = sample("Bach")
     assert [s["piece_id"].unique().tolist() for s in samples] == [["sample-0"], ["sample-1"]]
@@ -359,14 +362,14 @@ def test_generate_seconds_primer_and_greedy() -> None:
     torch.manual_seed(0)
     model = BiaxialLSTM(tiny_config())
     primer = cells("p", [(0, 3, True, 0.5), (1, 3, False, 0.5), (2, 7, True, 0.9)])
-    out = generate_biaxial(model, 1, primer=primer, length=0)[0]
+    out = generate_biaxial(model, 1, SampleOptions(primer=primer, length=0))[0]
     pd.testing.assert_frame_equal(
         out.drop(columns="piece_id"), primer.drop(columns="piece_id"), check_dtype=False
     )
     a = generate_biaxial(
-        model, 2, primer=primer, seconds=1.0, temperature=0.0
+        model, 2, SampleOptions(primer=primer, seconds=1.0, temperature=0.0)
     )  # greedy: no generator
-    b = generate_biaxial(model, 2, primer=primer, seconds=1.0, temperature=0.0)
+    b = generate_biaxial(model, 2, SampleOptions(primer=primer, seconds=1.0, temperature=0.0))
     pd.testing.assert_frame_equal(a[0], b[0])
     pd.testing.assert_frame_equal(a[0].drop(columns="piece_id"), a[1].drop(columns="piece_id"))
     assert a[0]["step"].max() <= 2 + 8  # 3 primer steps + 1 s x 8 steps/s
@@ -393,6 +396,6 @@ def test_checkpoint_keeps_styles_for_generation(tmp_path: Path) -> None:
     assert loaded.config.styles == ("<unk>", "Bach", "Chopin")
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     pd.testing.assert_frame_equal(
-        generate_biaxial(loaded, 1, generator=g1, length=4, style="Chopin")[0],
-        generate_biaxial(model.eval(), 1, generator=g2, length=4, style="Chopin")[0],
+        generate_biaxial(loaded, 1, SampleOptions(length=4, style="Chopin"), generator=g1)[0],
+        generate_biaxial(model.eval(), 1, SampleOptions(length=4, style="Chopin"), generator=g2)[0],
     )

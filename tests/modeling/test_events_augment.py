@@ -300,12 +300,12 @@ def test_bos_window_share_must_be_a_share() -> None:
     from fixture_stores import shipped
 
     from pipeline.core.params import ParamsError, from_mapping
-    from pipeline.modeling.events.transformer import Config
+    from pipeline.modeling.events.transformer import TransformerConfig
 
     section = shipped("models.transformer")
-    section.pop("representation"), section.pop("train")
+    section.pop("representation"), section.pop("network"), section.pop("train")
     with pytest.raises(ParamsError, match="bos_window_share"):
-        from_mapping({**section, "bos_window_share": 1.5}, Config, "models.transformer")
+        from_mapping({**section, "bos_window_share": 1.5}, TransformerConfig, "models.transformer")
     section.pop("bos_window_share")
     with pytest.raises(ParamsError, match="bos_window_share"):
-        from_mapping(section, Config, "models.transformer")
+        from_mapping(section, TransformerConfig, "models.transformer")

@@ -1,9 +1,11 @@
 """Stages load exactly the model code they run (issue #13: deps are the code a stage runs).
 
-`train` loads base, fit, checkpoint, train, the model's family package and the
-model's own module, never sampling code or another model; `evaluate` adds the
-family's sampling module. The resume fingerprint hashes the same files, and moves when
-a copy of one of them is edited.
+`train` loads the training loop, the model's family package and the model's own
+module (plus the module of a model whose network it extends: poph's PopH is a
+BiaxialLSTM), never sampling code or an unrelated model; `evaluate` adds the sampling
+module its spec names. The resume fingerprint hashes the same files, and moves when a
+copy of one of them is edited. The models are the registry's, so a new model is
+checked without editing this file.
 """
 
 from __future__ import annotations
@@ -18,16 +20,33 @@ import pytest
 from tiny_project import copy_code
 from tools import python_in
 
+from pipeline.core.config import DEFAULT_PARAMS_FILE
+from pipeline.core.params import read_params_file
 from pipeline.modeling import base, fit, resume
 
-FAMILY = {
-    "autoencoder": "pianoroll",
-    "vae": "pianoroll",
-    "rnn": "tuples",
-    "transformer": "events",
-    "biaxial": "prv",
-    "poph": "prv",
-}
+MODELS = base.names()
+
+
+def module(name: str) -> str:
+    """The module that registers model `name` (pipeline.modeling.<family>.<name>)."""
+    return base.REGISTRY.modules[name]
+
+
+def family(name: str) -> str:
+    """Model `name`'s family package (pipeline.modeling.<representation>)."""
+    return module(name).rpartition(".")[0]
+
+
+def extended(name: str) -> set[str]:
+    """The modules of the other models whose network classes `name`'s network extends."""
+    bases = {cls.__module__ for cls in base.get(name).model_cls.__mro__}
+    return {module(m) for m in MODELS if m != name and module(m) in bases}
+
+
+def sampling(name: str) -> str:
+    """The module of the sampler model `name`'s spec names."""
+    return base.get(name).sampler.partition(":")[0]
+
 
 SCRIPT = """
 import json, sys
@@ -54,7 +73,7 @@ def loaded() -> dict[str, dict[str, set[str]]]:
         name: subprocess.Popen(
             [sys.executable, "-c", SCRIPT, name], stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-        for name in FAMILY
+        for name in MODELS
     }
     result = {}
     for name, proc in runs.items():
@@ -66,7 +85,6 @@ def loaded() -> dict[str, dict[str, set[str]]]:
 
 
 def _training(name: str) -> set[str]:
-    family = f"pipeline.modeling.{FAMILY[name]}"
     return {
         "pipeline.modeling",
         "pipeline.modeling.base",
@@ -77,9 +95,22 @@ def _training(name: str) -> set[str]:
         "pipeline.modeling.resume",
         "pipeline.modeling.scoring",
         "pipeline.modeling.train",
-        family,
-        f"{family}.{name}",
+        family(name),
+        module(name),
+        *extended(name),
     }
+
+
+def test_poph_extends_biaxial_and_no_other_model_extends_one() -> None:
+    """What `extended` finds, and what params.yaml's `network` keys tell dvc.yaml."""
+    assert {name: extended(name) for name in MODELS if extended(name)} == {
+        "poph": {"pipeline.modeling.prv.biaxial"}
+    }
+    models = read_params_file(DEFAULT_PARAMS_FILE)["models"]
+    for name in MODELS:
+        network = module(base.network_model(base.get(name)))
+        assert network == module(name) or {network} == extended(name), name
+        assert models[name]["network"] == base.network_model(base.get(name)), name
 
 
 def test_train_loads_only_its_model_and_no_sampling(loaded: dict) -> None:
@@ -87,10 +118,10 @@ def test_train_loads_only_its_model_and_no_sampling(loaded: dict) -> None:
         assert stages["train"] == _training(name), name
 
 
-def test_evaluate_adds_only_its_family_sampling(loaded: dict) -> None:
+def test_evaluate_adds_only_its_sampler(loaded: dict) -> None:
     for name, stages in loaded.items():
-        family = f"pipeline.modeling.{FAMILY[name]}"
-        assert stages["evaluate"] == {"pipeline.modeling.sampling", f"{family}.sampling"}, name
+        assert stages["evaluate"] == {"pipeline.modeling.sampling", sampling(name)}, name
+        assert sampling(name) == f"{family(name)}.sampling", name  # beside its family
 
 
 def test_evaluate_uses_neither_the_train_nor_the_generate_module() -> None:
@@ -102,19 +133,26 @@ def test_evaluate_uses_neither_the_train_nor_the_generate_module() -> None:
 
 
 def test_models_import_no_sampling_and_no_other_model() -> None:
-    """Model files, family packages, fit, train and checkpoint import no sampling module;
-    a model file imports no other model's file."""
+    """Model files, family packages and the training loop import no sampling module;
+    a model file imports no other model's file but those of the networks it extends."""
     root = Path(base.__file__).parent
-    models = {f"pipeline.modeling.{FAMILY[n]}.{n}" for n in FAMILY}
+    models = {module(n) for n in MODELS}
     loop = ("fit.py", "resume.py", "distributed.py", "live.py", "scoring.py")
     training = [root / f for f in ("base.py", *loop, "checkpoint.py", "train.py")]
-    training += [root / f / "__init__.py" for f in set(FAMILY.values())]
-    training += [root / FAMILY[n] / f"{n}.py" for n in FAMILY]
+    training += [_source(family(n)) for n in MODELS]
+    training += [_source(module(n)) for n in MODELS]
     for path in training:
         imported = _imports(path)
         assert not [m for m in imported if m.rpartition(".")[2] == "sampling"], path
         own = f"pipeline.modeling.{path.parent.name}.{path.stem}"
-        assert not (imported & models) - {own}, path
+        allowed = extended(own.rpartition(".")[2]) if own in models else set()
+        assert not (imported & models) - {own} - allowed, path
+
+
+def _source(name: str) -> Path:
+    """The file of module `name` (a package's ``__init__.py``)."""
+    path = Path(base.__file__).parents[2] / name.replace(".", "/")
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
 def _imports(path: Path) -> set[str]:
@@ -129,19 +167,18 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("name", sorted(FAMILY))
+@pytest.mark.parametrize("name", MODELS)
 def test_code_digest_hashes_the_training_files(name: str) -> None:
     spec = base.get(name)
-    family = f"pipeline.modeling.{FAMILY[name]}"
     assert resume._training_modules(spec) == sorted(
         _training(name) - {"pipeline.modeling", "pipeline.modeling.train"}
     )
-    assert f"{family}.{name}" == base.REGISTRY.modules[name]
+    assert module(name) == f"pipeline.modeling.{spec.representation}.{name}"
 
 
 def test_code_digest_differs_per_model() -> None:
-    digests = {fit.code_digest(base.get(name)) for name in FAMILY}
-    assert len(digests) == len(FAMILY)
+    digests = {fit.code_digest(base.get(name)) for name in MODELS}
+    assert len(digests) == len(MODELS)
 
 
 DIGESTS = """
@@ -158,7 +195,8 @@ EDITS = {
     "pianoroll/__init__.py": {"autoencoder", "vae"},  # a family package: its models
     "tuples/sampling.py": set(),  # sampling does not train
     "prv/frames.py": set(),  # nor does the frames stage's scoring
-    "checkpoint.py": set(FAMILY),  # shared by every model's training
+    "prv/biaxial.py": {"biaxial", "poph"},  # a model's own module, and PopH extends it
+    "checkpoint.py": set(base.names()),  # shared by every model's training
 }
 
 
@@ -168,8 +206,8 @@ def test_code_digest_moves_with_a_real_edit_of_the_training_files(tmp_path: Path
     file trains get a new digest, and undoing the edit restores them."""
     code = tmp_path / "code"
     copy_code(code)
-    here = {name: fit.code_digest(base.get(name)) for name in FAMILY}
-    proc = python_in(code, DIGESTS, *FAMILY)
+    here = {name: fit.code_digest(base.get(name)) for name in MODELS}
+    proc = python_in(code, DIGESTS, *MODELS)
     requests, replies = proc.stdin, proc.stdout
     assert requests is not None and replies is not None
 

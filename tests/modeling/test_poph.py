@@ -16,14 +16,16 @@ from pipeline.core.params import ParamsError, from_mapping
 from pipeline.modeling import base, prv
 from pipeline.modeling.base import StoreData
 from pipeline.modeling.prv import sampling as prv_sampling
+from pipeline.modeling.prv.biaxial import BiaxialConfig
 from pipeline.modeling.prv.poph import (
-    Config,
     OctaveConv,
     PopH,
+    PopHConfig,
     TimeAttention,
     disharmony_matrix,
     harmony_loss,
 )
+from pipeline.modeling.sampling import SampleOptions
 
 FILES = {
     "train": (FIXTURES / "other" / "miditok_POP909_008.mid", "pop909"),
@@ -41,7 +43,7 @@ def store() -> StoreData:
     return encoded_store("prv", splits, max_steps_per_piece=160)
 
 
-def tiny_config(**kw: object) -> Config:
+def tiny_config(**kw: object) -> PopHConfig:
     base_kw = dict(
         time_hidden=16,
         note_hidden=16,
@@ -212,21 +214,22 @@ def test_time_attention_keeps_its_span_on_longer_inputs() -> None:
 
 def test_config_section_and_validation() -> None:
     section = shipped("models.poph")
-    section.pop("representation"), section.pop("train")
+    section.pop("representation"), section.pop("network"), section.pop("train")
     raw = {**section, "time_hidden": 32, "attention_heads": 4, "harmony_keys": "c"}
-    config = from_mapping(raw, Config, "models.poph")
-    assert isinstance(config, prv.Config)  # the biaxial fields, plus PopH's
+    config = from_mapping(raw, PopHConfig, "models.poph")
+    assert isinstance(config, BiaxialConfig)  # the biaxial fields, plus PopH's
     assert (config.note_hidden, config.harmony_keys) == (model_config("biaxial").note_hidden, "c")
     with pytest.raises(ParamsError, match="multiple of attention_heads"):
-        from_mapping({**raw, "time_hidden": 30, "attention_heads": 4}, Config, "models.poph")
+        from_mapping({**raw, "time_hidden": 30, "attention_heads": 4}, PopHConfig, "models.poph")
     with pytest.raises(ParamsError, match="harmony_keys"):
-        from_mapping({**raw, "harmony_keys": "major"}, Config, "models.poph")
+        from_mapping({**raw, "harmony_keys": "major"}, PopHConfig, "models.poph")
 
 
 def test_registered_and_shares_biaxial_data() -> None:
     spec = base.get("poph")
     assert spec.representation == "prv" and spec.model_cls is PopH
     assert spec.prepare is prv.prepare and spec.make_dataset is prv.make_dataset
+    assert spec.sampler == "pipeline.modeling.prv.sampling:generate_biaxial"  # hooks do the rest
 
 
 @pytest.mark.parametrize("order", ["seed", "after_lstm"])
@@ -301,8 +304,8 @@ def test_generate_valid_rows_polyphony_and_styles() -> None:
 
     def sample(style: str | None) -> list[pd.DataFrame]:
         g = torch.Generator().manual_seed(0)
-        return prv_sampling.generate_poph(
-            model, 2, generator=g, length=10, style=style
+        return prv_sampling.generate_biaxial(
+            model, 2, SampleOptions(length=10, style=style), generator=g
         )  # longer than seq_len
 
     samples = sample("pop")
@@ -323,8 +326,8 @@ def test_generate_valid_rows_polyphony_and_styles() -> None:
             "volume": np.array([0.5, 0.5, 0.8], np.float32),
         }
     )
-    with_primer = prv_sampling.generate_poph(
-        model, 2, primer=primer, length=3, generator=torch.Generator()
+    with_primer = prv_sampling.generate_biaxial(
+        model, 2, SampleOptions(primer=primer, length=3), generator=torch.Generator()
     )
     first = with_primer[0][with_primer[0]["step"] < 2]
     assert first[["step", "pitch"]].values.tolist() == [[0, 5], [1, 5]]  # piece "x"

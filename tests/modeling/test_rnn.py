@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader
 from pipeline import representations
 from pipeline.modeling import base
 from pipeline.modeling.base import StoreData
-from pipeline.modeling.sampling import filter_logits
+from pipeline.modeling.sampling import SampleOptions, filter_logits
 from pipeline.modeling.tuples import TupleWindows, baseline, make_dataset
-from pipeline.modeling.tuples.rnn import Config, NoteLSTM, positive_pressure
+from pipeline.modeling.tuples.rnn import NoteLSTM, RNNConfig, positive_pressure
 from pipeline.modeling.tuples.sampling import MIN_DURATION_S, generate_rnn
 
 
@@ -39,7 +39,7 @@ def toy_rows(
 def test_registered_on_tuples() -> None:
     spec = base.get("rnn")
     assert spec.representation == "tuples"
-    assert spec.config_cls is Config
+    assert spec.config_cls is RNNConfig
 
 
 def test_windows_start_token_targets_and_masks() -> None:
@@ -159,7 +159,10 @@ def test_generate_rows_decode_to_valid_notes() -> None:
     torch.manual_seed(0)
     model = NoteLSTM(model_config("rnn", seq_len=8, hidden_size=16))
     samples = generate_rnn(
-        model, 3, generator=torch.Generator().manual_seed(1), seconds=2.0, temperature=1.0, top_k=20
+        model,
+        3,
+        SampleOptions(seconds=2.0, temperature=1.0, top_k=20),
+        generator=torch.Generator().manual_seed(1),
     )
     rep = representations.get("tuples")
     assert len(samples) == 3
@@ -179,7 +182,7 @@ def test_generate_length_and_primer() -> None:
     model = NoteLSTM(model_config("rnn", seq_len=4, hidden_size=16))
     primer = toy_rows("x", [60, 64, 67], [0.0, 0.5, 0.5], [0.5, 0.5, 0.5])
     (rows,) = generate_rnn(
-        model, 1, generator=torch.Generator().manual_seed(0), primer=primer, length=5
+        model, 1, SampleOptions(primer=primer, length=5), generator=torch.Generator().manual_seed(0)
     )
     assert len(rows) == 3 + 5
     assert rows["pitch"].tolist()[:3] == [60, 64, 67]
@@ -190,12 +193,16 @@ def test_generate_length_and_primer() -> None:
 def test_generate_is_reproducible_and_greedy_ignores_seed() -> None:
     torch.manual_seed(0)
     model = NoteLSTM(model_config("rnn", seq_len=4, hidden_size=16))
-    a = generate_rnn(model, 2, generator=torch.Generator().manual_seed(5), length=6)
-    b = generate_rnn(model, 2, generator=torch.Generator().manual_seed(5), length=6)
+    a = generate_rnn(model, 2, SampleOptions(length=6), generator=torch.Generator().manual_seed(5))
+    b = generate_rnn(model, 2, SampleOptions(length=6), generator=torch.Generator().manual_seed(5))
     for x, y in zip(a, b, strict=True):
         pd.testing.assert_frame_equal(x, y)
-    g1 = generate_rnn(model, 1, generator=torch.Generator().manual_seed(1), length=6, temperature=0)
-    g2 = generate_rnn(model, 1, generator=torch.Generator().manual_seed(2), length=6, temperature=0)
+    g1 = generate_rnn(
+        model, 1, SampleOptions(length=6, temperature=0), generator=torch.Generator().manual_seed(1)
+    )
+    g2 = generate_rnn(
+        model, 1, SampleOptions(length=6, temperature=0), generator=torch.Generator().manual_seed(2)
+    )
     pd.testing.assert_frame_equal(g1[0], g2[0])
 
 

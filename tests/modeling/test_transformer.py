@@ -23,15 +23,15 @@ from pipeline.modeling.events.sampling import (
     sample_next,
 )
 from pipeline.modeling.events.transformer import (
-    Config,
     MusicTransformer,
     RelativeSelfAttention,
+    TransformerConfig,
     causal_mask,
     relative_embeddings,
     relative_logits,
     skew,
 )
-from pipeline.modeling.sampling import filter_logits
+from pipeline.modeling.sampling import SampleOptions, filter_logits
 from pipeline.representations.events import BOS, EOS, PAD, VOCAB_SIZE
 
 TINY = model_config(
@@ -318,13 +318,16 @@ def test_top_k_one_is_deterministic_greedy() -> None:
     model = MusicTransformer(TINY)
     runs = [
         generate_transformer(
-            model, 2, generator=torch.Generator().manual_seed(seed), top_k=1, length=25
+            model,
+            2,
+            SampleOptions(top_k=1, length=25),
+            generator=torch.Generator().manual_seed(seed),
         )
         for seed in (1, 2)
     ]
-    greedy = generate_transformer(model, 1, generator=None, temperature=0.0, length=25)[0][
-        "tokens"
-    ][0]
+    greedy = generate_transformer(
+        model, 1, SampleOptions(temperature=0.0, length=25), generator=None
+    )[0]["tokens"][0]
     for rows in runs:
         for row in rows:
             np.testing.assert_array_equal(row["tokens"][0], greedy)
@@ -343,7 +346,10 @@ def test_generation_continues_the_primer() -> None:
     primer_tokens = np.array([BOS, 359 + 20, 3 + 60, 258 + 50, 131 + 60, EOS], dtype=np.uint16)
     primer = pd.DataFrame({"piece_id": ["p"], "tokens": [primer_tokens]})
     rows = generate_transformer(
-        model, 3, generator=torch.Generator().manual_seed(0), primer=primer, length=40, top_p=0.9
+        model,
+        3,
+        SampleOptions(primer=primer, length=40, top_p=0.9),
+        generator=torch.Generator().manual_seed(0),
     )
     assert len(rows) == 3
     for i, row in enumerate(rows):
@@ -358,7 +364,10 @@ def test_generation_continues_the_primer() -> None:
         assert not np.isin(tokens[1:], [PAD, BOS]).any()
     # a different seed gives a different continuation
     other = generate_transformer(
-        model, 1, generator=torch.Generator().manual_seed(1), primer=primer, length=40
+        model,
+        1,
+        SampleOptions(primer=primer, length=40),
+        generator=torch.Generator().manual_seed(1),
     )
     assert not np.array_equal(other[0]["tokens"][0], rows[0]["tokens"][0])
 
@@ -373,7 +382,7 @@ def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
 def test_context_past_seq_len_equals_a_fresh_forward_pass(sine: bool) -> None:
     """Every next-token distribution is that of a fresh pass over a training-size window."""
     torch.manual_seed(0)
-    config = Config(**{**TINY.__dict__, "sine_positions": sine})
+    config = TransformerConfig(**{**TINY.__dict__, "sine_positions": sine})
     model = MusicTransformer(config).double().eval()
     seq_len, chunk = config.seq_len, reencode_chunk(config.seq_len)
     tokens = torch.randint(3, VOCAB_SIZE, (2, 4 * seq_len + 7))
@@ -420,7 +429,10 @@ def test_sampler_past_seq_len_draws_from_fresh_windows(monkeypatch: pytest.Monke
     primer_tokens = np.concatenate([[BOS], np.random.default_rng(0).integers(3, 259, 40)])
     primer = pd.DataFrame({"piece_id": ["p"], "tokens": [primer_tokens.astype(np.uint16)]})
     rows = generate_transformer(
-        model, 1, generator=torch.Generator().manual_seed(0), primer=primer, length=3 * seq_len
+        model,
+        1,
+        SampleOptions(primer=primer, length=3 * seq_len),
+        generator=torch.Generator().manual_seed(0),
     )
     row = rows[0]["tokens"][0].astype(np.int64)
     assert len(seen) > 2 * seq_len  # well past seq_len (no early EOS)
@@ -437,7 +449,7 @@ def test_sampler_past_seq_len_draws_from_fresh_windows(monkeypatch: pytest.Monke
 
 def _always(token: int) -> MusicTransformer:
     """A model whose next token is `token` with probability ~1, whatever the input."""
-    model = MusicTransformer(Config(**{**TINY.__dict__, "tie_embeddings": False}))
+    model = MusicTransformer(TransformerConfig(**{**TINY.__dict__, "tie_embeddings": False}))
     with torch.no_grad():
         model.ln_f.weight.zero_()
         model.ln_f.bias.fill_(1.0)
@@ -449,14 +461,17 @@ def _always(token: int) -> MusicTransformer:
 def test_generation_stops_after_seconds_of_time_shifts() -> None:
     one_second = 258 + 100
     rows = generate_transformer(
-        _always(one_second), 1, generator=torch.Generator().manual_seed(0), seconds=3.0
+        _always(one_second),
+        1,
+        SampleOptions(seconds=3.0),
+        generator=torch.Generator().manual_seed(0),
     )
     np.testing.assert_array_equal(rows[0]["tokens"][0], [BOS] + [one_second] * 3 + [EOS])
 
 
 def test_generation_stops_at_eos() -> None:
     rows = generate_transformer(
-        _always(EOS), 2, generator=torch.Generator().manual_seed(0), length=50
+        _always(EOS), 2, SampleOptions(length=50), generator=torch.Generator().manual_seed(0)
     )
     for row in rows:
         np.testing.assert_array_equal(row["tokens"][0], [BOS, EOS])
@@ -509,10 +524,12 @@ def test_registered_spec_and_params() -> None:
     assert spec.representation == "events"
     assert spec.model_cls is MusicTransformer
     section = shipped("models.transformer")
-    section.pop("representation"), section.pop("train")
+    section.pop("representation"), section.pop("network"), section.pop("train")
     config = from_mapping({**section, "d_model": 64}, spec.config_cls, "models.transformer")
     assert config.d_model == 64 and config.seq_len == model_config("transformer").seq_len
     with pytest.raises(ParamsError, match="divisible"):
-        from_mapping({**section, "d_model": 30, "n_heads": 4}, Config, "models.transformer")
+        from_mapping(
+            {**section, "d_model": 30, "n_heads": 4}, TransformerConfig, "models.transformer"
+        )
     with pytest.raises(ParamsError, match="models.transformer.depth"):
-        from_mapping({**section, "depth": 3}, Config, "models.transformer")
+        from_mapping({**section, "depth": 3}, TransformerConfig, "models.transformer")

@@ -15,11 +15,13 @@ from torch.utils.data import DataLoader
 
 from pipeline import representations
 from pipeline.modeling import base
+from pipeline.modeling.pianoroll import make_dataset, prepare
 from pipeline.modeling.pianoroll.sampling import binarize, generate_vae, interpolate_vae, slerp
-from pipeline.modeling.pianoroll.vae import Config, PianorollVAE, make_dataset, prepare
+from pipeline.modeling.pianoroll.vae import PianorollVAE, VAEConfig
+from pipeline.modeling.sampling import SampleOptions
 
 
-def tiny_config(**kw: object) -> Config:
+def tiny_config(**kw: object) -> VAEConfig:
     base_kw = dict(
         window_frames=8, filters=(4, 8), latent_dim=3, min_pitch=60, n_pitches=6, frame_ms=100.0
     )
@@ -173,8 +175,12 @@ def test_generate_rows_decode_to_valid_notes() -> None:
     config = prepare(store, model_config("vae", window_frames=16, filters=(4, 8), latent_dim=4))
     model = PianorollVAE(config)
     rep = representations.get("pianoroll")
-    samples = generate_vae(model, 2, generator=torch.Generator().manual_seed(0), seconds=3.0)
-    again = generate_vae(model, 2, generator=torch.Generator().manual_seed(0), seconds=3.0)
+    samples = generate_vae(
+        model, 2, SampleOptions(seconds=3.0), generator=torch.Generator().manual_seed(0)
+    )
+    again = generate_vae(
+        model, 2, SampleOptions(seconds=3.0), generator=torch.Generator().manual_seed(0)
+    )
     assert len(samples) == 2
     for i, rows in enumerate(samples):
         pd.testing.assert_frame_equal(rows, again[i])
@@ -198,7 +204,7 @@ def test_generate_with_primer_keeps_it() -> None:
         }
     )
     (rows,) = generate_vae(
-        model, 1, generator=torch.Generator().manual_seed(0), primer=primer, length=8
+        model, 1, SampleOptions(primer=primer, length=8), generator=torch.Generator().manual_seed(0)
     )
     opening = rows[rows["frame"] < 4]
     assert sorted(zip(opening["frame"], opening["pitch"], strict=True)) == [(0, 60), (3, 65)]

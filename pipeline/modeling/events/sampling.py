@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.modeling.sampling import filter_logits
+from pipeline.modeling.sampling import SampleOptions, filter_logits
 from pipeline.representations.events import (
     BOS,
     EOS,
@@ -131,46 +131,30 @@ def time_shift_seconds(tokens: np.ndarray | torch.Tensor) -> Any:
 
 @torch.no_grad()
 def generate_transformer(
-    model: Any,
-    n: int,
-    *,
-    generator: torch.Generator | None = None,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    primer: pd.DataFrame | None = None,
-    seconds: float = 30.0,
-    length: int | None = None,
-    style: str | None = None,
+    model: Any, n: int, options: SampleOptions, generator: torch.Generator | None = None
 ) -> list[pd.DataFrame]:
-    """Sample `n` event sequences autoregressively with a key/value cache.
+    """Sample `n` event sequences of a `MusicTransformer` with a key/value cache.
 
-    Sampling uses `temperature` (<= 0: greedy), then top-k and top-p filters; PAD
-    and BOS are never drawn. A sample stops at EOS, after `length` new tokens
-    when given, otherwise once its TIME_SHIFTs add up to `seconds` (capped at
-    ``seconds * MAX_TOKENS_PER_SECOND`` tokens). A sample that did not end with
-    EOS gets one appended, so rows always end with EOS. Past `seq_len` tokens the
-    cache keeps the last ``seq_len - 1`` positions, so attention spans stay those
-    of training and relative distances stay exact (with `sine_positions`, absolute
-    positions past seq_len were never seen in training).
+    Of the `SampleOptions`: tokens are drawn with ``temperature`` (<= 0: greedy),
+    then the ``top_k`` and ``top_p`` filters; PAD and BOS are never drawn. A sample
+    stops at EOS, after ``length`` new tokens when given, otherwise once its
+    TIME_SHIFTs add up to ``seconds`` (capped at ``seconds * MAX_TOKENS_PER_SECOND``
+    tokens). With a ``primer`` (events rows, a ``tokens`` column) sample i continues
+    row ``i % len(primer)`` after removing its trailing EOS/PAD, and the returned
+    tokens are primer + continuation; the model sees at most the last `seq_len`
+    primer tokens; without one samples start from BOS. ``style`` is ignored (the
+    transformer is unconditioned).
 
-    Args:
-        model: a `MusicTransformer`.
-        n: number of samples.
-        generator: torch random generator (seeded by the caller).
-        primer: events store rows (a ``tokens`` column); sample i continues row
-            ``i % len(primer)`` after removing its trailing EOS/PAD, and the returned
-            tokens are primer + continuation. The model sees at most the last
-            `seq_len` primer tokens. Without a primer samples start from BOS.
-        seconds: length of the continuation in seconds of TIME_SHIFTs.
-        length: number of new tokens; overrides `seconds`.
-        style: ignored (the transformer is unconditioned).
+    A sample that did not end with EOS gets one appended, so rows always end with
+    EOS. Past `seq_len` tokens the cache keeps the last ``seq_len - 1`` positions, so
+    attention spans stay those of training and relative distances stay exact (with
+    `sine_positions`, absolute positions past seq_len were never seen in training).
 
     Returns:
         n DataFrames with columns piece_id ("sample-i") and tokens (np.uint16).
     """
-    del style
-    primers = _primers(n, primer)
+    length, seconds = options.length, options.seconds
+    primers = _primers(n, options.primer)
     limit = length if length is not None else max(1, int(seconds * MAX_TOKENS_PER_SECOND))
     was_training = model.training
     model.eval()
@@ -186,9 +170,9 @@ def generate_transformer(
                 prime,
                 len(members),
                 generator,
-                temperature,
-                top_k,
-                top_p,
+                options.temperature,
+                options.top_k,
+                options.top_p,
                 limit,
                 None if length is not None else seconds,
             )

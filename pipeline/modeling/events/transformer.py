@@ -32,13 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.core.params import require
+from pipeline.modeling import events
 from pipeline.modeling.base import Baseline, ModelSpec, Objective, register
-from pipeline.modeling.events import baseline, make_dataset
 from pipeline.representations.events import PAD, VOCAB_SIZE
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
+class TransformerConfig:
     """The `models.transformer` params section.
 
     Defaults are a small model (0.7 M parameters) that beats the bigram baseline on
@@ -195,7 +195,7 @@ class RelativeSelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block: x + Attn(LN(x)), then x + FF(LN(x))."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: TransformerConfig):
         super().__init__()
         self.ln1 = nn.LayerNorm(config.d_model)
         self.attn = RelativeSelfAttention(
@@ -236,7 +236,7 @@ def sine_positions(positions: torch.Tensor, d_model: int) -> torch.Tensor:
 class MusicTransformer(nn.Module):
     """Decoder-only Music Transformer over event tokens (vocabulary of VOCAB_SIZE)."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: TransformerConfig):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(VOCAB_SIZE, config.d_model)
@@ -324,10 +324,10 @@ SPEC = register(
     ModelSpec(
         name="transformer",
         representation="events",
-        config_cls=Config,
+        config_cls=TransformerConfig,
         model_cls=MusicTransformer,
-        make_dataset=make_dataset,
-        baseline=baseline,
+        make_dataset=events.make_dataset,
+        baseline=events.baseline,
         objective=Objective(
             name="nll",
             kind="likelihood",
@@ -339,5 +339,6 @@ SPEC = register(
                 description="the better of a unigram and a smoothed bigram over train tokens",
             ),
         ),
+        sampler="pipeline.modeling.events.sampling:generate_transformer",
     )
 )

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from pipeline.core.params import require
+from pipeline.modeling import pianoroll
 from pipeline.modeling.base import Baseline, ModelSpec, Objective, StoreData, register
 from pipeline.modeling.pianoroll import (
     BASELINE_EPS,
@@ -55,11 +56,9 @@ from pipeline.modeling.pianoroll import (
     bernoulli_numbers,
     cell_counts,
     check_prepared,
-    make_dataset,
     masked_bce,
     pad_pitches,
     padded_pitches,
-    prepare,
     store_pitch_range,
     validate_backbone,
 )
@@ -71,7 +70,7 @@ DENSITY_MOMENTUM = 0.01
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
+class AutoencoderConfig:
     """The `models.autoencoder` params section.
 
     Defaults train in about a minute on two CPU cores. Scale: ``window_frames: 128``,
@@ -105,7 +104,7 @@ class Config:
 class PianorollAutoencoder(nn.Module):
     """Denoising conv autoencoder with skip connections; see the module docstring."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: AutoencoderConfig):
         super().__init__()
         check_prepared(config)
         self.config = config
@@ -147,7 +146,7 @@ class PianorollAutoencoder(nn.Module):
         return {"loss": loss, "nll": loss.detach(), "n_units": cells.detach()}
 
 
-def denoising_baseline(store: StoreData, config: Config) -> dict[str, float]:
+def denoising_baseline(store: StoreData, config: AutoencoderConfig) -> dict[str, float]:
     """The autoencoder's loss for the best denoiser that sees one cell: same kind, same unit.
 
     That denoiser knows each pitch's train activation rate p and the corruption (drop
@@ -178,9 +177,9 @@ SPEC = register(
     ModelSpec(
         name="autoencoder",
         representation="pianoroll",
-        config_cls=Config,
+        config_cls=AutoencoderConfig,
         model_cls=PianorollAutoencoder,
-        make_dataset=make_dataset,
+        make_dataset=pianoroll.make_dataset,
         baseline=denoising_baseline,
         objective=Objective(
             name="denoising_bce",
@@ -198,6 +197,7 @@ SPEC = register(
                 "pitch's train activation rate (exact expectation over the corruption)",
             ),
         ),
-        prepare=prepare,
+        sampler="pipeline.modeling.pianoroll.sampling:generate_autoencoder",
+        prepare=pianoroll.prepare,
     )
 )

@@ -154,7 +154,7 @@ def generate_vae(
         n DataFrames of pianoroll rows (piece_id "sample-i"), primer included.
     """
     cfg = model.config
-    primer, length, temperature = options.primer, options.length, options.temperature
+    primer, length, seconds = options.primer, options.length, options.seconds
     device = model.from_latent.weight.device
     was_training = model.training
     model.eval()
@@ -169,11 +169,10 @@ def generate_vae(
             last[0, : tail.size(0)] = tail
             mean, logvar = model.encode(last)
             mu, sigma = mean[0], torch.exp(0.5 * logvar[0])
-        seconds = options.seconds
         new_frames = length if length is not None else round(seconds * 1000.0 / cfg.frame_ms)
         n_windows = max(0, math.ceil(int(new_frames) / cfg.window_frames))
         eps = torch.randn(n, n_windows, cfg.latent_dim, generator=generator, device=device)
-        z = mu + temperature * sigma * eps  # (n, windows, latent)
+        z = mu + options.temperature * sigma * eps  # (n, windows, latent)
         if n_windows:
             probs = torch.sigmoid(model.decode(z.reshape(n * n_windows, -1)))  # (n*w, T, P)
             cells = binarize(probs, cfg.threshold).reshape(n, -1, cfg.n_pitches)

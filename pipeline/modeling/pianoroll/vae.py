@@ -54,23 +54,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.core.params import ParamsError, require
+from pipeline.modeling import pianoroll
 from pipeline.modeling.base import Baseline, ModelSpec, Objective, TrainParams, register
 from pipeline.modeling.pianoroll import (
     ConvDecoder,
     ConvEncoder,
-    baseline,
     check_prepared,
-    make_dataset,
     masked_bce,
     pad_pitches,
     padded_pitches,
-    prepare,
     validate_backbone,
 )
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
+class VAEConfig:
     """The `models.vae` params section.
 
     Defaults train in about a minute on two CPU cores. Scale: ``window_frames: 128``,
@@ -100,7 +98,7 @@ class Config:
 class PianorollVAE(nn.Module):
     """Conv VAE over piano-roll windows; see the module docstring."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: VAEConfig):
         super().__init__()
         check_prepared(config)
         self.config = config
@@ -160,7 +158,7 @@ class PianorollVAE(nn.Module):
         return out
 
 
-def check_train(config: Config, train: TrainParams) -> None:
+def check_train(config: VAEConfig, train: TrainParams) -> None:
     """The KL weight must reach ``beta`` within the run (`ModelSpec.check_train`)."""
     if config.kl_anneal_steps > train.max_steps:
         final = config.beta * train.max_steps / config.kl_anneal_steps
@@ -177,10 +175,10 @@ SPEC = register(
     ModelSpec(
         name="vae",
         representation="pianoroll",
-        config_cls=Config,
+        config_cls=VAEConfig,
         model_cls=PianorollVAE,
-        make_dataset=make_dataset,
-        baseline=baseline,
+        make_dataset=pianoroll.make_dataset,
+        baseline=pianoroll.baseline,
         objective=Objective(
             name="neg_elbo",
             kind="bound",
@@ -195,7 +193,9 @@ SPEC = register(
                 description="per-pitch Bernoulli with the train split's activation rates",
             ),
         ),
-        prepare=prepare,
+        sampler="pipeline.modeling.pianoroll.sampling:generate_vae",
+        interpolator="pipeline.modeling.pianoroll.sampling:interpolate_vae",
+        prepare=pianoroll.prepare,
         check_train=check_train,
     )
 )

@@ -44,28 +44,342 @@ same thing. With probability ``style_dropout`` a training window's style is repl
 by ``<unk>`` (index 0), so ``<unk>`` learns "any style": it is what test pieces by
 unseen composers get, and what ``generate_biaxial(style=None)`` uses.
 
-The network (`BiaxialLSTM`, `Config`, `prv_losses`, `prepare`) lives in the family
-package `pipeline.modeling.prv`, because PopH subclasses it; sampling, pitch by pitch
-and step by step, is `pipeline.modeling.prv.sampling.generate_biaxial`. This module
-registers it as model ``biaxial`` on the ``prv`` store; params section
-``models.biaxial``.
+This module holds the network (`BiaxialLSTM`, its `BiaxialConfig` and the losses
+`prv_losses`), which PopH extends (`pipeline.modeling.prv.poph`), and registers it as
+model ``biaxial`` on the ``prv`` store (params section ``models.biaxial``). Its data
+(windows, styles, baseline, `prepare`) is the family's, in `pipeline.modeling.prv`;
+sampling, pitch by pitch and step by step, is
+`pipeline.modeling.prv.sampling.generate_biaxial`.
 """
 
 from __future__ import annotations
 
-from pipeline.modeling.base import Baseline, ModelSpec, Objective, register
-from pipeline.modeling.prv import BiaxialLSTM, Config, baseline, make_dataset, prepare
+from dataclasses import dataclass
+from typing import Any, Literal
 
-__all__ = ["SPEC", "BiaxialLSTM", "Config"]
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.core.params import require
+from pipeline.modeling import prv
+from pipeline.modeling.base import Baseline, ModelSpec, Objective, register
+from pipeline.modeling.prv import PLAY, REPLAY, UNKNOWN_STYLE, VOLUME, check_prepared
+
+__all__ = ["SPEC", "BiaxialConfig", "BiaxialLSTM", "prv_losses"]
+
+# Initial bias of the play logit: sigmoid(-2) ~= 0.12, about the share of played cells
+# in piano music on 48 pitches, so training does not spend its first steps on it.
+INITIAL_PLAY_LOGIT = -2.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class BiaxialConfig:
+    """The `models.biaxial` params section.
+
+    Defaults beat the baseline after about a minute on two CPU cores (learning rate
+    1e-2). Scale toward DeepJ: ``time_hidden: 256``, ``note_hidden: 128``,
+    ``n_layers: 2``, ``style_dim: 64``, ``seq_len: 128``, ``dropout: 0.5``.
+    ``styles``, ``min_pitch``, ``n_pitches`` and ``steps_per_second`` are filled in
+    from the prv store by the spec's ``prepare`` (leave them empty/0); checkpoints
+    keep the filled-in values, so ``--style NAME`` works from the checkpoint alone.
+    """
+
+    time_hidden: int  # time-axis LSTM units
+    note_hidden: int  # note-axis LSTM units
+    n_layers: int  # layers of each LSTM
+    style_dim: int  # style embedding size (0: no style conditioning)
+    neighbour_window: int  # semitones each side whose previous play/replay is input (0: none)
+    vicinity_filters: int  # DeepJ's Conv1D over pitch of the previous step (0: none)
+    vicinity_kernel: int  # its kernel in semitones (DeepJ: 24)
+    pitch_class_context: bool  # input: how many pitches of each pitch class sounded
+    beat_period: int  # input: one-hot of the step's position mod this (0: none)
+    aux_loss_cells: Literal["all", "played"]  # replay/dynamics averaged over these cells
+    seq_len: int  # steps per training window (32 x 1/8 s = 4 s)
+    dropout: float  # on the time- and note-axis outputs (and between layers)
+    style_dropout: float  # P(a training window's style is replaced by <unk>)
+    styles: tuple[str, ...]  # style vocabulary, "<unk>" first (prepare)
+    min_pitch: int = 0  # MIDI pitch of index 0 (prepare)
+    n_pitches: int = 0  # pitch axis size (prepare)
+    steps_per_second: float = 0.0  # prv grid (prepare)
+
+    def validate(self) -> None:
+        require(self.time_hidden > 0 and self.note_hidden > 0, "hidden sizes must be > 0")
+        require(self.n_layers >= 1, "n_layers must be >= 1")
+        require(self.style_dim >= 0, "style_dim must be >= 0")
+        require(self.neighbour_window >= 0, "neighbour_window must be >= 0")
+        require(self.vicinity_filters >= 0, "vicinity_filters must be >= 0")
+        require(self.vicinity_kernel >= 1, "vicinity_kernel must be >= 1")
+        require(self.beat_period >= 0, "beat_period must be >= 0 (0 = no beat feature)")
+        require(
+            self.aux_loss_cells in ("all", "played"), "aux_loss_cells must be 'all' or 'played'"
+        )
+        require(self.seq_len >= 1, "seq_len must be >= 1")
+        require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        require(0.0 <= self.style_dropout <= 1.0, "style_dropout must be in [0, 1]")
+        require(
+            not self.styles or self.styles[0] == UNKNOWN_STYLE,
+            f"styles must start with {UNKNOWN_STYLE!r}",
+        )
+        require(len(set(self.styles)) == len(self.styles), "styles must be distinct")
+        require(self.min_pitch >= 0 and self.n_pitches >= 0, "pitch range must be >= 0")
+        require(self.min_pitch + self.n_pitches <= 128, "pitch range must end at <= 127")
+        require(self.steps_per_second >= 0, "steps_per_second must be >= 0")
+
+
+# --------------------------------------------------------------------------------------
+# Losses
+
+
+def prv_losses(
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """DeepJ's three terms, each a mean over the cells it is defined on.
+
+    Args:
+        logits: (B, T, P, 3) play logit, replay logit, dynamics logit.
+        target: (B, T, P, 3) true play, replay, volume.
+        mask: (B, T), 1 for steps inside the piece.
+
+    Returns:
+        play (BCE per pitch-step), replay (BCE per played cell), dynamics (MSE per
+        played cell), cells (number of pitch-steps), played (number of played cells),
+        play_rate_bias (mean predicted P(play) minus the true play rate, per
+        pitch-step: > 0 means the model expects more sound than the data has).
+        The model weights replay and dynamics into its loss (``aux_loss_cells``).
+    """
+    cell_mask = mask[..., None].expand_as(target[..., PLAY])  # (B, T, P)
+    played = target[..., PLAY] * cell_mask  # (B, T, P)
+    cells = cell_mask.sum().clamp(min=1.0)
+    n_played = played.sum()
+    play = F.binary_cross_entropy_with_logits(
+        logits[..., PLAY], target[..., PLAY], reduction="none"
+    )
+    replay = F.binary_cross_entropy_with_logits(
+        logits[..., REPLAY], target[..., REPLAY], reduction="none"
+    )
+    volume_error = (torch.sigmoid(logits[..., VOLUME]) - target[..., VOLUME]) ** 2
+    predicted_rate = (torch.sigmoid(logits[..., PLAY]) * cell_mask).sum() / cells
+    return {
+        "play": (play * cell_mask).sum() / cells,
+        "replay": (replay * played).sum() / n_played.clamp(min=1.0),
+        "dynamics": (volume_error * played).sum() / n_played.clamp(min=1.0),
+        "cells": cells,
+        "played": n_played,
+        "play_rate_bias": predicted_rate - n_played / cells,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# The model
+
+
+class BiaxialLSTM(nn.Module):
+    """Time-axis then note-axis LSTM over prv steps (DeepJ); see the module docstring.
+
+    Subclasses change the architecture through hooks: ``pre_time`` (per-pitch input
+    features -> time-axis LSTM input, with ``pre_time_out``/``pre_time_steps``),
+    ``mix`` (time-axis features -> note-axis features, with ``mix_out``/
+    ``context_steps``) and ``extra_losses`` (terms added to the loss).
+    """
+
+    def __init__(self, config: BiaxialConfig):
+        super().__init__()
+        check_prepared(config)
+        self.config = config
+        n_pitches = config.n_pitches
+        pitch = torch.arange(n_pitches)
+        pitch_class = F.one_hot((pitch + config.min_pitch) % 12, 12).float()  # (P, 12)
+        position = (pitch.float() / max(1, n_pitches - 1))[:, None]  # (P, 1)
+        self.register_buffer("pitch_features", torch.cat([position, pitch_class], dim=1))
+        self.register_buffer("pitch_class_onehot", pitch_class, persistent=False)
+        self.style_embedding = (
+            nn.Embedding(len(config.styles), config.style_dim) if config.style_dim else None
+        )
+        self.vicinity = (
+            nn.Conv1d(3, config.vicinity_filters, config.vicinity_kernel)
+            if config.vicinity_filters
+            else None
+        )
+        between = config.dropout if config.n_layers > 1 else 0.0
+        self.time_lstm = nn.LSTM(
+            self.pre_time_out, config.time_hidden, config.n_layers, batch_first=True,
+            dropout=between,
+        )  # fmt: skip
+        note_in = self.mix_out + 3 + config.style_dim
+        self.note_lstm = nn.LSTM(
+            note_in, config.note_hidden, config.n_layers, batch_first=True, dropout=between
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.note_hidden, 3)
+        with torch.no_grad():  # start near the data's sparsity, not at P(play) = 0.5
+            self.head.bias[PLAY] = INITIAL_PLAY_LOGIT
+
+    @property
+    def n_features(self) -> int:
+        """Size of `time_inputs`' per-pitch feature vector."""
+        cfg = self.config
+        return (
+            2 * (2 * cfg.neighbour_window + 1)
+            + 1
+            + 13
+            + cfg.vicinity_filters
+            + (1 if cfg.pitch_class_context else 0)
+            + cfg.beat_period
+            + cfg.style_dim
+        )
+
+    # -- hooks --------------------------------------------------------------------------
+
+    @property
+    def pre_time_out(self) -> int:
+        """Feature size ``pre_time`` returns (the time-axis LSTM's input size)."""
+        return self.n_features
+
+    @property
+    def pre_time_steps(self) -> int:
+        """Input steps ``pre_time`` needs to see when generating (1: only the current)."""
+        return 1
+
+    def pre_time(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, P, T, n_features) inputs -> (B, P, T, pre_time_out); causal in T."""
+        return x
+
+    @property
+    def mix_out(self) -> int:
+        """Feature size ``mix`` returns (the note axis's input size)."""
+        return self.config.time_hidden
+
+    @property
+    def context_steps(self) -> int:
+        """Time-axis steps ``mix`` needs to see when generating (1: only the current)."""
+        return 1
+
+    def mix(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, P, T, time_hidden) time-axis outputs -> (B, P, T, mix_out); causal in T."""
+        return h
+
+    def extra_losses(
+        self, logits: torch.Tensor, batch: dict[str, torch.Tensor], mask: torch.Tensor
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Extra loss terms: name -> (weighted term added to the loss, value to log)."""
+        return {}
+
+    # -- pieces -------------------------------------------------------------------------
+
+    def style_vectors(self, style: torch.Tensor) -> torch.Tensor:
+        """(B,) style indices -> (B, style_dim) embeddings ((B, 0) without styles)."""
+        if self.style_embedding is None:
+            return torch.zeros(style.size(0), 0, device=style.device)
+        return self.style_embedding(style)
+
+    def time_inputs(
+        self, prev: torch.Tensor, style_vec: torch.Tensor, step: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, T, P, 3) previous steps -> (B, T, P, n_features) time-axis inputs.
+
+        Per pitch: neighbours' previous play/replay (``neighbour_window``), own
+        previous volume, position and pitch class, DeepJ's vicinity convolution of
+        the previous step (``vicinity_filters``), the pitch-class context (how many
+        pitches of this pitch's class sounded), the beat one-hot of the predicted
+        step and the style. ``step`` (B, T) is each predicted step's index in its
+        piece.
+        """
+        b, t, p, _ = prev.shape
+        cfg = self.config
+        w = cfg.neighbour_window
+        parts = []
+        if w:
+            padded = F.pad(prev[..., :VOLUME], (0, 0, w, w))  # (B, T, P + 2w, 2)
+            neighbours = padded.unfold(2, 2 * w + 1, 1)  # (B, T, P, 2, 2w + 1)
+            parts.append(neighbours.reshape(b, t, p, 2 * (2 * w + 1)))
+        else:
+            parts.append(prev[..., :VOLUME])
+        parts += [prev[..., VOLUME:], self.pitch_features.expand(b, t, p, 13)]
+        if self.vicinity is not None:
+            k = cfg.vicinity_kernel  # Keras "same": the extra pad of an even kernel on the right
+            flat = F.pad(prev.reshape(b * t, p, 3).transpose(1, 2), ((k - 1) // 2, k // 2))
+            conv = self.vicinity(flat)  # (B*T, C, P)
+            parts.append(torch.tanh(conv).transpose(1, 2).reshape(b, t, p, -1))
+        if cfg.pitch_class_context:
+            classes = self.pitch_class_onehot  # (P, 12)
+            counts = prev[..., PLAY] @ classes  # (B, T, 12)
+            parts.append((counts @ classes.T)[..., None])  # (B, T, P, 1)
+        if cfg.beat_period:
+            beat = F.one_hot(step.remainder(cfg.beat_period), cfg.beat_period).to(prev.dtype)
+            parts.append(beat[:, :, None, :].expand(b, t, p, cfg.beat_period))
+        parts.append(style_vec[:, None, None, :].expand(b, t, p, style_vec.size(-1)))
+        return torch.cat(parts, dim=-1)
+
+    def note_inputs(
+        self, h: torch.Tensor, current: torch.Tensor, style_vec: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, T, P, H) features + (B, T, P, 3) this step's truth -> (B, T, P, H + 3 + S).
+
+        Pitch p gets pitch p - 1's play, replay and volume (zeros for the lowest
+        pitch), as DeepJ's note axis does.
+        """
+        b, t, p, _ = h.shape
+        lower = F.pad(current, (0, 0, 1, 0))[:, :, :p]  # (B, T, P, 3)
+        style = style_vec[:, None, None, :].expand(b, t, p, style_vec.size(-1))
+        return torch.cat([h, lower, style], dim=-1)
+
+    def logits(
+        self, x: torch.Tensor, style: torch.Tensor, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T + 1, P, 3) steps, (B,) styles -> (B, T, P, 3) logits for steps 1..T.
+
+        ``start`` (B,): the step index of ``x[:, 1]`` in its piece (zeros if None).
+        """
+        prev, current = x[:, :-1], x[:, 1:]  # (B, T, P, 3) each
+        b, t, p, _ = prev.shape
+        if start is None:
+            start = torch.zeros(b, dtype=torch.long, device=x.device)
+        step = start[:, None] + torch.arange(t, device=x.device)  # (B, T)
+        style_vec = self.style_vectors(style)  # (B, S)
+        inputs = self.time_inputs(prev, style_vec, step).permute(0, 2, 1, 3)  # (B, P, T, F)
+        inputs = self.pre_time(inputs).reshape(b * p, t, -1)  # (B*P, T, F')
+        h, _ = self.time_lstm(inputs)  # (B*P, T, Ht)
+        h = self.mix(self.drop(h).reshape(b, p, t, -1))  # (B, P, T, H)
+        h = h.permute(0, 2, 1, 3)  # (B, T, P, H)
+        note_in = self.note_inputs(h, current, style_vec).reshape(b * t, p, -1)
+        out, _ = self.note_lstm(note_in)  # (B*T, P, Hn)
+        return self.head(self.drop(out)).reshape(b, t, p, 3)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        x, mask, style = batch["x"], batch["mask"], batch["style"]  # (B,T+1,P,3) (B,T) (B,)
+        if self.training and self.config.style_dropout > 0:
+            drop = torch.rand(style.shape, device=style.device) < self.config.style_dropout
+            style = torch.where(drop, torch.zeros_like(style), style)
+        logits = self.logits(x, style, batch.get("start"))
+        terms = prv_losses(logits, x[:, 1:], mask)
+        aux = terms["replay"] + terms["dynamics"]
+        if self.config.aux_loss_cells == "all":  # DeepJ: a mean over every pitch-step
+            aux = aux * (terms["played"] / terms["cells"])
+        loss = terms["play"] + aux
+        out = {
+            "nll": terms["play"].detach(),
+            "play": terms["play"].detach(),
+            "replay": terms["replay"].detach(),
+            "dynamics": terms["dynamics"].detach(),
+            "play_rate_bias": terms["play_rate_bias"].detach(),
+            "n_units": terms["cells"].detach(),
+        }
+        for name, (weighted, value) in self.extra_losses(logits, batch, mask).items():
+            loss = loss + weighted
+            out[name] = value.detach()
+        out["loss"] = loss
+        return out
+
 
 SPEC = register(
     ModelSpec(
         name="biaxial",
         representation="prv",
-        config_cls=Config,
+        config_cls=BiaxialConfig,
         model_cls=BiaxialLSTM,
-        make_dataset=make_dataset,
-        baseline=baseline,
+        make_dataset=prv.make_dataset,
+        baseline=prv.baseline,
         objective=Objective(
             name="play_nll",
             kind="likelihood",
@@ -80,6 +394,7 @@ SPEC = register(
                 description="per-pitch play rates of the train split",
             ),
         ),
-        prepare=prepare,
+        sampler="pipeline.modeling.prv.sampling:generate_biaxial",
+        prepare=prv.prepare,
     )
 )

@@ -2,10 +2,10 @@
 
 PopH, as this project's design card describes it, is DeepJ's biaxial model
 (`pipeline.modeling.prv.biaxial`) with three additions. This module subclasses
-`BiaxialLSTM` (in the family package `pipeline.modeling.prv`) and fills its ``mix``
+`BiaxialLSTM` (and `BiaxialConfig`) from there and fills its ``pre_time``, ``mix``
 and ``extra_losses`` hooks, so features, the two LSTMs, the heads, the three DeepJ
-losses and sampling (`pipeline.modeling.prv.sampling.generate_poph`) are the biaxial
-code itself.
+losses and sampling (`pipeline.modeling.prv.sampling.generate_biaxial`) are the
+biaxial code itself.
 
 Order (``layer_order``): ``seed`` (default) follows the seed's slide: input features
 -> octave Conv1d over pitch (projecting them to ``time_hidden``) -> self-attention
@@ -74,6 +74,7 @@ from torch import nn
 from pipeline.core.params import require
 from pipeline.modeling import prv
 from pipeline.modeling.base import Baseline, ModelSpec, Objective, register
+from pipeline.modeling.prv.biaxial import BiaxialConfig, BiaxialLSTM
 
 # Tones outside the scale, index 0 = C (PopH's disharmony vectors).
 C_MAJOR_DISHARMONY = (0, 1, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0)
@@ -83,7 +84,7 @@ HARMONY_EPS = 1e-6
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config(prv.Config):
+class PopHConfig(BiaxialConfig):
     """The `models.poph` params section: the biaxial fields plus PopH's additions."""
 
     attention_heads: int  # heads of the self-attention over time (divide time_hidden)
@@ -209,10 +210,10 @@ class OctaveConv(nn.Module):
         return self.norm(h + self.drop(y) if self.residual else self.drop(y))
 
 
-class PopH(prv.BiaxialLSTM):
+class PopH(BiaxialLSTM):
     """BiaxialLSTM + octave conv + attention over time + harmony loss (module docstring)."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: PopHConfig):
         super().__init__(config)
         d = config.time_hidden
         in_dim = self.n_features if config.layer_order == "seed" else d
@@ -264,7 +265,7 @@ SPEC = register(
     ModelSpec(
         name="poph",
         representation="prv",
-        config_cls=Config,
+        config_cls=PopHConfig,
         model_cls=PopH,
         make_dataset=prv.make_dataset,
         baseline=prv.baseline,
@@ -283,6 +284,7 @@ SPEC = register(
                 description="per-pitch play rates of the train split",
             ),
         ),
+        sampler="pipeline.modeling.prv.sampling:generate_biaxial",  # PopH's hooks do the rest
         prepare=prv.prepare,
     )
 )

@@ -4,8 +4,8 @@ At each step the time axis advances one step (`_TimeStepper`, which keeps the LS
 state and the histories the model's ``pre_time`` and ``mix`` need), then the note axis runs from the
 lowest pitch to the highest, drawing each pitch's play and replay (`_bernoulli`) and
 feeding the draws to the next pitch and to the next step, exactly as the ground truth
-is fed in training. PopH samples with the biaxial code (its hooks do the rest), so
-`generate_poph` is `generate_biaxial`.
+is fed in training. PopH samples with the biaxial code (its hooks do the rest): both
+specs name `generate_biaxial`.
 
 Long samples from short training windows: the model is trained on ``seq_len``-step
 windows whose time-axis LSTM starts from a zero state, and sampled for hundreds of
@@ -17,7 +17,7 @@ the state past ``seq_len`` costs is measured in `pipeline.modeling.prv.biaxial`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,16 +28,18 @@ from pipeline.modeling.prv import (
     PLAY,
     REPLAY,
     VOLUME,
-    BiaxialLSTM,
     check_columns,
     dense_steps,
     dense_to_rows,
     sparse_pieces,
 )
+from pipeline.modeling.sampling import SampleOptions
+
+if TYPE_CHECKING:
+    from pipeline.modeling.prv.biaxial import BiaxialLSTM
 
 __all__ = [
     "generate_biaxial",
-    "generate_poph",
     "lstm_step",
     "resolve_style",
     "stepwise_logits",
@@ -60,38 +62,23 @@ def resolve_style(model: Any, style: str | None) -> int:
 
 @torch.no_grad()
 def generate_biaxial(
-    model: Any,
-    n: int,
-    *,
-    generator: torch.Generator | None = None,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    primer: pd.DataFrame | None = None,
-    seconds: float = 30.0,
-    length: int | None = None,
-    style: str | None = None,
+    model: Any, n: int, options: SampleOptions, generator: torch.Generator | None = None
 ) -> list[pd.DataFrame]:
-    """Sample `n` pieces step by step, and within a step pitch by pitch (low to high).
+    """Sample `n` pieces of a `BiaxialLSTM` (or PopH) step by step, pitch by pitch.
 
-    At each pitch the play and replay logits are divided by `temperature` and each
-    drawn as a Bernoulli (``temperature <= 0``: greedy, probability > 0.5); the
-    replay draw only counts where the pitch plays, and a pitch that plays after a
-    silent step is always a replay (a new onset). Volume is the dynamics head's
-    output. The draws feed the note axis (next pitch) and the time axis (next step),
-    exactly as the ground truth does in training.
+    Within a step pitches go low to high. At each pitch the play and replay logits
+    are divided by ``options.temperature`` and each drawn as a Bernoulli
+    (``temperature <= 0``: greedy, probability > 0.5); the replay draw only counts
+    where the pitch plays, and a pitch that plays after a silent step is always a
+    replay (a new onset). Volume is the dynamics head's output. The draws feed the
+    note axis (next pitch) and the time axis (next step), exactly as the ground truth
+    does in training.
 
-    Args:
-        model: a `BiaxialLSTM` (or a subclass: PopH).
-        n: number of samples.
-        generator: torch random generator (seeded by the caller).
-        temperature: Bernoulli temperature for play and replay.
-        top_k, top_p: ignored (each cell is a Bernoulli draw; there is no ranked
-            vocabulary to truncate).
-        primer: prv rows; sample i continues primer piece ``i % k`` of the k pieces
-            in it (by sorted piece_id), its steps from step 0 kept in the output.
-        seconds: length of the continuation; ``length`` (steps) overrides it.
-        style: a style of ``config.styles`` (None: "<unk>", any style).
+    Of the other `SampleOptions`: sample i continues ``primer`` piece ``i % k`` of
+    the k pieces in it (by sorted piece_id), its steps from step 0 kept in the
+    output; ``length`` counts steps; ``style`` is one of ``config.styles`` (None:
+    "<unk>", any style); ``top_k`` and ``top_p`` are ignored (each cell is a
+    Bernoulli draw; there is no ranked vocabulary to truncate).
 
     Returns:
         n DataFrames of prv rows (piece_id "sample-i", step, pitch, replay, volume),
@@ -100,13 +87,13 @@ def generate_biaxial(
     Raises:
         ValueError: unknown style (the message lists the known ones), bad primer.
     """
-    del top_k, top_p
     cfg = model.config
-    style_id = resolve_style(model, style)
+    style_id = resolve_style(model, options.style)
+    length, seconds = options.length, options.seconds
     steps = int(length) if length is not None else round(seconds * cfg.steps_per_second)
     steps = max(0, steps)
     device = model.pitch_features.device
-    primers = _primers(model, n, primer)
+    primers = _primers(model, n, options.primer)
     prime_len = max((len(p) for p in primers), default=0)
     # left-pad shorter primers with silence so every sample continues at one step
     prime = torch.zeros(n, prime_len, cfg.n_pitches, 3, device=device)
@@ -116,7 +103,7 @@ def generate_biaxial(
     was_training = model.training
     model.eval()
     try:
-        new = _sample(model, prime, steps, style_id, generator, temperature)
+        new = _sample(model, prime, steps, style_id, generator, options.temperature)
     finally:
         model.train(was_training)
     out = []
@@ -338,6 +325,3 @@ def _bernoulli(
     probs = torch.sigmoid(logits / temperature)
     u = torch.rand(probs.shape, generator=generator, device=probs.device)
     return (u < probs).float()
-
-
-generate_poph = generate_biaxial

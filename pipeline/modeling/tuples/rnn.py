@@ -40,12 +40,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.core.params import require
+from pipeline.modeling import tuples
 from pipeline.modeling.base import Baseline, ModelSpec, Objective, register
-from pipeline.modeling.tuples import N_PITCHES, baseline, make_dataset
+from pipeline.modeling.tuples import N_PITCHES
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
+class RNNConfig:
     """The `models.rnn` params section (defaults: the tutorial's model).
 
     Scale: ``hidden_size: 512``, ``num_layers: 2``, ``dropout: 0.2``, ``seq_len: 100``.
@@ -82,7 +83,7 @@ def positive_pressure(pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class NoteLSTM(nn.Module):
     """LSTM with pitch, step and duration heads; see the module docstring."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: RNNConfig):
         super().__init__()
         self.config = config
         self.lstm = nn.LSTM(
@@ -130,10 +131,10 @@ SPEC = register(
     ModelSpec(
         name="rnn",
         representation="tuples",
-        config_cls=Config,
+        config_cls=RNNConfig,
         model_cls=NoteLSTM,
-        make_dataset=make_dataset,
-        baseline=baseline,
+        make_dataset=tuples.make_dataset,
+        baseline=tuples.baseline,
         objective=Objective(
             name="pitch_nll",
             kind="likelihood",
@@ -148,5 +149,6 @@ SPEC = register(
                 description="unigram pitch distribution of the train split (add-one)",
             ),
         ),
+        sampler="pipeline.modeling.tuples.sampling:generate_rnn",
     )
 )

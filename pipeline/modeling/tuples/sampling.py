@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.modeling.sampling import filter_logits
+from pipeline.modeling.sampling import SampleOptions, filter_logits
 from pipeline.modeling.tuples import N_PITCHES, features
 
 __all__ = ["MAX_NOTES_PER_SECOND", "MIN_DURATION_S", "generate_rnn"]
@@ -27,40 +27,24 @@ MAX_NOTES_PER_SECOND = 40
 
 @torch.no_grad()
 def generate_rnn(
-    model: Any,
-    n: int,
-    *,
-    generator: torch.Generator | None = None,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    primer: pd.DataFrame | None = None,
-    seconds: float = 30.0,
-    length: int | None = None,
-    style: str | None = None,
+    model: Any, n: int, options: SampleOptions, generator: torch.Generator | None = None
 ) -> list[pd.DataFrame]:
-    """Sample `n` note sequences, one note at a time.
+    """Sample `n` note sequences of a `NoteLSTM`, one note at a time.
 
-    Args:
-        model: a `NoteLSTM`.
-        n: number of samples.
-        generator: torch random generator (seeded by the caller).
-        temperature: divides the pitch logits (<= 0: greedy); step and duration
-            are regressions and do not depend on it.
-        top_k, top_p: filters on the pitch distribution (0 / 1.0: off).
-        primer: tuples rows (pitch, step, duration[, velocity]) in index order;
-            every sample continues them and starts with them.
-        seconds: stop once the new notes' steps add up to this; ``length`` (new
-            notes) overrides it.
-        style: ignored (no conditioning).
+    Of the `SampleOptions`: ``temperature`` divides the pitch logits (<= 0: greedy;
+    step and duration are regressions and do not depend on it), ``top_k`` and
+    ``top_p`` filter the pitch distribution; every sample continues and starts with
+    the ``primer``'s tuples rows (pitch, step, duration[, velocity]) in index order;
+    sampling stops once the new notes' steps add up to ``seconds``, or after
+    ``length`` new notes when given; ``style`` is ignored (no conditioning).
 
     Returns:
         n DataFrames of tuples rows (piece_id "sample-i"), primer first.
     """
-    del style
+    length, seconds = options.length, options.seconds
     cfg = model.config
     device = model.pitch.weight.device
-    prime = _primer(model, primer)
+    prime = _primer(model, options.primer)
     start = np.zeros((1, 3), np.float32)
     context = torch.from_numpy(np.concatenate([start, prime["features"]])).to(device)
     context = context.expand(n, -1, -1).clone()  # (n, C, 3)
@@ -73,7 +57,9 @@ def generate_rnn(
     try:
         for i in range(limit):
             logits, step, duration = model.heads(context[:, -cfg.seq_len :])
-            pitch = _sample(logits[:, -1], generator, temperature, top_k, top_p)
+            pitch = _sample(
+                logits[:, -1], generator, options.temperature, options.top_k, options.top_p
+            )
             step = step[:, -1].clamp(min=0.0)
             duration = duration[:, -1].clamp(min=MIN_DURATION_S)
             note = torch.stack([pitch.float(), step, duration], dim=-1)  # (n, 3)
