@@ -14,7 +14,7 @@ For model NAME it writes ``reports/evaluate/<name>.json``::
 
 its `headline` in ``reports/metrics/<name>.json`` (the DVC metrics), and
 ``reports/samples/<name>/`` (replaced atomically): ``sample-<i>.mid`` generated
-clips and ``real-<i>.mid`` test clips cut to the same length, each with ``.wav`` and
+clips and ``real-<i>.mid`` test clips cut to the same length, each with ``.ogg`` and
 ``.png`` beside it when `pipeline.evaluation.render` is available. Term means are
 weighted by the model's ``n_units`` output when it gives one (per cell, note or
 token), by batch size otherwise. Non-finite numbers are written as null.
@@ -61,7 +61,7 @@ class EvaluateParams:
     n_real: int  # real test pieces (cut to `seconds`) to compare and render
     batch_size: int
     train_batches: int  # cap on train batches scored (the test split is scored whole)
-    render: bool  # write .wav/.png beside each clip when the renderer exists
+    render: bool  # write .ogg/.png beside each clip when the renderer exists
     num_threads: int  # torch CPU threads; 0 = torch's default
 
     def validate(self) -> None:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import wave
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.core.io import atomic_path
+from pipeline.evaluation.audio import SUFFIX, ogg_bytes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,7 +50,7 @@ def render_clip(
     seconds: float | None = None,
     sample_rate: int = 22050,
 ) -> dict[str, Path]:
-    """Write ``<out_stem>.wav`` and ``<out_stem>.png`` for one clip.
+    """Write ``<out_stem>.ogg`` (Ogg Vorbis) and ``<out_stem>.png`` for one clip.
 
     Args:
         notes: pitch, velocity, start, end (seconds); program and is_drum optional.
@@ -61,7 +61,7 @@ def render_clip(
         sample_rate: audio sample rate in Hz.
 
     Returns:
-        {"wav": path, "png": path}.
+        {"audio": path, "png": path}.
     """
     out_stem = Path(out_stem)
     if seconds is not None and seconds <= 0:
@@ -71,11 +71,11 @@ def render_clip(
     audio = synthesize(clip, sample_rate)
     n_samples = max(1, math.ceil(length_s * sample_rate))
     audio = np.pad(audio[:n_samples], (0, max(0, n_samples - len(audio))))
-    wav = out_stem.with_name(out_stem.name + ".wav")
+    sound = out_stem.with_name(out_stem.name + SUFFIX)
     png = out_stem.with_name(out_stem.name + ".png")
-    write_wav(wav, audio, sample_rate)
+    write_audio(sound, audio, sample_rate)
     write_piano_roll(png, clip, length_s, title=out_stem.name)
-    return {"wav": wav, "png": png}
+    return {"audio": sound, "png": png}
 
 
 def crop(notes: pd.DataFrame, seconds: float | None) -> pd.DataFrame:
@@ -138,18 +138,15 @@ def synthesize(notes: pd.DataFrame, sample_rate: int) -> np.ndarray:
     return np.asarray(midi.synthesize(fs=sample_rate), np.float64)
 
 
-def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    """Peak-normalise and write mono 16-bit PCM with the stdlib `wave` module, atomically."""
+def write_audio(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    """Peak-normalise and write mono Ogg Vorbis (`pipeline.evaluation.audio`), atomically."""
     audio = np.nan_to_num(np.asarray(audio, np.float64))
     peak = float(np.abs(audio).max()) if len(audio) else 0.0
     if peak > 0:
         audio = audio * (PEAK / peak)
-    pcm = np.round(audio * 32767).astype("<i2")
-    with atomic_path(path) as tmp, wave.open(str(tmp), "wb") as fh:
-        fh.setnchannels(1)
-        fh.setsampwidth(2)
-        fh.setframerate(sample_rate)
-        fh.writeframes(pcm.tobytes())
+    data = ogg_bytes(audio, sample_rate)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 def write_piano_roll(path: Path, notes: pd.DataFrame, length_s: float, title: str = "") -> None:

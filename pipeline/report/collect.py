@@ -11,7 +11,7 @@ one broken file never stops the report. The files and their shapes:
 * ``reports/train/<model>/summary.json`` (train): {"steps", "best_val_loss",
   "best_step", "wall_time_s", "n_parameters"}, and DVCLive's curves under
   ``reports/train/<model>/plots/metrics/**/*.tsv`` (columns step, <metric>)
-* ``reports/samples/<model>/{sample,real}-<i>.{wav,png}`` (evaluate)
+* ``reports/samples/<model>/{sample,real}-<i>.{ogg,png}`` (evaluate)
 * ``reports/data/*.json`` and ``reports/validation/*.json`` (represent, validate)
 """
 
@@ -145,10 +145,10 @@ def read_clips(samples_dir: Path) -> list[Clip]:
         return []
     stems: dict[str, Clip] = {}
     for path in samples_dir.iterdir():
-        if path.suffix.lower() not in (".wav", ".png") or not path.is_file():
+        if path.suffix.lower() not in (".ogg", ".png") or not path.is_file():
             continue
         clip = stems.setdefault(path.stem, Clip(path.stem, None, None))
-        if path.suffix.lower() == ".wav":
+        if path.suffix.lower() == ".ogg":
             clip.audio = path
         else:
             clip.png = path

@@ -2,21 +2,21 @@
 
 Each model's generated clip i is paired with its real clip i (same length), the pairs
 are shuffled and capped, and the side of the fake is drawn at random; all draws come
-from one `random.Random(seed)`, so a seed gives the same page. The clips are copied
-under neutral names (``fake/pair-NN-{a,b}.ogg``), compressed, so that neither a file
-name nor a file's bytes give the answer away.
+from one `random.Random(seed)`, so a seed gives the same page. The clips (Ogg Vorbis,
+as evaluate wrote them) are copied under neutral names (``fake/pair-NN-{a,b}.ogg``), so
+that no file name gives the answer away.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import wave
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.io import atomic_dir
-from pipeline.report.audio import SUFFIX, encode_ogg
+from pipeline.evaluation.audio import SUFFIX, audio_seconds
 from pipeline.report.collect import Clip, ModelReport
 from pipeline.report.templating import href, render
 
@@ -34,24 +34,13 @@ class FakePair:
     model: str
 
 
-def wav_seconds(path: Path | None) -> float | None:
-    """A WAV file's length in seconds; None if absent or unreadable."""
-    if path is None:
-        return None
-    try:
-        with wave.open(str(path), "rb") as fh:
-            return fh.getnframes() / fh.getframerate()
-    except (OSError, EOFError, wave.Error):
-        return None
-
-
 def _candidates(model: ModelReport) -> list[tuple[str, Clip, Clip]]:
     """The model's (generated i, real i) pairs that both have audio."""
     generated = [c for c in model.clips if not c.real and c.audio is not None]
     real = [c for c in model.clips if c.real and c.audio is not None]
     found = []
     for gen, ref in zip(generated, real, strict=False):
-        gen_s, real_s = wav_seconds(gen.audio), wav_seconds(ref.audio)
+        gen_s, real_s = audio_seconds(gen.audio), audio_seconds(ref.audio)
         if gen_s is not None and real_s is not None and abs(gen_s - real_s) > LENGTH_TOLERANCE_S:
             log.warning(
                 "%s: %s (%.2f s) and %s (%.2f s) differ in length; render both with "
@@ -85,8 +74,8 @@ def fake_pairs(models: list[ModelReport], n_pairs: int, seed: int) -> list[FakeP
 
 
 def blind_copies(pairs: list[FakePair], folder: Path) -> list[FakePair]:
-    """Encode each pair's clips to `folder/pair-NN-{a,b}.ogg`, so that the audio file
-    names on the page (``sample-0.wav`` vs ``real-0.wav``) do not give the answer away.
+    """Copy each pair's clips to `folder/pair-NN-{a,b}.ogg`, so that the audio file
+    names on the page (``sample-0.ogg`` vs ``real-0.ogg``) do not give the answer away.
 
     The folder is replaced atomically; the returned pairs point at the copies.
     """
@@ -97,7 +86,7 @@ def blind_copies(pairs: list[FakePair], folder: Path) -> list[FakePair]:
             for side, clip in (("a", pair.a), ("b", pair.b)):
                 name = f"pair-{i:02d}-{side}{SUFFIX}"
                 if clip.audio is not None:
-                    encode_ogg(clip.audio, tmp / name)
+                    shutil.copyfile(clip.audio, tmp / name)
                 sides[side] = Clip(clip.stem, folder / name if clip.audio else None, None)
             blinded.append(FakePair(a=sides["a"], b=sides["b"], fake=pair.fake, model=pair.model))
     return blinded

@@ -157,7 +157,7 @@ def test_pianoroll_models_write_samples_and_real_clips(
     names = {p.name for p in out.iterdir()}
     for stem in ("sample-0", "sample-1", "real-0", "real-1"):
         assert f"{stem}.mid" in names
-        assert ({f"{stem}.wav", f"{stem}.png"} <= names) is render  # render.render_clip
+        assert ({f"{stem}.ogg", f"{stem}.png"} <= names) is render  # render.render_clip
     real = parse_midi(out / "real-0.mid").notes
     assert real["end"].max() <= 3.0 + 1e-3  # real clips are cut to `seconds`
     json.dumps(result, allow_nan=False)  # NaN written as null

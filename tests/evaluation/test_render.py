@@ -5,12 +5,12 @@ The FluidSynth test skips where the library is missing, except under CI (tests/t
 from __future__ import annotations
 
 import logging
-import wave
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile
 from fixture_stores import FIXTURES
 from tools import require_tool
 
@@ -24,15 +24,11 @@ def real_notes() -> pd.DataFrame:
     return parse_midi(FIXTURES / "maestro" / "miditok_Maestro_1.mid").notes
 
 
-def read_wav(path: Path) -> tuple[np.ndarray, int, int, int]:
-    with wave.open(str(path), "rb") as fh:
-        frames = fh.readframes(fh.getnframes())
-        return (
-            np.frombuffer(frames, "<i2"),
-            fh.getframerate(),
-            fh.getnchannels(),
-            fh.getsampwidth(),
-        )
+def read_audio(path: Path) -> tuple[np.ndarray, int, int, str]:
+    """Decoded samples (float, -1..1), sample rate, channels and format of a clip."""
+    info = soundfile.info(str(path))
+    audio, rate = soundfile.read(str(path), dtype="float64")
+    return audio, rate, info.channels, f"{info.format}/{info.subtype}"
 
 
 def check_png(path: Path) -> tuple[int, ...]:
@@ -44,19 +40,23 @@ def check_png(path: Path) -> tuple[int, ...]:
     return image.shape
 
 
-def test_real_clip_renders_wav_and_png(tmp_path: Path, real_notes: pd.DataFrame) -> None:
+def test_real_clip_renders_ogg_and_png(tmp_path: Path, real_notes: pd.DataFrame) -> None:
     out = render.render_clip(real_notes, tmp_path / "clips" / "real-0", seconds=6.0)
     assert out == {
-        "wav": tmp_path / "clips" / "real-0.wav",
+        "audio": tmp_path / "clips" / "real-0.ogg",
         "png": tmp_path / "clips" / "real-0.png",
     }
-    pcm, rate, channels, width = read_wav(out["wav"])
-    assert (rate, channels, width) == (22050, 1, 2)
-    assert len(pcm) == 6 * 22050
-    assert np.abs(pcm).max() == round(render.PEAK * 32767)  # peak-normalised
-    assert np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > 300  # not silent
+    audio, rate, channels, kind = read_audio(out["audio"])
+    assert (rate, channels, kind) == (22050, 1, "OGG/VORBIS")
+    assert len(audio) == 6 * 22050
+    assert abs(np.abs(audio).max() - render.PEAK) < 0.05  # peak-normalised (lossy codec)
+    assert np.sqrt(np.mean(audio**2)) > 0.01  # not silent
     check_png(out["png"])
-    assert sorted(p.name for p in out["wav"].parent.iterdir()) == ["real-0.png", "real-0.wav"]
+    assert sorted(p.name for p in out["audio"].parent.iterdir()) == ["real-0.ogg", "real-0.png"]
+    # 16-bit PCM would be 2 bytes per sample: Vorbis is several times smaller
+    assert out["audio"].stat().st_size < 6 * 22050 * 2 / 4
+    again = render.render_clip(real_notes, tmp_path / "again" / "real-0", seconds=6.0)
+    assert again["audio"].read_bytes() == out["audio"].read_bytes()  # reproducible bytes
 
 
 def test_fluidsynth_is_used_when_loadable(
@@ -69,11 +69,10 @@ def test_fluidsynth_is_used_when_loadable(
         render.render_clip(real_notes, tmp_path / "a", seconds=2.0, sample_rate=16000)
     assert "sine" not in caplog.text
     sine = render.to_pretty_midi(render.crop(real_notes, 2.0)).synthesize(fs=16000)
-    pcm, rate, _, _ = read_wav(tmp_path / "a.wav")
-    assert rate == 16000 and len(pcm) == 32000
+    audio, rate, _, _ = read_audio(tmp_path / "a.ogg")
+    assert rate == 16000 and len(audio) == 32000
     # a sampled piano is not the sine rendering of the same notes
-    sine_pcm = np.round(sine[:32000] / np.abs(sine).max() * render.PEAK * 32767)
-    assert np.corrcoef(pcm[: len(sine_pcm)], sine_pcm)[0, 1] < 0.9
+    assert np.corrcoef(audio[: len(sine[:32000])], sine[:32000])[0, 1] < 0.9
 
 
 def test_sine_fallback_when_fluidsynth_unavailable(
@@ -86,13 +85,14 @@ def test_sine_fallback_when_fluidsynth_unavailable(
     with caplog.at_level(logging.WARNING, logger="pipeline.evaluation.render"):
         out = render.render_clip(real_notes, tmp_path / "s", seconds=3.0)
     assert "sine" in caplog.text
-    pcm, rate, _, _ = read_wav(out["wav"])
-    assert len(pcm) == 3 * rate
-    assert np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > 300
-    # the same as pretty_midi's own sine synthesis of the cropped notes, normalised
+    audio, rate, _, _ = read_audio(out["audio"])
+    assert len(audio) == 3 * rate
+    assert np.sqrt(np.mean(audio**2)) > 0.01
+    # pretty_midi's own sine synthesis of the cropped notes, normalised, through Vorbis
     sine = render.to_pretty_midi(render.crop(real_notes, 3.0)).synthesize(fs=rate)[: 3 * rate]
-    expected = np.round(sine / np.abs(sine).max() * render.PEAK * 32767)
-    np.testing.assert_allclose(pcm, expected, atol=1)
+    expected = sine / np.abs(sine).max() * render.PEAK
+    assert np.corrcoef(audio, expected)[0, 1] > 0.99
+    assert np.sqrt(np.mean((audio - expected) ** 2)) < 0.05 * np.sqrt(np.mean(expected**2))
     check_png(out["png"])
 
 
@@ -101,8 +101,8 @@ def test_default_length_is_last_note_plus_release(tmp_path: Path) -> None:
         {"pitch": [60, 64], "velocity": [90, 60], "start": [0.0, 0.5], "end": [1.0, 1.25]}
     )
     out = render.render_clip(notes, tmp_path / "x", sample_rate=8000)
-    pcm, rate, _, _ = read_wav(out["wav"])
-    assert len(pcm) == int((1.25 + render.RELEASE_S) * 8000)
+    audio, rate, _, _ = read_audio(out["audio"])
+    assert len(audio) == int((1.25 + render.RELEASE_S) * 8000)
 
 
 def test_crop_drops_late_notes_and_clips_ends() -> None:
@@ -117,8 +117,8 @@ def test_crop_drops_late_notes_and_clips_ends() -> None:
 def test_empty_clip_is_silence_of_the_requested_length(tmp_path: Path) -> None:
     empty = pd.DataFrame({"pitch": [], "velocity": [], "start": [], "end": []})
     out = render.render_clip(empty, tmp_path / "e", seconds=1.5, sample_rate=8000)
-    pcm, _, _, _ = read_wav(out["wav"])
-    assert len(pcm) == 12000 and not pcm.any()
+    audio, _, _, _ = read_audio(out["audio"])
+    assert len(audio) == 12000 and np.abs(audio).max() < 1e-4
     assert out["png"].stat().st_size > 0
 
 
@@ -130,6 +130,6 @@ def test_failed_render_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(render, "write_piano_roll", boom)
     with pytest.raises(RuntimeError):
         render.render_clip(notes, tmp_path / "f", seconds=1.0, sample_rate=8000)
-    assert [p.name for p in tmp_path.iterdir()] == ["f.wav"]  # complete wav, no temp files
+    assert [p.name for p in tmp_path.iterdir()] == ["f.ogg"]  # complete audio, no temp files
     with pytest.raises(ValueError, match="seconds"):
         render.render_clip(notes, tmp_path / "g", seconds=0)

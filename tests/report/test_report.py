@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-import numpy as np
 import pytest
 import soundfile
 import typer
@@ -266,7 +265,7 @@ def test_model_sections_show_clips_and_curves(built: Path) -> None:
         for kind in ("sample", "real")
         for i in range(n)
     )
-    assert len(audio) == 6 and all(a.endswith(".wav") for a in audio)
+    assert len(audio) == 6 and all(a.endswith(".ogg") for a in audio)
     html_text = built.read_text(encoding="utf-8")
     rnn = html_text[html_text.index('id="model-rnn"') : html_text.index('id="model-transformer"')]
     assert rnn.count('<svg class="chart"') == 1  # one metric: loss
@@ -321,14 +320,13 @@ def test_find_the_fake_pairs(built: Path) -> None:
         assert pair[real_side]["name"].startswith("real-")
         assert pair[pair["fake"]]["real"] is False
         model_dir = samples / pair["model"]
-        sources = [model_dir / f"{pair[side]['name']}.wav" for side in ("a", "b")]
+        sources = [model_dir / f"{pair[side]['name']}.ogg" for side in ("a", "b")]
         for copy, source, other in ((a, *sources), (b, *reversed(sources))):
-            # each copy is its own clip, Vorbis-encoded: same length, same sound
+            # each copy is its own clip, byte for byte, and not the other one
+            assert (built.parent / copy).read_bytes() == source.read_bytes()
+            assert (built.parent / copy).read_bytes() != other.read_bytes()
             decoded, rate = soundfile.read(built.parent / copy)
-            original, original_rate = soundfile.read(source)
-            assert rate == original_rate and len(decoded) == len(original)
-            match = np.corrcoef(decoded, original)[0, 1]
-            assert match > 0.9 and match > np.corrcoef(decoded, soundfile.read(other)[0])[0, 1]
+            assert rate == soundfile.info(str(source)).samplerate and len(decoded) > 0
     sides = {p["fake"] for p in answers}
     assert sides <= {"a", "b"}
 

@@ -1,4 +1,4 @@
-"""The report's Ogg Vorbis copies: a valid stream, reproducible bytes, much smaller."""
+"""Clip audio as Ogg Vorbis: a valid stream, reproducible bytes, much smaller than WAV."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from pipeline.report.audio import OGG_SERIAL, encode_ogg, fix_serial, ogg_crc
+from pipeline.evaluation.audio import OGG_SERIAL, audio_seconds, encode_ogg, fix_serial, ogg_crc
 
 RATE = 22050
 
@@ -27,7 +27,7 @@ def _pages(ogg: bytes) -> list[bytes]:
 
 @pytest.fixture
 def wav(tmp_path: Path) -> Path:
-    """Three seconds of a chord as 16-bit mono PCM, as evaluate writes it."""
+    """Three seconds of a chord as 16-bit mono PCM (what evaluate wrote before Vorbis)."""
     t = np.arange(3 * RATE) / RATE
     audio = sum(np.sin(2 * np.pi * f * t) for f in (261.6, 329.6, 392.0)) / 3
     path = tmp_path / "clip.wav"
@@ -71,3 +71,13 @@ def test_encode_is_reproducible_valid_and_small(wav: Path, tmp_path: Path) -> No
 def test_fix_serial_rejects_what_is_not_ogg() -> None:
     with pytest.raises(ValueError, match="not an Ogg page at byte 0"):
         fix_serial(b"RIFF" + bytes(40))
+
+
+def test_audio_seconds_reads_the_length_or_says_none(wav: Path, tmp_path: Path) -> None:
+    ogg = encode_ogg(wav, tmp_path / "a.ogg")
+    assert audio_seconds(ogg) == pytest.approx(3.0, abs=1e-3)
+    assert audio_seconds(wav) == pytest.approx(3.0, abs=1e-3)
+    (tmp_path / "bad.ogg").write_bytes(b"not audio")
+    assert audio_seconds(tmp_path / "bad.ogg") is None
+    assert audio_seconds(tmp_path / "missing.ogg") is None
+    assert audio_seconds(None) is None

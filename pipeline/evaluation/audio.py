@@ -1,11 +1,12 @@
-"""The report's audio as Ogg Vorbis: about a tenth of the WAV's size, and reproducible.
+"""Clip audio as Ogg Vorbis: about a sixth of 16-bit WAV's size, and reproducible.
 
-evaluate writes 16-bit PCM WAV (1.3 MB per 30 s clip at 22.05 kHz); the report ships
-its own copies compressed with libsndfile (the `soundfile` wheel bundles it, Vorbis
-included). libsndfile gives each Ogg stream a random serial number, so the same WAV
-would encode to different bytes on every run and DVC would see a changed output;
-`encode_ogg` sets the serial to a fixed value and recomputes the page checksums, so that
-the same clip always gives the same file. Every browser the report targets plays Vorbis.
+evaluate renders each clip (30 s at 22.05 kHz: 1.3 MB as 16-bit PCM WAV) and writes it
+compressed with libsndfile (the `soundfile` wheel bundles it, Vorbis included);
+the report plays these files and copies them for its blind pairs. libsndfile gives
+each Ogg stream a random serial number, so the same audio would encode to different
+bytes on every run and DVC would see a changed output; `fix_serial` sets the serial to
+a fixed value and recomputes the page checksums, so the same clip always gives the same
+file. Every browser the report targets plays Vorbis.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import io
 import struct
 import zlib
 from pathlib import Path
+
+import numpy as np
 
 VORBIS_QUALITY = 0.4  # soundfile's compression_level (0 = best quality, 1 = smallest)
 OGG_SERIAL = 0x45747564  # "Etud": any fixed value; one logical stream per file
@@ -52,14 +55,38 @@ def fix_serial(ogg: bytes, serial: int = OGG_SERIAL) -> bytes:
     return bytes(out)
 
 
-def encode_ogg(wav: Path, out: Path, quality: float = VORBIS_QUALITY) -> Path:
-    """Encode a WAV file as Ogg Vorbis at `out`, the same bytes every run."""
+def ogg_bytes(audio: np.ndarray, sample_rate: int, quality: float = VORBIS_QUALITY) -> bytes:
+    """Mono float audio (-1..1) as Ogg Vorbis bytes, the same bytes every run."""
     import soundfile
 
-    audio, sample_rate = soundfile.read(str(wav), dtype="float32")
     buffer = io.BytesIO()
     soundfile.write(
-        buffer, audio, sample_rate, format="OGG", subtype="VORBIS", compression_level=quality
+        buffer,
+        np.asarray(audio, np.float32),
+        sample_rate,
+        format="OGG",
+        subtype="VORBIS",
+        compression_level=quality,
     )
-    out.write_bytes(fix_serial(buffer.getvalue()))
+    return fix_serial(buffer.getvalue())
+
+
+def encode_ogg(source: Path, out: Path, quality: float = VORBIS_QUALITY) -> Path:
+    """Encode an audio file libsndfile reads (e.g. WAV) as Ogg Vorbis at `out`."""
+    import soundfile
+
+    audio, sample_rate = soundfile.read(str(source), dtype="float32")
+    out.write_bytes(ogg_bytes(audio, sample_rate, quality))
     return out
+
+
+def audio_seconds(path: Path | None) -> float | None:
+    """An audio file's length in seconds; None if absent or unreadable."""
+    if path is None:
+        return None
+    import soundfile
+
+    try:
+        return float(soundfile.info(str(path)).duration)
+    except (OSError, RuntimeError, soundfile.LibsndfileError):
+        return None
