@@ -74,6 +74,7 @@ def download(
     backoff_s: float = 1.0,
     timeout_s: float = 60,
     progress: bool = True,
+    keep_partial: bool = True,
 ) -> Path:
     """Download `url` to `dest`, resuming, retrying and verifying.
 
@@ -81,7 +82,8 @@ def download(
     given) it is returned without a request, so a cache folder survives reruns.
     A `.part` left by an interrupted run is resumed. A wrong size or digest, a
     4xx answer, or a full disk fails at once; a wrong file and a disk-full partial
-    are deleted, while a partial left by exhausted retries is kept for resuming.
+    are deleted, while a partial left by exhausted retries or Ctrl-C is kept for
+    resuming (unless `keep_partial` is false).
 
     Args:
         url: http(s) URL.
@@ -94,6 +96,9 @@ def download(
         backoff_s: first wait between attempts; doubles each time (capped at 60 s).
         timeout_s: socket timeout per connect/read, not for the whole download.
         progress: show a tqdm bar (only when stderr is a terminal).
+        keep_partial: keep the `.part` of a download that gave up or was interrupted,
+            for the next run to resume; false where `dest`'s folder is a temporary
+            that the caller removes on failure, so no message promises a resume.
 
     Returns:
         `dest` as a Path.
@@ -111,7 +116,7 @@ def download(
     attempt = functools.partial(
         _attempt, url, part, state, size=size, timeout_s=timeout_s, progress=progress
     )
-    _with_retries(attempt, url, part, retries, backoff_s)
+    _with_retries(attempt, url, part, retries, backoff_s, keep_partial)
     received = _check_received(url, part, state, expected, size)
     os.replace(part, dest)
     log.info("%s: downloaded %d bytes to %s", url, received, dest)
@@ -132,7 +137,12 @@ def _already_present(dest: Path, expected: dict[str, str], size: int | None) -> 
 
 
 def _with_retries(
-    attempt: Callable[[], None], url: str, part: Path, retries: int, backoff_s: float
+    attempt: Callable[[], None],
+    url: str,
+    part: Path,
+    retries: int,
+    backoff_s: float,
+    keep_partial: bool,
 ) -> None:
     """Run `attempt` until it completes, backing off after each transient failure.
 
@@ -145,14 +155,16 @@ def _with_retries(
             attempt()
             return
         except KeyboardInterrupt:
-            raise _interrupted(part) from None
+            raise _interrupted(part, keep_partial) from None
         except _Retryable as exc:
             after = part.stat().st_size if part.exists() else 0
             failures = 1 if after > before else failures + 1
             if failures > retries:
+                if not keep_partial:
+                    part.unlink(missing_ok=True)
+                kept = f" (partial file kept at {part} for resuming)" if keep_partial else ""
                 raise DownloadError(
-                    f"{url}: giving up after {retries + 1} failed attempts in a row: {exc} "
-                    f"(partial file kept at {part} for resuming)"
+                    f"{url}: giving up after {retries + 1} failed attempts in a row: {exc}{kept}"
                 ) from None
             wait = min(backoff_s * 2 ** (failures - 1), MAX_BACKOFF_S)
             log.warning("%s: %s; retrying in %.1f s (%d/%d)", url, exc, wait, failures, retries)
@@ -175,9 +187,12 @@ def _check_received(
     return received
 
 
-def _interrupted(part: Path) -> Interrupted:
-    """Ctrl-C mid-download: the partial file stays for the next run to resume."""
+def _interrupted(part: Path, keep_partial: bool) -> Interrupted:
+    """Ctrl-C mid-download: the partial file stays for the next run to resume (or goes)."""
     held = part.stat().st_size if part.exists() else 0
+    if held and not keep_partial:
+        part.unlink()
+        return Interrupted("the partial download was discarded; a rerun starts it over")
     if held:
         return Interrupted(f"kept the partial download {part} ({held:,} bytes); a rerun resumes it")
     return Interrupted("nothing was downloaded yet; a rerun starts the download over")

@@ -226,6 +226,33 @@ def test_exhausted_retries_keep_the_part_for_the_next_run(
     assert server.requests_for("/f.bin")[-1].range == f"bytes={len(payload) // 2}-"
 
 
+def test_without_keep_partial_nothing_is_left_or_promised(
+    server: LocalServer, payload: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`keep_partial=False` (a destination in a temporary folder): giving up or Ctrl-C
+    removes the .part, and neither message promises a resume."""
+    url = server.add("/f.bin", payload, faults=["drop", "503", "503"])
+    dest = tmp_path / "f.bin"
+    with pytest.raises(DownloadError) as info:
+        download(url, dest, md5=md5(payload), retries=1, keep_partial=False, **FAST)
+    assert str(info.value).startswith(f"{url}: giving up after 2 failed attempts in a row: ")
+    assert "kept" not in str(info.value) and "resuming" not in str(info.value)
+    assert not part_path(dest).exists() and not dest.exists()
+
+    url = server.add("/g.bin", payload)
+    real_write = dl._write_chunk
+
+    def write_then_interrupt(fh, chunk: bytes) -> None:  # noqa: ANN001
+        real_write(fh, chunk)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dl, "_write_chunk", write_then_interrupt)
+    with pytest.raises(Interrupted) as stopped:
+        download(url, tmp_path / "g.bin", md5=md5(payload), keep_partial=False, **FAST)
+    assert str(stopped.value) == "the partial download was discarded; a rerun starts it over"
+    assert not part_path(tmp_path / "g.bin").exists()
+
+
 def test_verified_file_is_not_fetched_again_but_a_corrupt_one_is(
     server: LocalServer, payload: bytes, tmp_path: Path
 ) -> None:

@@ -55,6 +55,12 @@ def params_errors(path: str | Path = PARAMS_FILE) -> Iterator[None]:
         raise ParamsError(shown + message.removeprefix(PREFIX)) from exc
 
 
+def message_body(exc: ParamsError) -> str:
+    """`exc`'s message without its leading ``params.yaml:``, for a mapping that came
+    from another file (a store's params.json, a checkpoint), which the caller names."""
+    return str(exc).removeprefix(PREFIX).strip()
+
+
 def _resolved(path: Path) -> Path:
     """The file `resolve_params_file` reads for `path`, without logging the choice."""
     if path == PARAMS_FILE and not path.exists() and DEFAULT_PARAMS_FILE.exists():

@@ -125,19 +125,19 @@ def retrain_command(path: Path, name: str | None) -> str:
 
 def config_from_checkpoint(spec: ModelSpec, ckpt: dict[str, Any], path: str | Path = "") -> Any:
     """Rebuild the model config dataclass from ``ckpt["config"]`` (validated)."""
-    from pipeline.core.params import PREFIX, ParamsError, from_mapping
+    from pipeline.core.params import ParamsError, from_mapping, message_body
 
     try:
         return from_mapping(ckpt["config"], spec.config_cls, f"{spec.name} checkpoint config")
     except ParamsError as exc:
-        why = str(exc).removeprefix(PREFIX).strip()  # the checkpoint's, not params.yaml's
+        why = message_body(exc)  # the checkpoint's, not params.yaml's
         raise CheckpointError(f"{path}: config does not fit model '{spec.name}': {why}") from exc
 
 
 def repr_params_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "") -> Any:
     """Rebuild the representation params dataclass stored in the checkpoint."""
     from pipeline import representations
-    from pipeline.core.params import PREFIX, ParamsError, from_mapping
+    from pipeline.core.params import ParamsError, from_mapping, message_body
 
     rep = representations.get(ckpt["representation"])
     raw = ckpt.get("repr_params")
@@ -146,7 +146,7 @@ def repr_params_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "") -> 
     try:
         return from_mapping(raw, rep.params_cls, f"{rep.name} checkpoint repr_params")
     except ParamsError as exc:
-        why = str(exc).removeprefix(PREFIX).strip()
+        why = message_body(exc)
         raise CheckpointError(f"{path}: repr_params do not fit '{rep.name}': {why}") from exc
 
 

@@ -241,7 +241,15 @@ def launch(name: str, train: TrainParams, argv: list[str], out: Path) -> None:
 
     check_launch(name, train)
     since = time.time()
-    args = torchrun_args(name, train, argv)
+    args = torchrun_args(train, argv)
+    if train.rdzv_endpoint:
+        log.info(
+            "%s: waiting for %d machines at %s (timeout %d s, train.rdzv_timeout_s)",
+            name,
+            train.nnodes,
+            train.rdzv_endpoint,
+            train.rdzv_timeout_s,
+        )
     log.info("%s: launching %d processes: torchrun %s", name, train.nproc_per_node, " ".join(args))
     # the ranks inherit this environment: the pid to die with, and train.num_threads as
     # OMP_NUM_THREADS (torchrun would set 1 with a warning banner)
@@ -260,7 +268,7 @@ def launch(name: str, train: TrainParams, argv: list[str], out: Path) -> None:
             os.environ.pop(key, None)
 
 
-def torchrun_args(name: str, train: TrainParams, argv: list[str]) -> list[str]:
+def torchrun_args(train: TrainParams, argv: list[str]) -> list[str]:
     """``torchrun``'s arguments for this machine's ranks of ``python -m pipeline <argv>``.
 
     One machine without an endpoint gets ``--standalone`` (a rendezvous on a free local
@@ -274,13 +282,6 @@ def torchrun_args(name: str, train: TrainParams, argv: list[str]) -> list[str]:
     if train.rdzv_endpoint:
         args += ["--rdzv-backend", "static", "--rdzv-endpoint", train.rdzv_endpoint]
         args += ["--rdzv-conf", f"timeout={train.rdzv_timeout_s}"]
-        log.info(
-            "%s: waiting for %d machines at %s (timeout %d s, train.rdzv_timeout_s)",
-            name,
-            train.nnodes,
-            train.rdzv_endpoint,
-            train.rdzv_timeout_s,
-        )
     else:
         args.append("--standalone")
     return [*args, "--module", "pipeline", *argv]

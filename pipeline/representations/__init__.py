@@ -136,7 +136,7 @@ def load_store(out_dir: Path, name: str) -> StoreData:
 
 def read_store_params(out_dir: Path, name: str) -> Any:
     """The params dataclass recorded in `out_dir/params.json`."""
-    from pipeline.core.params import PREFIX, ParamsError, from_mapping
+    from pipeline.core.params import ParamsError, from_mapping, message_body
 
     rep = get_or_params_error(name)
     path = Path(out_dir) / PARAMS_JSON
@@ -151,7 +151,7 @@ def read_store_params(out_dir: Path, name: str) -> Any:
     try:
         return from_mapping(meta.get("params", {}), rep.params_cls, name)
     except ParamsError as exc:  # the store's params.json speaks, not params.yaml
-        raise RepresentError(f"{path}: {str(exc).removeprefix(PREFIX).strip()}") from exc
+        raise RepresentError(f"{path}: {message_body(exc)}") from exc
 
 
 def get_or_params_error(name: str) -> Representation:

@@ -198,7 +198,8 @@ def given(params: Params) -> str:
 def obtain(params: Params, dest: Path) -> Path:
     """The JSON at `dest`: downloaded (resumable, checksummed) or copied from a local path."""
     if params.url.startswith(("http://", "https://")):
-        return download(params.url, dest, sha256=params.sha256)
+        # dest is in fetch's temporary folder, removed on failure: no .part to resume
+        return download(params.url, dest, sha256=params.sha256, keep_partial=False)
     source = Path(params.url).expanduser()
     if not source.is_file():
         raise ParamsError(f"jsb.url={params.url}: not an http(s) URL and no such file")
@@ -213,6 +214,11 @@ def obtain(params: Params, dest: Path) -> Path:
     return dest
 
 
+def _kept(out_dir: Path) -> str:
+    """What a failed fetch left of `out_dir` (it is replaced only when complete)."""
+    return f"{out_dir} {'left as it was' if out_dir.exists() else 'not written'}"
+
+
 def fetch(params: Params, out_dir: Path) -> None:
     """Write one MIDI file per chorale plus manifest.csv (official splits) to `out_dir`.
 
@@ -221,21 +227,17 @@ def fetch(params: Params, out_dir: Path) -> None:
     with atomic_dir(out_dir) as tmp:
         try:
             source = obtain(params, tmp / SOURCE_FILE)
-        except DownloadError as exc:  # a partial file sits in tmp, which goes with it
-            said = re.sub(r" \(partial file kept at .* for resuming\)", "", str(exc))
-            kept = "left as it was" if out_dir.exists() else "not written"
-            raise DownloadError(f"{said}; {out_dir} {kept}; a rerun fetches it again") from None
-        except KeyboardInterrupt:  # the partial file sits in tmp, which goes with it
-            kept = "left as it was" if out_dir.exists() else "not written"
+        except DownloadError as exc:
+            raise DownloadError(f"{exc}; {_kept(out_dir)}; a rerun fetches it again") from None
+        except KeyboardInterrupt:  # a partial file sits in tmp, which goes with it
             raise Interrupted(
                 f"jsb: the partial download was discarded with the temporary folder and "
-                f"{out_dir} {kept}; a rerun fetches the file again"
+                f"{_kept(out_dir)}; a rerun fetches the file again"
             ) from None
         try:
             chorales = select(read_chorales(source, given(params)), params.max_files)
         except DownloadError as exc:  # out_dir is untouched until the new one is complete
-            kept = "left as it was" if out_dir.exists() else "not written"
-            raise DownloadError(f"{exc}; {out_dir} {kept}") from None
+            raise DownloadError(f"{exc}; {_kept(out_dir)}") from None
         source.unlink()
         rows = []
         for c in chorales:
