@@ -272,3 +272,60 @@ def test_pitch_class_profile_pools_notes_over_pieces() -> None:
     profile = M.pitch_class_profile([a, b])
     assert profile == [0.5, 0.25, 0.25] + [0.0] * 9
     assert all(math.isnan(v) for v in M.pitch_class_profile([a.iloc[:0]]))
+
+
+# --- bootstrap intervals of the overlapping area ------------------------------------
+
+
+def test_oa_intervals_bracket_compare_sets(real_clips: list[pd.DataFrame]) -> None:
+    """Two pieces' clips against the other two's: the estimates are `compare_sets`' OAs
+    (binned densities, within 1e-3 of the exact KDE) and every interval holds its own."""
+    gen, real = real_clips[:8], real_clips[8:]
+    point = M.compare_sets(gen, real)
+    result = M.oa_intervals(gen, real, n_boot=200, seed=0)
+    assert (result["n_boot"], result["level"], result["seed"]) == (200, 0.95, 0)
+    mean = result["oa_mean"]
+    assert mean["estimate"] == pytest.approx(point["oa_mean"], abs=1e-3)
+    assert 0.0 <= mean["low"] < point["oa_mean"] < mean["high"] <= 1.0
+    assert mean["high"] - mean["low"] > 0.02  # 8 clips a side: OA is uncertain
+    assert set(result["metrics"]) == set(M.METRICS)
+    for name, m in result["metrics"].items():
+        assert m["estimate"] == pytest.approx(point["metrics"][name]["oa"], abs=1e-3), name
+        assert m["low"] <= m["estimate"] <= m["high"], name
+
+
+def test_oa_intervals_tell_a_different_set_apart(real_clips: list[pd.DataFrame]) -> None:
+    rng = np.random.default_rng(3)
+    noise = []
+    for clip in real_clips:  # same onsets, uniformly random pitches, 3x slower
+        fake = clip.copy()
+        fake["pitch"] = rng.integers(21, 109, len(fake))
+        fake[["start", "end"]] *= 3.0
+        noise.append(fake)
+    same = M.oa_intervals(real_clips, real_clips)["oa_mean"]
+    diff = M.oa_intervals(noise, real_clips)["oa_mean"]
+    assert diff["high"] < same["low"], (diff, same)
+
+
+def test_oa_intervals_deterministic_for_a_seed(real_clips: list[pd.DataFrame]) -> None:
+    first = M.oa_intervals(real_clips[:6], real_clips[6:12], n_boot=50, seed=7)
+    assert M.oa_intervals(real_clips[:6], real_clips[6:12], n_boot=50, seed=7) == first
+    other = M.oa_intervals(real_clips[:6], real_clips[6:12], n_boot=50, seed=8)
+    assert other["oa_mean"]["estimate"] == first["oa_mean"]["estimate"]
+    assert other["oa_mean"]["low"] != first["oa_mean"]["low"]
+    wider = M.oa_intervals(real_clips[:6], real_clips[6:12], n_boot=50, seed=7, level=0.99)
+    assert wider["oa_mean"]["low"] <= first["oa_mean"]["low"] <= first["oa_mean"]["high"]
+    assert first["oa_mean"]["high"] <= wider["oa_mean"]["high"]
+
+
+def test_oa_intervals_nan_safe(real_clips: list[pd.DataFrame]) -> None:
+    one_real = M.oa_intervals(real_clips[:3], real_clips[:1], n_boot=20)
+    assert all(math.isnan(v) for v in one_real["oa_mean"].values())
+    nothing = M.oa_intervals([], real_clips[:4], n_boot=20)
+    assert math.isnan(nothing["metrics"]["polyphony"]["low"])
+    # an empty generated clip: its NaN metrics drop out, the rest still compare
+    mixed = M.oa_intervals([EMPTY, *real_clips[:3]], real_clips[4:8], n_boot=50)
+    point = M.compare_sets([EMPTY, *real_clips[:3]], real_clips[4:8])
+    assert mixed["oa_mean"]["estimate"] == pytest.approx(point["oa_mean"], abs=1e-3)
+    with pytest.raises(ValueError, match="n_boot >= 1"):
+        M.oa_intervals(real_clips[:2], real_clips[:2], n_boot=0)
