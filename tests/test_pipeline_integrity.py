@@ -89,7 +89,8 @@ def test_model_stages(model):
     assert PARAMS["models"][model]["representation"] == spec.representation
     train, evaluate = STAGES[f"train@{model}"], STAGES[f"evaluate@{model}"]
     assert params_of(train) == {"train", f"models.{model}"}
-    assert params_of(evaluate) == {"evaluate"}  # the model config comes from the checkpoint
+    # the model config comes from the checkpoint; how it samples from sample.<model>
+    assert params_of(evaluate) == {"evaluate", f"sample.{model}"}
     store = f"data/processed/{spec.representation}"
     assert store in [str(d) for d in train.deps] and store in [str(d) for d in evaluate.deps]
     assert f"models/{model}" in [str(o) for o in train.outs]
@@ -129,7 +130,9 @@ def test_small_reports_go_to_git_and_big_outputs_to_the_cache():
             small = path.endswith(".json") or path.endswith(".html") and "validation" in path
             small = small or "/plots/" in path
             # a benchmark's table: committed with its JSON (the README and report show it)
-            small = small or name.endswith(":table") and path.endswith((".md", ".html"))
+            small = (
+                small or name.endswith((":table", ":quality")) and path.endswith((".md", ".html"))
+            )
             assert out.use_cache is not small, f"{name}: {path} cache={out.use_cache}"
 
 

@@ -9,12 +9,16 @@ For model NAME it writes ``reports/evaluate/<name>.json``::
      "test":      {every scalar term of forward() averaged over the WHOLE test split
                    ("loss", "nll", ...), plus the spec's baseline ("baseline_nll", ...)},
      "train":   {the same terms over at most `train_batches` random train batches},
-     "samples": {"n", "mean_notes", "mean_seconds", "n_real", "real_pieces",
-                 + the musical metrics of `pipeline.evaluation.metrics.compare_sets`}}
+     "samples": {"n", "mean_notes", "mean_seconds", "seconds", "offset_seconds",
+                 "n_real", "real_clips" ("<piece>@<start>s"), "primers" (when primed),
+                 + the musical metrics of `pipeline.evaluation.metrics.compare_sets`,
+                 "oa_interval" (bootstrap), and "fake": {"score", "control"} (find
+                 the fake, `pipeline.evaluation.samples.find_the_fake`)}}
 
 its `headline` in ``reports/metrics/<name>.json`` (the DVC metrics), and
 ``reports/samples/<name>/`` (replaced atomically): ``sample-<i>.mid`` generated
-clips and ``real-<i>.mid`` test clips cut to the same length, each with ``.ogg`` and
+clips (what the model wrote: a primer is cut away) and ``real-<i>.mid`` test clips
+of the same length from the same place in a piece, each with ``.ogg`` and
 ``.png`` beside it when `pipeline.evaluation.render` is available. Term means are
 weighted by the model's ``n_units`` output when it gives one (per cell, note or
 token), by batch size otherwise. Non-finite numbers are written as null.
@@ -27,52 +31,22 @@ likelihood, a bound on one, or a loss, in its unit); the headline publishes it a
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from pipeline.core.config import MODELS, PARAMS_FILE, PROCESSED, REPORTS
-from pipeline.core.params import require
 from pipeline.core.stage_utils import user_errors
+from pipeline.evaluation.params import EvaluateParams, SampleParams
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from pipeline.modeling.base import ModelSpec, StoreData
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EvaluateParams:
-    """The `evaluate` section of params.yaml (shared by every model)."""
-
-    n_samples: int  # generated clips per model
-    seconds: float  # length of generated and real clips
-    temperature: float
-    top_k: int  # 0 = off
-    top_p: float  # 1.0 = off
-    seed: int
-    n_real: int  # real test pieces (cut to `seconds`) to compare and render
-    batch_size: int
-    train_batches: int  # cap on train batches scored (the test split is scored whole)
-    render: bool  # write .ogg/.png beside each clip when the renderer exists
-    num_threads: int  # torch CPU threads; 0 = torch's default
-
-    def validate(self) -> None:
-        require(self.n_samples >= 0, "n_samples must be >= 0")
-        require(self.seconds > 0, "seconds must be > 0")
-        require(self.top_k >= 0, "top_k must be >= 0")
-        require(0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]")
-        require(self.n_real >= 0, "n_real must be >= 0")
-        require(self.batch_size > 0, "batch_size must be > 0")
-        require(self.train_batches >= 0, "train_batches must be >= 0")
-        require(self.num_threads >= 0, "num_threads must be >= 0")
 
 
 def evaluate(
@@ -81,6 +55,8 @@ def evaluate(
     store: StoreData,
     eval_params: EvaluateParams,
     samples_dir: Path | None = None,
+    sample_params: SampleParams | None = None,
+    own_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score `model` (built from `spec`) on `store`'s test and train splits and sample it.
 
@@ -91,6 +67,8 @@ def evaluate(
         eval_params: the ``evaluate`` params section.
         samples_dir: when given, ``sample-<i>.mid`` and ``real-<i>.mid`` (and their
             renders) are written there.
+        sample_params: the model's ``sample.<model>`` shared keys (None: defaults).
+        own_settings: the rest of ``sample.<model>`` (the sampler's own settings).
 
     Returns:
         {"objective": {...}, "test": {...}, "train": {...}, "samples": {...}} (see the
@@ -123,7 +101,15 @@ def evaluate(
         if len(train_data) and ep.train_batches
         else {}
     )
-    samples = sample_and_compare(spec, model, store, ep, samples_dir)
+    from pipeline.evaluation.samples import generate_clips, judge, write_clips
+
+    sp = sample_params or SampleParams()
+    generated, primed_by = generate_clips(spec, model, store, ep, sp, own_settings or {})
+    samples, real = judge(generated, store, spec.representation, ep, sp.primer_seconds)
+    if sp.primer_seconds:
+        samples["primers"] = primed_by
+    if samples_dir is not None:
+        write_clips(samples_dir, generated, real, ep.seconds, ep.render)
     return _finite(
         {
             "objective": objective_numbers(spec, test, train),
@@ -151,104 +137,6 @@ def objective_numbers(
     return {**described, "test": test.get("nll"), "train": train.get("nll"), "baseline": baseline}
 
 
-def sample_and_compare(
-    spec: ModelSpec,
-    model: Any,
-    store: StoreData,
-    ep: EvaluateParams,
-    samples_dir: Path | None,
-) -> dict[str, Any]:
-    """Generate clips, decode them, compare them with real test clips; optionally write."""
-    import torch
-
-    from pipeline.midi import notes_to_midi
-    from pipeline.modeling.sampling import SampleOptions, sampler
-    from pipeline.representations import decode_rows
-
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(ep.seed)
-    options = SampleOptions(
-        temperature=ep.temperature, top_k=ep.top_k, top_p=ep.top_p, seconds=ep.seconds
-    )
-    rows = sampler(spec)(model, ep.n_samples, options, generator) if ep.n_samples else []
-    generated = [decode_rows(spec.representation, r, store.params) for r in rows]
-    real_ids = real_piece_ids(store, ep.n_real, ep.seed)
-    test_rows = store.rows.get("test")
-    real = [
-        cut(
-            decode_rows(spec.representation, test_rows[test_rows["piece_id"] == pid], store.params),
-            ep.seconds,
-        )
-        for pid in real_ids
-    ]
-    summary: dict[str, Any] = {
-        "n": len(generated),
-        "mean_notes": _mean([len(n) for n in generated]),
-        "mean_seconds": _mean([_duration(n) for n in generated]),
-        "n_real": len(real),
-        "real_pieces": real_ids,
-    }
-    metrics = _optional("pipeline.evaluation.metrics")
-    if metrics is not None and generated and real:
-        summary.update(metrics.compare_sets(generated, real))
-        summary["pitch_class_profile"] = {
-            "generated": metrics.pitch_class_profile(generated),
-            "real": metrics.pitch_class_profile(real),
-        }
-    elif metrics is None:
-        log.info("pipeline.evaluation.metrics not available: no musical metrics")
-    if samples_dir is not None:
-        samples_dir.mkdir(parents=True, exist_ok=True)
-        render = _optional("pipeline.evaluation.render") if ep.render else None
-        clips = [(f"sample-{i}", n) for i, n in enumerate(generated)]
-        clips += [(f"real-{i}", n) for i, n in enumerate(real)]
-        for stem, notes in clips:
-            notes_to_midi(notes, samples_dir / f"{stem}.mid")
-            if render is not None:
-                render.render_clip(notes, samples_dir / stem, seconds=ep.seconds)
-    return summary
-
-
-def real_piece_ids(store: StoreData, n: int, seed: int) -> list[str]:
-    """`n` test piece ids drawn reproducibly (sorted ids, numpy generator with `seed`)."""
-    import numpy as np
-
-    rows = store.rows.get("test")
-    if rows is None or rows.empty or n == 0:
-        return []
-    ids = sorted(str(p) for p in rows["piece_id"].unique())
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(ids), size=min(n, len(ids)), replace=False)
-    return [ids[i] for i in sorted(chosen)]
-
-
-def cut(notes: pd.DataFrame, seconds: float) -> pd.DataFrame:
-    """Notes starting before `seconds`, their ends clipped to it (a real clip)."""
-    if notes.empty:
-        return notes
-    kept = notes[notes["start"] < seconds].copy()
-    kept["end"] = kept["end"].clip(upper=seconds)
-    return kept[kept["end"] > kept["start"]].reset_index(drop=True)
-
-
-def _duration(notes: pd.DataFrame) -> float:
-    return float(notes["end"].max()) if len(notes) else 0.0
-
-
-def _mean(values: list[float]) -> float:
-    return float(sum(values) / len(values)) if values else math.nan
-
-
-def _optional(module: str) -> Any:
-    """Import a sibling module that may not be written yet (None if absent)."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        return None
-
-
 def _finite(value: Any) -> Any:
     """Replace NaN/inf floats by None, recursively (JSON has no NaN)."""
     if isinstance(value, dict):
@@ -274,6 +162,8 @@ def evaluate_model_dir(
     eval_params: EvaluateParams,
     device: str = "auto",
     details_path: Path | None = None,
+    sample_params: SampleParams | None = None,
+    own_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load ``model_dir/model.pt`` and the store, evaluate, write metrics and samples.
 
@@ -292,7 +182,7 @@ def evaluate_model_dir(
     model, spec, ckpt = load_model(path, name, pick_device(device))
     data = load_store(store, spec.representation)
     with atomic_dir(samples) as tmp:
-        result = evaluate(spec, model, data, eval_params, samples_dir=tmp)
+        result = evaluate(spec, model, data, eval_params, tmp, sample_params, own_settings)
     result = {
         "model": {
             "name": spec.name,
@@ -316,7 +206,9 @@ HEADLINE_MUSICAL = {
 """Headline key -> musical metric of `pipeline.evaluation.metrics` whose generated-clip
 mean goes to the DVC metrics (short keys keep `dvc metrics show` within 160 columns)."""
 
-HEADLINE_KEYS = ("objective", "kind", "unit", "test", "baseline", "oa_mean", *HEADLINE_MUSICAL)
+HEADLINE_KEYS = (
+    "objective", "kind", "unit", "test", "baseline", "fake", "oa_mean", *HEADLINE_MUSICAL
+)  # fmt: skip
 """Every model's headline file has exactly these keys (null where a number is missing)."""
 
 
@@ -331,6 +223,9 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
          "unit": "nats/note",        # Objective.unit, " per " written "/"
          "test": 3.21,               # the objective on the whole test split
          "baseline": 3.54,           # the spec's baseline on the test split, or null
+         "fake": 0.92,               # find the fake: a classifier's accuracy at telling
+                                     # generated from real test clips (0.5: it cannot
+                                     # tell; interval and control in the details)
          "oa_mean": 0.37,            # mean overlapping area of generated vs real
                                      # musical-metric distributions (higher: closer;
                                      # Yang & Lerch 2018)
@@ -346,9 +241,6 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     160-column terminal (tests/test_dag.py checks). In `dvc exp show` (one row per
     run, every file's keys as columns) a key needs its file:
     ``--sort-by reports/metrics/rnn.json:test``.
-    The find-the-fake score (a classifier's accuracy at telling generated from real
-    test clips, 0.5 = indistinguishable) will join as one more key, the same for every
-    model, once it is measured.
     """
     objective = result.get("objective") or {}
     samples = result.get("samples") or {}
@@ -361,6 +253,7 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
         "unit": unit.replace(" per ", "/") if isinstance(unit, str) else None,
         "test": objective.get("test"),
         "baseline": baseline.get("test") if isinstance(baseline, dict) else None,
+        "fake": ((samples.get("fake") or {}).get("score") or {}).get("accuracy"),
         "oa_mean": samples.get("oa_mean"),
     }
     for key, name in HEADLINE_MUSICAL.items():
@@ -392,6 +285,7 @@ def evaluate_command(
 ) -> None:
     """Score trained model NAME on the test split; write metrics JSON and sample clips."""
     from pipeline.core.params import load_params
+    from pipeline.evaluation.params import load_sample_params
     from pipeline.midi import MidiError
     from pipeline.modeling.base import GenerateError, model_spec
     from pipeline.modeling.checkpoint import CheckpointError
@@ -400,6 +294,7 @@ def evaluate_command(
     with user_errors(CheckpointError, GenerateError, MidiError, RepresentError):
         spec = model_spec(name)
         eval_params = load_params("evaluate", EvaluateParams, params)
+        sample_params, own_settings = load_sample_params(name, params)
         result = evaluate_model_dir(
             name,
             store or PROCESSED / spec.representation,
@@ -409,6 +304,8 @@ def evaluate_command(
             eval_params,
             device,
             details or REPORTS / "evaluate" / f"{name}.json",
+            sample_params,
+            own_settings,
         )
         objective = result["objective"]
         baseline = objective["baseline"]
@@ -418,4 +315,17 @@ def evaluate_command(
         typer.echo(
             f"{name}: test {objective['name']} {objective['test']} {objective['unit']} "
             f"({objective['kind']}){against}, {result['samples']['n']} samples"
+            f"{fake_line(result['samples'])}"
         )
+
+
+def fake_line(samples: dict[str, Any]) -> str:
+    """The last line's find-the-fake part: ", find the fake 0.92 [0.84, 0.96] (...)"."""
+    fake = samples.get("fake") or {}
+    score, control = fake.get("score") or {}, fake.get("control") or {}
+    if score.get("accuracy") is None:
+        return ""
+    text = f", find the fake {score['accuracy']:.2f} [{score['low']:.2f}, {score['high']:.2f}]"
+    if control.get("accuracy") is not None:
+        text += f" (real against real {control['accuracy']:.2f})"
+    return text

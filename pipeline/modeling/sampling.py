@@ -13,8 +13,8 @@ arguments travel in one `SampleOptions`. Models with a latent space also have
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -32,6 +32,7 @@ __all__ = [
     "interpolator",
     "resolve",
     "sampler",
+    "settings",
 ]
 
 
@@ -53,6 +54,10 @@ class SampleOptions:
         length: length of the continuation in the model's units (tokens, frames,
             steps, notes); overrides ``seconds`` when given.
         style: a style label of style-conditioned models (None: any style).
+        settings: the model's own sampling settings (params ``sample.<model>``
+            beyond the shared keys above, e.g. a roll model's ``threshold``); each
+            sampler reads them with `settings`, which fills its defaults and
+            refuses a key it does not know.
     """
 
     temperature: float = 1.0
@@ -62,6 +67,7 @@ class SampleOptions:
     seconds: float = 30.0
     length: int | None = None
     style: str | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Sampler(Protocol):
@@ -97,6 +103,34 @@ def sampler(spec: ModelSpec) -> Sampler:
 def interpolator(spec: ModelSpec) -> Callable[..., Any] | None:
     """The latent walk `spec` names (``spec.interpolator``), or None if it has none."""
     return resolve(spec.interpolator) if spec.interpolator is not None else None
+
+
+def settings(options: SampleOptions, defaults: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """`options.settings` over a sampler's `defaults`, each value of its default's type.
+
+    Why strict: a misspelt setting silently ignored would leave a user judging the
+    default while believing they changed it.
+
+    Raises:
+        GenerateError: an unknown key or a value of the wrong type, naming
+            ``sample.<model>.<key>`` and what the sampler accepts.
+    """
+    resolved = dict(defaults)
+    for key, value in options.settings.items():
+        if key not in defaults:
+            known = ", ".join(sorted(defaults)) or "none"
+            raise GenerateError(
+                f"sample.{model}.{key}: {model} has no such sampling setting (it has: {known})"
+            )
+        default = defaults[key]
+        kind = float if isinstance(default, float) else type(default)
+        ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
+        if default is not None and (not ok or isinstance(value, bool) != isinstance(default, bool)):
+            raise GenerateError(
+                f"sample.{model}.{key}: expected {kind.__name__} like {default!r}, got {value!r}"
+            )
+        resolved[key] = float(value) if kind is float else value
+    return resolved
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:

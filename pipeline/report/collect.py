@@ -7,7 +7,10 @@ one broken file never stops the report. The files and their shapes:
 * ``reports/evaluate/<model>.json`` (evaluate): {"objective": {"name", "kind", "unit",
   "description", "test", "train", "baseline": {"key", "name", "description", "test"}
   or null}, "test": {...}, "train": {...}, "samples": {"n", "oa_mean", "kl_mean",
-  "metrics": {name: {...}}, "pitch_class_profile": {"generated", "real"}}}
+  "metrics": {name: {...}}, "pitch_class_profile": {"generated", "real"},
+  "oa_interval": {"oa_mean": {"low", "high"}, ...}, "fake": {"score", "control"}}}; find
+  the fake's "score" and "control" are {"accuracy", "low", "high",
+  "fake_probability_real", "fake_probability_fake", ...} or {"error"} (`fake_test`)
 * ``reports/train/<model>/summary.json`` (train): {"steps", "best_val_loss",
   "best_step", "wall_time_s", "n_parameters"}, and DVCLive's curves under
   ``reports/train/<model>/plots/metrics/**/*.tsv`` (columns step, <metric>)
@@ -237,3 +240,43 @@ def n_parameters(model: ModelReport) -> Any:
     """Parameter count: the training summary's, else the one evaluate recorded."""
     value = get(model.summary, "n_parameters")
     return value if value is not None else get(model.metrics, "model", "n_parameters")
+
+
+# --- find the fake and the intervals (evaluate's ``samples``) -------------------------
+
+FAKE_TESTS = ("score", "control")  # generated vs real; real (train split) vs real (test)
+_CLIP_STEM = re.compile(r"(sample|real)-(\d+)")
+
+
+def oa_mean_interval(model: ModelReport) -> tuple[float, float] | None:
+    """The bootstrap interval (low, high) of the mean OA; None if evaluate wrote none."""
+    found = get(model.metrics, "samples", "oa_interval", "oa_mean")
+    low, high = get(found, "low"), get(found, "high")
+    return (float(low), float(high)) if _is_number(low) and _is_number(high) else None
+
+
+def fake_test(model: ModelReport, key: str = "score") -> dict[str, Any] | None:
+    """Find the fake's `key` ("score": generated against real test clips; "control":
+    train-split real clips against them): evaluate's mapping, with a numeric accuracy,
+    low and high, or an "error" line; None where evaluate has not run it."""
+    found = get(model.metrics, "samples", "fake", key)
+    if not isinstance(found, dict):
+        return None
+    if all(_is_number(found.get(k)) for k in ("accuracy", "low", "high")):
+        return found
+    error = found.get("error")
+    return {"error": str(error) if error else "no accuracy recorded"}
+
+
+def fake_probability(model: ModelReport, stem: str) -> float | None:
+    """The classifier's out-of-fold probability that clip `stem` (``sample-<i>`` or
+    ``real-<i>``: index i of evaluate's lists) is generated; None if unknown."""
+    match = _CLIP_STEM.fullmatch(stem)
+    score = fake_test(model, "score")
+    if match is None or score is None:
+        return None
+    side = "fake_probability_real" if match[1] == "real" else "fake_probability_fake"
+    values, i = score.get(side), int(match[2])
+    if not isinstance(values, list) or i >= len(values) or not _is_number(values[i]):
+        return None
+    return float(values[i])

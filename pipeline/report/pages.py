@@ -53,8 +53,9 @@ KIND_ORDER = ("likelihood", "bound", "loss")
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 SUMMARY_HEAD = (
     "model", "representation", "objective", "steps", "train time", "parameters",
-    "samples", "mean OA ↑", "mean KL ↓",
+    "samples", "find the fake ↓", "real vs real", "mean OA ↑", "mean KL ↓",
 )  # fmt: skip
+FAKE_TEST_NAMES = {"score": "generated against real", "control": "real against real"}
 
 
 @dataclass
@@ -86,17 +87,53 @@ def _objective_caption(objective: dict[str, Any]) -> str:
 # --- the tables across models ---------------------------------------------------------
 
 
+def interval_text(value: float, low: float, high: float) -> str:
+    """A number with its 95% interval: ``0.92 [0.80, 0.97]``."""
+    return f"{value:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def fake_cell(model: ModelReport, key: str) -> Cell:
+    """Find the fake's accuracy with its interval (sorted by the accuracy); "—" where
+    evaluate could not score it (`fake_errors` says why), "not run yet" where absent."""
+    found = collect.fake_test(model, key)
+    if found is None:
+        return cell(None, NOT_RUN, "missing")
+    if "error" in found:
+        return cell(None, "—", "missing")
+    return cell(found["accuracy"], interval_text(found["accuracy"], found["low"], found["high"]))
+
+
+def fake_errors(models: list[ModelReport]) -> list[str]:
+    """Why find the fake has no number, per model and test (evaluate's one line)."""
+    lines = []
+    for m in models:
+        for key, name in FAKE_TEST_NAMES.items():
+            error = (collect.fake_test(m, key) or {}).get("error")
+            if error:
+                lines.append(f"{m.name} ({name}): {error}")
+    return lines
+
+
+def oa_cell(model: ModelReport) -> Cell:
+    """Mean OA, with its bootstrap interval where evaluate wrote one."""
+    mean = get(model.metrics, "samples", "oa_mean")
+    interval = collect.oa_mean_interval(model)
+    if number(mean) is None or interval is None:
+        return cell(mean)
+    return cell(mean, interval_text(mean, *interval))
+
+
 def summary_table(models: list[ModelReport]) -> Table:
     """One row per model: what it reports and the numbers every model shares.
 
     Test numbers are not here: they are in one table per objective kind and unit
     (`objective_tables`), so that no column ranks a loss or a bound beside a
-    likelihood, or nats per note beside nats per token.
+    likelihood, or nats per note beside nats per token. Find the fake and its
+    real-against-real control, and mean OA, are shown with their intervals.
     """
     rows = []
     for m in models:
         objective = collect.objective(m)
-        samples = get(m.metrics, "samples")
         if objective is not None:
             objective_cell = cell(_objective_caption(objective))
         elif m.metrics is not None:
@@ -112,8 +149,10 @@ def summary_table(models: list[ModelReport]) -> Table:
             cell(wall, duration(wall)),
             cell(collect.n_parameters(m)),
             cell(collect.n_samples(m)),
-            cell(get(samples, "oa_mean")),
-            cell(get(samples, "kl_mean")),
+            fake_cell(m, "score"),
+            fake_cell(m, "control"),
+            oa_cell(m),
+            cell(get(m.metrics, "samples", "kl_mean")),
         ]
         rows.append(Row(cells, m.name))
     return Table("models", list(SUMMARY_HEAD), rows)
@@ -301,7 +340,29 @@ def model_evaluation(model: ModelReport) -> dict[str, Any]:
         )
         for name, s in ((n, stats[n]) for n in ordered_metrics(set(stats)))
     ]
-    return {"reported": _reported(objective), "splits": splits, "musical": musical}
+    return {
+        "reported": _reported(objective),
+        "splits": splits,
+        "musical": musical,
+        "fake": fake_summary(model),
+    }
+
+
+def fake_summary(model: ModelReport) -> dict[str, str] | None:
+    """The model section's find-the-fake line: each test's result or why it has none,
+    by test name; None where evaluate has run neither."""
+    shown = {}
+    for key, name in FAKE_TEST_NAMES.items():
+        found = collect.fake_test(model, key)
+        if found is None:
+            continue
+        if "error" in found:
+            shown[name] = f"not scored ({found['error']})"
+        else:
+            counts = f"{fmt(found.get('n_fake'))} vs {fmt(found.get('n_real'))} clips"
+            text = interval_text(found["accuracy"], found["low"], found["high"])
+            shown[name] = f"{text} ({counts}, {fmt(found.get('folds'))}-fold)"
+    return shown or None
 
 
 def training_line(model: ModelReport) -> dict[str, str] | None:
@@ -325,13 +386,17 @@ def curve_charts(model: ModelReport) -> list[str]:
     ]
 
 
-def clip_view(clip: Clip, page_dir: Path, caption: str) -> dict[str, str]:
-    """A clip's piano roll, audio and caption, linked relative to the page."""
+def clip_view(
+    clip: Clip, page_dir: Path, caption: str, p_fake: float | None = None
+) -> dict[str, str]:
+    """A clip's piano roll, audio and caption (with the classifier's out-of-fold
+    probability that it is generated, where known), linked relative to the page."""
+    said = "" if p_fake is None else f" (classifier: {p_fake:.2f} fake)"
     return {
         "stem": clip.stem,
         "png": href(clip.png, page_dir) if clip.png is not None else "",
         "audio": href(clip.audio, page_dir) if clip.audio is not None else "",
-        "caption": f"{caption}: {clip.stem}",
+        "caption": f"{caption}: {clip.stem}{said}",
     }
 
 
@@ -339,7 +404,11 @@ def model_section(model: ModelReport, page_dir: Path) -> dict[str, Any]:
     """Everything the model's own section shows."""
     groups = []
     for title, real, caption in (("Generated", False, model.name), ("Real", True, "real")):
-        clips = [clip_view(c, page_dir, caption) for c in model.clips if c.real == real]
+        clips = [
+            clip_view(c, page_dir, caption, collect.fake_probability(model, c.stem))
+            for c in model.clips
+            if c.real == real
+        ]
         groups.append((title, clips))
     return {
         "name": model.name,
@@ -439,6 +508,7 @@ def index_page(
         fake_href=fake_href,
         n_pairs=n_pairs,
         summary=summary_table(models) if models else None,
+        fake_errors=fake_errors(models),
         objective_tables=objective_tables(models),
         unrecorded=unrecorded,
         musical=musical_table(models),

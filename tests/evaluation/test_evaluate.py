@@ -7,7 +7,6 @@ import json
 import math
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 import typer
@@ -21,13 +20,12 @@ from pipeline.core.params import default_params, from_mapping
 from pipeline.evaluation.evaluate import (
     HEADLINE_KEYS,
     EvaluateParams,
-    cut,
     evaluate,
     evaluate_command,
     headline,
     objective_numbers,
-    real_piece_ids,
 )
+from pipeline.evaluation.params import SampleParams, load_sample_params
 from pipeline.midi import parse_midi
 from pipeline.modeling import base
 from pipeline.modeling.fit import fit
@@ -52,9 +50,6 @@ PIECES = {
 SMALL_EVAL = EvaluateParams(
     n_samples=2,
     seconds=3.0,
-    temperature=1.0,
-    top_k=0,
-    top_p=1.0,
     seed=0,
     n_real=2,
     batch_size=16,
@@ -93,11 +88,21 @@ def tiny_model(name: str, store: base.StoreData) -> torch.nn.Module:
     return spec.model_cls(config).eval()
 
 
-def test_params_defaults_and_validation() -> None:
+def test_params_defaults_and_validation(tmp_path: Path) -> None:
     params = default_params("evaluate", EvaluateParams)
-    assert (params.n_samples, params.seconds) == (4, 30.0)
+    assert (params.n_samples, params.n_real, params.seconds) == (20, 20, 20.0)
+    with pytest.raises(ValueError, match="fake_folds"):
+        from_mapping({**dataclasses.asdict(params), "fake_folds": 1}, EvaluateParams, "evaluate")
     with pytest.raises(ValueError, match="top_p"):
-        from_mapping({**dataclasses.asdict(params), "top_p": 0.0}, EvaluateParams, "evaluate")
+        from_mapping({"top_p": 0.0}, SampleParams, "sample.rnn")
+    # sample.<model>: the shared keys typed, the rest the sampler's own; none = defaults
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"sample": {"vae": {"temperature": 0.5, "threshold": 0.3}}}))
+    assert load_sample_params("vae", path) == (SampleParams(temperature=0.5), {"threshold": 0.3})
+    assert load_sample_params("rnn", path) == (SampleParams(), {})
+    path.write_text(yaml.safe_dump({"sample": {"vae": {"top_k": "x"}}}))
+    with pytest.raises(ValueError, match=r"p\.yaml.*sample\.vae\.top_k"):
+        load_sample_params("vae", path)
 
 
 def test_test_terms_are_unit_weighted_means_over_the_whole_split(stores: Path) -> None:
@@ -123,7 +128,9 @@ def test_test_terms_are_unit_weighted_means_over_the_whole_split(stores: Path) -
     samples = result["samples"]
     assert samples["n"] == 2 and samples["n_real"] == 2
     assert samples["mean_notes"] > 0 and 0 < samples["mean_seconds"] <= 3.0 + 10.0
-    assert len(samples["real_pieces"]) == 2
+    assert len(samples["real_clips"]) == 2
+    # two clips a side cannot fill 5 folds: find the fake says so instead of scoring
+    assert "5" in samples["fake"]["score"]["error"]
     assert "metrics" in samples and "oa_mean" in samples  # from metrics.compare_sets
 
 
@@ -204,23 +211,6 @@ def test_committed_headlines_are_the_headline_of_the_committed_results() -> None
     for name in names:
         details = json.loads((root / "evaluate" / f"{name}.json").read_text())
         assert json.loads((root / "metrics" / f"{name}.json").read_text()) == headline(details)
-
-
-def test_real_clips_are_reproducible_and_cut() -> None:
-    rows = pd.DataFrame({"piece_id": ["c", "a", "b", "a"]})
-    store = base.StoreData(rows={"test": rows}, pieces=pd.DataFrame(), params=None)
-    assert real_piece_ids(store, 2, 0) == real_piece_ids(store, 2, 0)
-    assert real_piece_ids(store, 5, 0) == ["a", "b", "c"]
-    notes = pd.DataFrame(
-        {
-            "pitch": [60, 61, 62],
-            "velocity": [80] * 3,
-            "start": [0.0, 2.5, 3.5],
-            "end": [1.0, 4.0, 5.0],
-        }
-    )
-    clip = cut(notes, 3.0)
-    assert clip["pitch"].tolist() == [60, 61] and clip["end"].tolist() == [1.0, 3.0]
 
 
 def test_evaluate_command_writes_metrics_and_samples(stores: Path, tmp_path: Path) -> None:

@@ -47,6 +47,28 @@ OBJECTIVES = {  # as evaluate records them (`pipeline.evaluation.evaluate.object
 }
 
 
+# find the fake as evaluate writes it (`pipeline.evaluation.samples.find_the_fake`):
+# rnn's pair 0 has the generated clip the more likely fake (the classifier is right),
+# pair 1 the real one (wrong); transformer has too few clips to score
+P_REAL, P_FAKE = [0.1234, 0.6543], [0.8765, 0.3456]
+RNN_FAKE = {
+    "folds": 2,
+    "seed": 0,
+    "score": {"accuracy": 0.75, "low": 0.3006, "high": 0.9544, "n_real": 2, "n_fake": 2,
+              "folds": 2, "seed": 0, "fake_probability_real": P_REAL,
+              "fake_probability_fake": P_FAKE},
+    "control": {"accuracy": 0.5, "low": 0.1500, "high": 0.8500, "n_real": 2, "n_fake": 2,
+                "folds": 2, "seed": 0, "fake_probability_real": [0.5, 0.5],
+                "fake_probability_fake": [0.5, 0.5]},
+}  # fmt: skip
+TOO_FEW = "find the fake needs at least 5 clips on each side; got 1 generated and 1 real"
+FAKE = {
+    "rnn": {"fake": RNN_FAKE, "oa_interval": {"oa_mean": {"low": 0.1111, "high": 0.8888}}},
+    "transformer": {"fake": {"folds": 5, "seed": 0, "score": {"error": TOO_FEW},
+                             "control": {"error": TOO_FEW}}},
+}  # fmt: skip
+
+
 def objective(model: str, test: float, train: float, baseline: float = 3.0) -> dict[str, Any]:
     name, kind, unit, base = OBJECTIVES[model]
     return {
@@ -81,8 +103,9 @@ def _clips() -> list[Any]:
 
 @pytest.fixture(scope="module")
 def reports_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """rnn: trained, evaluated, 2 sample + 2 real clips; transformer: evaluated, 1 pair,
-    no training summary; vae: nothing (listed in params only)."""
+    """rnn: trained, evaluated, 2 sample + 2 real clips, find the fake scored, mean OA
+    with its interval; transformer: evaluated, 1 pair, no training summary, find the fake
+    not scored (too few clips), no OA interval; vae: nothing (listed in params only)."""
     root = tmp_path_factory.mktemp("reports")
     clips = _clips()
     fake = [c.assign(pitch=c["pitch"] + 7) for c in clips[:2]]  # "generated": a 5th up
@@ -99,7 +122,7 @@ def reports_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "objective": objective(model, NLL[model], NLL[model] - 0.5),
                 "test": {"nll": NLL[model], "baseline_nll": 3.0, "loss": NLL[model] + 0.1},
                 "train": {"nll": NLL[model] - 0.5},
-                "samples": {"n": n_pairs, "n_real": n_pairs, **comparison},
+                "samples": {"n": n_pairs, "n_real": n_pairs, **comparison, **FAKE[model]},
             },
         )
     train = root / "train" / "rnn"
@@ -231,7 +254,7 @@ def test_summary_table_rows_and_not_run_yet(built: Path, reports_dir: Path) -> N
         m for table, ms in page.row_models.items() if table.startswith("objective-") for m in ms
     ]
     assert sorted(in_objective_tables) == ["rnn", "transformer"]  # vae: not evaluated
-    assert float(by_model["rnn"]["mean OA ↑"]) > 0
+    assert float(by_model["rnn"]["mean OA ↑"].split()[0]) > 0  # then its interval
     musical_header, *musical = page.rows["musical"]
     assert musical_header == ["model", *metrics.METRICS]
     assert [r[0] for r in musical] == ["rnn", "transformer", "vae"]
@@ -240,6 +263,49 @@ def test_summary_table_rows_and_not_run_yet(built: Path, reports_dir: Path) -> N
     assert "Training curves: not run yet" in text  # transformer, vae
     assert "Samples: not run yet" in text  # vae
     assert "Evaluation: not run yet" in text  # vae
+
+
+def _sort_keys(page_html: str, table_id: str, model: str) -> list[str]:
+    """The data-v of each cell of `model`'s row in table `table_id`."""
+    table = page_html[page_html.index(f'id="{table_id}"') :]
+    table = table[: table.index("</table>")]
+    row = re.search(rf'<tr data-model="{model}">(.*?)</tr>', table, re.S)
+    assert row is not None, (table_id, model)
+    return re.findall(r'<td data-v="([^"]*)"', row.group(1))
+
+
+def test_summary_shows_find_the_fake_and_intervals(built: Path) -> None:
+    """Find the fake with its 95% interval and the real-against-real control beside it,
+    sorted by the accuracy; mean OA with its bootstrap interval; a clear placeholder
+    where a model's score is an error ("—", the error listed) or absent (not run)."""
+    page = parse(built)
+    header, *rows = page.rows["models"]
+    by_model = {r[0]: dict(zip(header, r, strict=True)) for r in rows}
+    assert by_model["rnn"]["find the fake ↓"] == "0.75 [0.30, 0.95]"
+    assert by_model["rnn"]["real vs real"] == "0.50 [0.15, 0.85]"
+    assert re.fullmatch(r"\d\.\d\d \[0\.11, 0\.89\]", by_model["rnn"]["mean OA ↑"])
+    assert float(by_model["transformer"]["mean OA ↑"]) > 0  # no interval recorded: plain
+    assert by_model["transformer"]["find the fake ↓"] == "—"
+    assert by_model["transformer"]["real vs real"] == "—"
+    assert by_model["vae"]["find the fake ↓"] == NOT_RUN == by_model["vae"]["real vs real"]
+    text = " ".join(page.text)
+    for test in ("generated against real", "real against real"):
+        assert f"Find the fake not scored for transformer ({test}): {TOO_FEW}" in text
+    assert "0.5 means it cannot tell them apart" in text
+    assert "real clips of the train split in place of the generated ones" in text
+    # sorted by the accuracy itself; a model without one sorts last (empty key)
+    html_text = built.read_text(encoding="utf-8")
+    fake, control, oa = (header.index(h) for h in ("find the fake ↓", "real vs real", "mean OA ↑"))
+    rnn = _sort_keys(html_text, "models", "rnn")
+    assert (float(rnn[fake]), float(rnn[control])) == (0.75, 0.5)
+    assert 0 < float(rnn[oa]) < 1
+    assert _sort_keys(html_text, "models", "transformer")[fake] == ""
+    assert _sort_keys(html_text, "models", "vae")[fake] == ""
+    # the model's own section: both tests, and each clip's probability of being generated
+    assert "generated against real" in text and "0.75 [0.30, 0.95] (2 vs 2 clips, 2-fold)" in text
+    assert "rnn: sample-0 (classifier: 0.88 fake)" in text
+    assert "real: real-1 (classifier: 0.65 fake)" in text
+    assert "transformer: sample-0 (classifier" not in text
 
 
 def test_every_source_exists_and_nothing_is_remote(built: Path) -> None:
@@ -329,6 +395,58 @@ def test_find_the_fake_pairs(built: Path) -> None:
             assert rate == soundfile.info(str(source)).samplerate and len(decoded) > 0
     sides = {p["fake"] for p in answers}
     assert sides <= {"a", "b"}
+
+
+def test_fake_page_carries_the_classifiers_guess(built: Path) -> None:
+    """Each pair's answer holds the classifier's guess: the side with the higher
+    out-of-fold probability of being generated, both probabilities, right or not;
+    none where the model has no score. Like the answer, it is only in the embedded
+    answers, never in the page's visible text or its file names."""
+    fake_html = built.with_name("fake.html")
+    answers = json.loads(parse(fake_html).answers)
+    right = {}
+    for pair in answers:
+        real_side = "b" if pair["fake"] == "a" else "a"
+        if pair["model"] == "transformer":
+            assert pair["classifier"] is None  # find the fake not scored
+            continue
+        i = int(pair[pair["fake"]]["name"].removeprefix("sample-"))
+        assert pair[real_side]["name"] == f"real-{i}"
+        guess = pair["classifier"]
+        assert (guess[pair["fake"]], guess[real_side]) == (P_FAKE[i], P_REAL[i])
+        # pair 0: generated 0.8765 > real 0.1234; pair 1: generated 0.3456 < real 0.6543
+        assert guess["fake"] == (pair["fake"] if i == 0 else real_side)
+        right[i] = guess["right"]
+    assert right == {0: True, 1: False}
+    html_text = fake_html.read_text(encoding="utf-8")
+    embedded = r'<script type="application/json" id="answers">.*?</script>'
+    visible = re.sub(embedded, "", html_text, flags=re.S)
+    assert not [p for p in (*P_REAL, *P_FAKE) if str(p) in visible]
+    assert "sample-" not in visible and "real-" not in visible
+
+
+def test_classifier_guess_takes_the_higher_probability() -> None:
+    from pipeline.report.collect import Clip, ModelReport, fake_probability
+    from pipeline.report.fake import FakePair, classifier_guess
+
+    gen, real = Clip("sample-0", None, None), Clip("real-0", None, None)
+    guess = classifier_guess(FakePair(gen, real, "a", "m", 0.3, 0.6))
+    assert guess == {"fake": "b", "a": 0.3, "b": 0.6, "right": False}
+    assert classifier_guess(FakePair(real, gen, "b", "m", 0.3, 0.6)) == {
+        "fake": "b", "a": 0.3, "b": 0.6, "right": True,
+    }  # fmt: skip
+    tie = classifier_guess(FakePair(real, gen, "b", "m", 0.5, 0.5))
+    assert tie is not None and tie["fake"] is None and tie["right"] is False
+    assert classifier_guess(FakePair(real, gen, "b", "m", None, 0.5)) is None
+    score = {"accuracy": 0.6, "low": 0.4, "high": 0.8,
+             "fake_probability_real": [0.25, "x"], "fake_probability_fake": [0.75]}  # fmt: skip
+    model = ModelReport("m", metrics={"samples": {"fake": {"score": score}}})
+    assert fake_probability(model, "real-0") == 0.25 and fake_probability(model, "sample-0") == 0.75
+    assert fake_probability(model, "real-1") is None  # not a number
+    assert fake_probability(model, "sample-1") is None  # past the list
+    assert fake_probability(model, "other-0") is None
+    score["error"], score["accuracy"] = "too few clips", None
+    assert fake_probability(model, "real-0") is None  # no score: no guesses
 
 
 def test_fake_pairs_capped_and_reproducible(reports_dir: Path, tmp_path: Path) -> None:
@@ -673,6 +791,8 @@ def test_find_the_fake_click_through_in_chromium(
     fake_html = built.with_name("fake.html")
     answers = json.loads(parse(fake_html).answers)
     session = browser.open(fake_html)
+    guesses = "Array.from(document.querySelectorAll('.reveal .classifier')).map(c => c.textContent)"
+    assert browser.js(session, guesses) == []  # nothing shown before checking
     # answer "A" everywhere: right exactly where the fake is on side A
     browser.js(session, "document.querySelectorAll(\"input[value='a']\").forEach(r => r.click())")
     browser.js(session, "document.getElementById('check').click()")
@@ -686,6 +806,18 @@ def test_find_the_fake_click_through_in_chromium(
         fake_side = "A" if pair["fake"] == "a" else "B"
         assert f"{fake_side}: generated by {pair['model']}" in text
         assert text.startswith("✓" if pair["fake"] == "a" else "✗")
+    guessed = [p["classifier"] for p in answers if p["classifier"] is not None]
+    machine = browser.js(session, "document.getElementById('classifier-score').textContent")
+    caught, missing = sum(g["right"] for g in guessed), len(answers) - len(guessed)
+    assert machine == f"The classifier found {caught} of {len(guessed)} (no guess for {missing})."
+    for pair, line in zip(answers, browser.js(session, guesses), strict=True):
+        guess = pair["classifier"]
+        if guess is None:
+            assert line.startswith("Classifier: no guess")
+            continue
+        assert line.startswith(("✓" if guess["right"] else "✗") + " Classifier: ")
+        assert f"{guess['fake'].upper()} is the fake" in line
+        assert f"A {guess['a']:.2f}, B {guess['b']:.2f}" in line
     marked = browser.js(session, "document.querySelectorAll('.pair.correct').length")
     assert marked == expected
     tally = browser.js(session, "document.querySelectorAll('#tally tbody tr').length")
