@@ -9,13 +9,23 @@ with a message saying so.
 The frame grid is read from a store's params.json, never from params.yaml: a prv
 model's own store sets it; an events store has none, so ``--grid`` names the store
 whose grid the frames follow (the benchmark's prv store).
+
+The result also holds the validation split's frame NLL (``validation_frame_nll``,
+``validation_frames``, ``validation_pieces``), so that the table can pick a "best" seed
+without looking at test; it costs a second pass over the model, about the validation
+split's share of the stage's scoring time. ``--reference`` (a data set's own rolls,
+`pipeline.sources.poly2012`) scores a prv model against those rolls, after refusing a
+pitch window that cannot hold one of their pitches and checking the store cell for
+cell; an events model must count the same frames. Without it nothing changes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import platform
@@ -30,6 +40,7 @@ from pipeline.modeling.frames import UNIT, FrameError, FramesParams
 
 if TYPE_CHECKING:
     from pipeline.modeling.base import ModelSpec, StoreData
+    from pipeline.sources.poly2012 import Reference
 
 
 def score_model(
@@ -39,6 +50,8 @@ def score_model(
     params: FramesParams,
     *,
     steps_per_second: float | None = None,
+    reference: Reference | None = None,
+    validation: bool = False,
 ) -> dict[str, Any]:
     """The frame NLL of `model` on ``params.split`` of `store`, with what it is.
 
@@ -54,10 +67,19 @@ def score_model(
     Args:
         steps_per_second: the frame grid from another store (`grid_of`); None for a
             model whose store has its own (prv). A prv store must have the same.
+        reference: the data set's own rolls (`pipeline.sources.poly2012.read_reference`).
+            A family that scores rolls (prv) scores against them, after refusing a
+            pitch window that cannot hold a frame and checking the store cell for cell;
+            another (events, a bound on whole pieces) must count the same frames. The
+            result then says which data set (``reference``).
+        validation: also score the validation split, for choosing among seeds without
+            looking at test: ``validation_frame_nll``, ``validation_frames``,
+            ``validation_pieces`` (the same numbers when ``params.split`` is validation).
 
     Raises:
         FrameError: the model's family has no frame probability, or no grid to score on,
-            or a grid that is not its store's.
+            or a grid that is not its store's; with a reference, a window too narrow for
+            the data set, a store that is not its frames, or another frame count.
     """
     family = f"pipeline.modeling.{spec.representation}.frames"
     if importlib.util.find_spec(family) is None:
@@ -66,8 +88,55 @@ def score_model(
             "frames (prv and events models do)"
         )
     module = importlib.import_module(family)
+    result = _score(module, model, store, params, steps_per_second, reference)
+    if validation:
+        held_out = (
+            result
+            if params.split == "validation"
+            else _score(
+                module,
+                model,
+                store,
+                dataclasses.replace(params, split="validation"),
+                steps_per_second,
+                reference,
+            )
+        )
+        result["validation_frame_nll"] = held_out["frame_nll"]
+        result["validation_frames"] = held_out["frames"]
+        result["validation_pieces"] = held_out["pieces"]
+    if reference is not None:
+        result["reference"] = {
+            "dataset": reference.dataset,
+            "sha256": reference.meta.get("sha256"),
+            "frames": reference.frames(params.split),
+        }
+    return result
+
+
+def _score(
+    module: Any,
+    model: Any,
+    store: StoreData,
+    params: FramesParams,
+    steps_per_second: float | None,
+    reference: Reference | None,
+) -> dict[str, Any]:
+    """One split scored by the family's module; its errors as one line (`score_model`)."""
+    takes_reference = "reference" in inspect.signature(module.score).parameters
+    kw: dict[str, Any] = {"steps_per_second": steps_per_second}
+    if reference is not None and takes_reference:
+        kw["reference"] = reference
     try:  # a grid or pitch window that does not fit, a missing split or column: one line
-        return module.score(model, store, params, steps_per_second=steps_per_second)
+        result = module.score(model, store, params, **kw)
+        if reference is not None and not takes_reference:
+            want = reference.frames(params.split)
+            if result["frames"] != want:
+                raise FrameError(
+                    f"{reference.dataset}: {result['frames']} {params.split} frames scored, "
+                    f"the data set has {want}: the store is not the data set's frames"
+                )
+        return result
     except FrameError:
         raise
     except (ValueError, KeyError) as exc:
@@ -96,6 +165,19 @@ def grid_of(store_dir: Path) -> float:
     return float(grid)
 
 
+def load_reference(path: Path) -> Reference:
+    """The reference rolls at `path` (`pipeline.sources.poly2012`), its errors as FrameError.
+
+    Imported here only: a frames stage without ``--reference`` loads no source code.
+    """
+    from pipeline.sources.poly2012 import ReferenceRollError, read_reference
+
+    try:
+        return read_reference(path)
+    except ReferenceRollError as exc:
+        raise FrameError(str(exc)) from None
+
+
 def _message(exc: BaseException) -> str:
     """The error's text (a KeyError's own str() would add quotes around it)."""
     return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
@@ -113,9 +195,20 @@ def frames_command(
             "for events models; a prv model's store has its own, which must match."
         ),
     ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            help="The data set's own rolls (reference.npz, or the raw folder `etude fetch "
+            "poly2012` wrote it in): scored against them, after refusing a pitch window that "
+            "cannot hold a frame and checking the store cell for cell."
+        ),
+    ] = None,
     params: Annotated[Path, typer.Option("--params", help="params.yaml to read.")] = PARAMS_FILE,
 ) -> None:
-    """Frame NLL (nats per frame over 88 keys) of trained model NAME: exact or a bound."""
+    """Frame NLL (nats per frame over 88 keys) of trained model NAME: exact or a bound.
+
+    Scores ``frames.split`` and, for choosing among seeds, the validation split.
+    """
     import torch
 
     from pipeline.core.io import write_json
@@ -129,6 +222,7 @@ def frames_command(
         if p.num_threads:
             torch.set_num_threads(p.num_threads)
         steps_per_second = grid_of(grid) if grid is not None else None
+        ref = load_reference(reference) if reference is not None else None
         spec = model_spec(name)
         model, spec, ckpt = load_model(model_dir / "model.pt", name, pick_device(p.device))
         data = load_store(store, spec.representation)
@@ -137,13 +231,24 @@ def frames_command(
             "run": out.stem,
             "seed": (ckpt.get("train_params") or {}).get("seed"),
             "step": ckpt.get("step"),
-            **score_model(spec, model, data, p, steps_per_second=steps_per_second),
+            **score_model(
+                spec,
+                model,
+                data,
+                p,
+                steps_per_second=steps_per_second,
+                reference=ref,
+                validation=True,
+            ),
             "scored_on": datetime.date.today().isoformat(),
             "machine": machine(next(model.parameters()).device),
         }
         write_json(out, result)
         kind = "upper bound" if result["bound"] else "exact"
-        typer.echo(f"{out.stem}: frame NLL {result['frame_nll']:.4f} {UNIT} ({kind}) -> {out}")
+        typer.echo(
+            f"{out.stem}: frame NLL {result['frame_nll']:.4f} {UNIT} ({kind}; validation "
+            f"{result['validation_frame_nll']:.4f}) -> {out}"
+        )
 
 
 def machine(device: Any) -> str:

@@ -12,6 +12,13 @@ cannot score the data (an infinite NLL would hide a misconfigured window). Insid
 window a probability of exactly 0 for a sounding key (or 1 for a silent one) gives an
 infinite NLL, as it should; clip the probabilities first if a model saturates.
 
+A data set's own rolls (the reference, `pipeline.sources.poly2012`) are what the
+frames are scored against when a benchmark has them: `refuse_outside_window` refuses a
+model whose pitch window cannot hold one of their frames (a prv store would have
+folded that pitch into the window by octaves, and the model would be scored on other
+targets without a word), and `check_rolls` compares a store's rolls with them cell
+for cell. Both raise one-line `FrameError`s naming the data set, piece, frame and pitch.
+
 The metric is pure numpy (`frame_nll`, `note_unigram_baseline`, `random_baseline`;
 ``random_baseline``, p = 1/2 everywhere, is 88 ln 2 = 60.9970 nats). This module also
 holds what the `frames` stage (`pipeline.evaluation.frames`) shares with each model
@@ -25,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +64,7 @@ def roll_from_steps(steps: Sequence[Sequence[int]]) -> np.ndarray:
     return roll
 
 
-def _check_roll(roll: np.ndarray, i: int) -> np.ndarray:
+def _check_roll(roll: np.ndarray, i: int | str) -> np.ndarray:
     roll = np.asarray(roll)
     if roll.ndim != 2 or roll.shape[1] != N_KEYS:
         raise FrameError(f"piece {i}: roll must be (frames, {N_KEYS}), got {roll.shape}")
@@ -125,6 +132,91 @@ def frame_nll(
     if frames == 0:
         raise FrameError("no frames to score")
     return total / frames
+
+
+def refuse_outside_window(
+    rolls: Mapping[str, np.ndarray],
+    min_pitch: int,
+    n_pitches: int,
+    *,
+    dataset: str,
+    split: str,
+    name: Callable[[str], str] = str,
+) -> None:
+    """Raise a one-line `FrameError` when a frame of `rolls` sounds outside the model's window.
+
+    `rolls` are a data set's own ``(frames, 88)`` rolls of one split (the reference rolls,
+    `pipeline.sources.poly2012`), keyed by piece; `name` says how a key is named in the
+    message. A prv store folds such a pitch into its window by octaves, so without
+    this check the model would be scored on targets that are not the data set's.
+    """
+    lo = max(min_pitch - KEY_LOW, 0)  # the window's columns of the 88 keys: [lo, hi)
+    hi = min(max(min_pitch - KEY_LOW + n_pitches, 0), N_KEYS)
+    sounding = np.zeros(N_KEYS, dtype=bool)
+    for key, roll in rolls.items():
+        sounding |= _check_roll(roll, name(key)).any(axis=0)
+    if not sounding[:lo].any() and not sounding[hi:].any():
+        return
+    for key, roll in rolls.items():
+        outside = _check_roll(roll, name(key)).copy()
+        outside[:, lo:hi] = False
+        if outside.any():
+            t, k = (int(v) for v in np.argwhere(outside)[0])
+            pitch = k + KEY_LOW
+            where = "below" if pitch < min_pitch else "above"
+            keys = np.flatnonzero(sounding) + KEY_LOW
+            raise FrameError(
+                f"{dataset}: {name(key)} frame {t} sounds MIDI {pitch}, {where} the model's "
+                f"window {min_pitch}-{min_pitch + n_pitches - 1}; widen prv.min_pitch/n_pitches "
+                f"(the {split} split sounds MIDI {keys.min()}-{keys.max()})"
+            )
+
+
+def check_rolls(
+    got: Mapping[str, np.ndarray],
+    want: Mapping[str, np.ndarray],
+    *,
+    dataset: str,
+    split: str,
+    name: Callable[[str], str] = str,
+) -> int:
+    """Check a store's rolls against the data set's own, cell for cell; return the frames.
+
+    Both map a piece key to its ``(frames, 88)`` roll. A store ends a piece at its last
+    sounding frame (a prv store has no rows for silence), so silent frames after it in
+    `want` are the same piece; any other difference, a missing or an extra piece raises
+    a one-line `FrameError` naming the data set, split, piece, frame and pitch. Returns
+    the number of frames of `want` checked.
+    """
+    missing = [k for k in want if k not in got]
+    if missing:
+        raise FrameError(
+            f"{dataset}: the store's {split} split lacks {name(missing[0])} ({missing[0]}), "
+            f"{len(missing)} of the data set's {len(want)} {split} pieces missing"
+        )
+    extra = [k for k in got if k not in want]
+    if extra:
+        raise FrameError(f"{dataset}: the store's {split} piece {extra[0]} is not in the data set")
+    frames = 0
+    for key, ref in want.items():
+        ref, mine = _check_roll(ref, name(key)), _check_roll(got[key], name(key))
+        n = max(len(ref), len(mine))
+        a = np.zeros((n, N_KEYS), dtype=bool)
+        b = np.zeros((n, N_KEYS), dtype=bool)
+        a[: len(mine)], b[: len(ref)] = mine, ref
+        if (a != b).any():
+            t, k = (int(v) for v in np.argwhere(a != b)[0])
+            store = "sounds" if a[t, k] else "does not sound"
+            if t >= len(ref):
+                data = f"ends at frame {len(ref) - 1}"
+            else:
+                data = "sounds it" if b[t, k] else "does not"
+            raise FrameError(
+                f"{dataset}: {name(key)} frame {t}: the store {store} MIDI {k + KEY_LOW}, the "
+                f"data set's roll {data}; the store is not the data set's frames"
+            )
+        frames += len(ref)
+    return frames
 
 
 def note_unigram_baseline(

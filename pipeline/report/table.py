@@ -7,16 +7,24 @@ writes ``table.json``::
 
     {"title", "unit", "split", "frames", "measured": {"date", "machine"},
      "rows": [{"model", "frame_nll", "source": "etude" | "published", "citation",
-               "bound", "train_seconds"}],          # sorted by frame_nll
+               "bound", "train_seconds", "n_seeds", "min", "max", "selected_by",
+               "seed"}],                            # sorted by frame_nll
      "runs": [every run's result, as the frames stage wrote it, + train_seconds]}
 
 and the same rows as a Markdown table (``table.md``, pasted into the README; a test
 checks the README's copy against table.json) and as a static page (``table.html``, in
 the report's style; the main report page shows it in a frame and links it). The main
 report does not read table.json as a DVC dependency on purpose: that would make the
-main `dvc repro` reproduce the whole benchmark first. A model trained under several seeds
-gives two rows: the median over its seeds and the best one, so a lucky seed is never
-shown alone. The prv models' results also carry the per-key frequency baseline on
+main `dvc repro` reproduce the whole benchmark first.
+
+Per model, Etude's row is the median over its seeds of the test frame NLL
+(``selected_by: "median"``, ``n_seeds``, and the seeds' ``min`` and ``max``, shown
+beside the median); a model with several seeds also gets a "best" row, the seed with
+the lowest *validation* frame NLL (``selected_by: "validation"``, its ``seed``;
+labelled "best of N by validation"), so that no number is chosen by looking at test
+and a lucky seed is never shown alone. Runs scored before the frames stage recorded a
+validation NLL get no "best" row. Published rows and the baseline leave the new keys
+null. The prv models' results also carry the per-key frequency baseline on
 the same store, which becomes Etude's own "Note 1-Gram" row (the check that the
 metric agrees with the paper's).
 """
@@ -37,7 +45,19 @@ from pipeline.core.config import PARAMS_FILE
 from pipeline.core.params import require
 from pipeline.core.stage_utils import user_errors
 
-ROW_KEYS = ("model", "frame_nll", "source", "citation", "bound", "train_seconds")
+ROW_KEYS = (
+    "model",
+    "frame_nll",
+    "source",
+    "citation",
+    "bound",
+    "train_seconds",
+    "n_seeds",
+    "min",
+    "max",
+    "selected_by",
+    "seed",
+)
 SOURCES = ("etude", "published")
 
 
@@ -89,16 +109,10 @@ def read_published(path: Path) -> list[dict[str, Any]]:
             )
         if not isinstance(item["bound"], bool):
             raise TableError(f"{path}: {name}: bound must be true or false, got {item['bound']!r}")
-        rows.append(
-            {
-                "model": str(item["model"]),
-                "frame_nll": float(item["frame_nll"]),
-                "source": "published",
-                "citation": str(item["citation"]),
-                "bound": item["bound"],
-                "train_seconds": None,
-            }
+        row = _row(
+            str(item["model"]), item["frame_nll"], str(item["citation"]), item["bound"], None
         )
+        rows.append({**row, "source": "published"})
     return rows
 
 
@@ -137,7 +151,8 @@ def _finite_number(value: Any) -> bool:
 def etude_rows(
     runs: list[dict[str, Any]], params: TableParams, measured: str
 ) -> list[dict[str, Any]]:
-    """Etude's rows: per model, its median and best over seeds (one row for one seed)."""
+    """Etude's rows: per model, the median over its seeds with their min and max, and the
+    seed with the best validation NLL where every seed has one (never chosen on test)."""
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         by_model[run["model"]].append(run)
@@ -149,29 +164,34 @@ def etude_rows(
         values = [r["frame_nll"] for r in group]
         times = [r["train_seconds"] for r in group if r["train_seconds"] is not None]
         bound = any(r["bound"] for r in group)
-        if len(group) == 1:
-            rows.append(_row(label, values[0], cite, bound, times[0] if times else None))
-            continue
-        best = min(group, key=lambda r: r["frame_nll"])
-        median_time = statistics.median(times) if times else None
+        n = len(group)
         rows.append(
             _row(
-                f"{label} (median of {len(group)})",
+                label if n == 1 else f"{label} (median of {n})",
                 statistics.median(values),
                 cite,
                 bound,
-                median_time,
+                statistics.median(times) if times else None,
+                n_seeds=n,
+                low=min(values),
+                high=max(values),
+                selected_by="median",
             )
         )
-        rows.append(
-            _row(
-                f"{label} (best of {len(group)})",
-                best["frame_nll"],
-                cite,
-                bound,
-                best["train_seconds"],
+        best = best_by_validation(model, group)
+        if n > 1 and best is not None:
+            rows.append(
+                _row(
+                    f"{label} (best of {n} by validation)",
+                    best["frame_nll"],
+                    cite,
+                    bound,
+                    best["train_seconds"],
+                    n_seeds=n,
+                    selected_by="validation",
+                    seed=best.get("seed"),
+                )
             )
-        )
     unigram = [r["note_unigram"] for r in runs if r.get("note_unigram") is not None]
     if unigram:
         rows.append(
@@ -186,8 +206,36 @@ def etude_rows(
     return rows
 
 
+def best_by_validation(model: str, group: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run of `group` with the lowest validation frame NLL (ties: the lowest seed).
+
+    None when a run has no validation NLL (scored before the frames stage gave one):
+    then no "best" row is shown, rather than one chosen on test. Runs scored on
+    different validation frames are refused.
+    """
+    if not all(_finite_number(r.get("validation_frame_nll")) for r in group):
+        return None
+    counts = {r.get("validation_frames") for r in group}
+    if len(counts) != 1:
+        raise TableError(
+            f"{model}: runs were validated on different data (validation frame counts "
+            f"{sorted(map(str, counts))}): no best seed can be chosen"
+        )
+    return min(group, key=lambda r: (r["validation_frame_nll"], str(r.get("seed"))))
+
+
 def _row(
-    model: str, nll: float, citation: str, bound: bool, seconds: float | None
+    model: str,
+    nll: float,
+    citation: str,
+    bound: bool,
+    seconds: float | None,
+    *,
+    n_seeds: int | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    selected_by: str | None = None,
+    seed: Any = None,
 ) -> dict[str, Any]:
     return {
         "model": model,
@@ -196,6 +244,11 @@ def _row(
         "citation": citation,
         "bound": bool(bound),
         "train_seconds": None if seconds is None else round(float(seconds), 1),
+        "n_seeds": n_seeds,
+        "min": None if low is None else float(low),
+        "max": None if high is None else float(high),
+        "selected_by": selected_by,
+        "seed": seed,
     }
 
 
@@ -233,6 +286,18 @@ def _seconds(value: float | None) -> str:
     return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
 
 
+def _nll(row: dict[str, Any]) -> str:
+    """A row's frame NLL as shown: a median over seeds has their min-max beside it.
+
+    Rows without the keys (a table.json written before they existed) show the number
+    alone, as they did.
+    """
+    text = f"{row['frame_nll']:.3f}"
+    if (row.get("n_seeds") or 0) > 1 and row.get("selected_by") == "median":
+        text += f" ({row['min']:.3f}\u2013{row['max']:.3f})"
+    return text
+
+
 def markdown(table: dict[str, Any]) -> str:
     """The rows as a Markdown table (what the README shows)."""
     lines = [
@@ -242,7 +307,7 @@ def markdown(table: dict[str, Any]) -> str:
     for row in table["rows"]:
         kind = "upper bound" if row["bound"] else "exact"
         lines.append(
-            f"| {row['model']} | {row['frame_nll']:.3f} | {kind} | {row['source']} "
+            f"| {row['model']} | {_nll(row)} | {kind} | {row['source']} "
             f"| {_seconds(row['train_seconds'])} | {row['citation']} |"
         )
     return "\n".join(lines) + "\n"
@@ -260,7 +325,7 @@ def html_page(table: dict[str, Any]) -> str:
         cls = ' class="ours"' if row["source"] == "etude" else ""
         rows.append(
             f"<tr{cls}><td>{_esc(row['model'])}</td>"
-            f'<td class="num" data-sort="{row["frame_nll"]}">{row["frame_nll"]:.3f}</td>'
+            f'<td class="num" data-sort="{row["frame_nll"]}">{_esc(_nll(row))}</td>'
             f"<td>{kind}</td><td>{_esc(row['source'])}</td>"
             f"<td>{_esc(_seconds(row['train_seconds']))}</td><td>{_esc(row['citation'])}</td></tr>"
         )
@@ -269,7 +334,8 @@ def html_page(table: dict[str, Any]) -> str:
         f"<h1>{_esc(table['title'])}</h1>"
         f"<p>{_esc(table['unit'])}; {table['frames']} {_esc(table['split'])} frames. Etude's "
         f"rows measured {_esc(measured['date'])} on {_esc(measured['machine'])}; lower is "
-        "better; an upper bound is comparable only as a bound.</p>"
+        "better; an upper bound is comparable only as a bound; a median over seeds has "
+        "their min\u2013max beside it.</p>"
         + _table(
             "benchmark",
             ["Model", "Frame NLL (nats/step)", "Kind", "Source", "Training (wall)", "Citation"],

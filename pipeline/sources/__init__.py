@@ -42,6 +42,7 @@ REGISTRY: Registry[Source] = Registry(
         "lakh": "pipeline.sources.lakh",
         "folder": "pipeline.sources.folder",
         "jsb": "pipeline.sources.jsb",
+        "poly2012": "pipeline.sources.poly2012",
     },
 )
 register = REGISTRY.register
@@ -51,7 +52,7 @@ names = REGISTRY.names
 
 def fetch_command(
     source: Annotated[
-        str, typer.Argument(help="Source name: corpus, maestro, lakh, folder or jsb.")
+        str, typer.Argument(help="Source name: corpus, maestro, lakh, folder, jsb or poly2012.")
     ],
     out: Annotated[Path, typer.Option(help="Folder to fill (replaced atomically).")],
     params: Annotated[Path, typer.Option("--params", help="params.yaml to read.")] = PARAMS_FILE,

@@ -26,7 +26,9 @@ PARAMS = TableParams(
     citation="Etude benchmarks/jsb",
     labels={"biaxial": "biaxial LSTM (DeepJ)", "transformer": "Music Transformer"},
 )
-BIAXIAL = {0: 6.25, 1: 5.5, 2: 7.75}  # seed -> frame NLL; median 6.25, best 5.5 (seed 1)
+BIAXIAL = {0: 6.25, 1: 5.5, 2: 7.75}  # seed -> test frame NLL; median 6.25, min 5.5, max 7.75
+# seed -> validation frame NLL: the best by validation (seed 0) is not the best on test (seed 1)
+BIAXIAL_VALID = {0: 6.0, 1: 6.4, 2: 7.0}
 SECONDS = {"biaxial-s0": 61.0, "biaxial-s1": 59.4, "biaxial-s2": 70.0, "poph-s0": 130.25}
 
 
@@ -49,8 +51,21 @@ def run(model: str, seed: int, nll: float, **extra: Any) -> dict[str, Any]:
     }
 
 
+def valid(nll: float) -> dict[str, Any]:
+    """The validation keys the frames stage adds to a result."""
+    return {"validation_frame_nll": nll, "validation_frames": 4602, "validation_pieces": 76}
+
+
+def scored(seed: int, nll: float, validation: float) -> dict[str, Any]:
+    """A biaxial run as `read_runs` hands it on (with its training time, unknown here)."""
+    return run("biaxial", seed, nll, train_seconds=None, **valid(validation))
+
+
 def runs() -> list[dict[str, Any]]:
-    out = [run("biaxial", s, v, note_unigram=11.0589) for s, v in BIAXIAL.items()]
+    out = [
+        run("biaxial", s, v, note_unigram=11.0589, **valid(BIAXIAL_VALID[s]))
+        for s, v in BIAXIAL.items()
+    ]
     out.append(run("poph", 0, 6.5, note_unigram=11.0589))
     out.append(run("transformer", 0, 8.9, bound=True, tokens=28000))
     return out
@@ -71,22 +86,23 @@ def results(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def published_rows() -> list[dict[str, Any]]:
+    none = {k: None for k in ROW_KEYS}
     return [
         {
+            **none,
             "model": "RNN-NADE",
             "frame_nll": 5.83,
             "source": "published",
             "citation": "2012",
             "bound": False,
-            "train_seconds": None,
         },
         {
+            **none,
             "model": "DMM-Aug-NADE",
             "frame_nll": 5.118,
             "source": "published",
             "citation": "2017",
             "bound": True,
-            "train_seconds": None,
         },
     ]
 
@@ -98,18 +114,25 @@ def test_build_table_rows(results: tuple[Path, Path]) -> None:
 
     median = by_model["Etude biaxial LSTM (DeepJ) (median of 3)"]
     assert median["frame_nll"] == statistics.median(BIAXIAL.values()) == 6.25
+    assert (median["min"], median["max"], median["n_seeds"]) == (5.5, 7.75, 3)
+    assert (median["selected_by"], median["seed"]) == ("median", None)
     assert median["train_seconds"] == statistics.median([61.0, 59.4, 70.0])
-    best = by_model["Etude biaxial LSTM (DeepJ) (best of 3)"]
-    assert best["frame_nll"] == 5.5
-    assert best["train_seconds"] == 59.4  # the best seed's own time
+    best = by_model["Etude biaxial LSTM (DeepJ) (best of 3 by validation)"]
+    assert (best["selected_by"], best["seed"], best["n_seeds"]) == ("validation", 0, 3)
+    assert best["frame_nll"] == BIAXIAL[0] == 6.25  # seed 0's test NLL, not the lowest (5.5)
+    assert best["min"] is None and best["max"] is None
+    assert best["train_seconds"] == 61.0  # the chosen seed's own time
     assert "seeds 0, 1, 2" in best["citation"] and "2026-12-01" in best["citation"]
+    assert not any("best of 3)" in m for m in by_model)  # no row chosen on test
 
     assert by_model["Etude poph"]["frame_nll"] == 6.5  # one seed: one row, no label given
+    assert (by_model["Etude poph"]["n_seeds"], by_model["Etude poph"]["min"]) == (1, 6.5)
     assert by_model["Etude poph"]["train_seconds"] == 130.2  # rounded to 0.1 s
     assert not any(m.startswith("Etude poph (") for m in by_model)
     transformer = by_model["Etude Music Transformer"]
     assert transformer["bound"] is True and transformer["train_seconds"] is None
     assert by_model["DMM-Aug-NADE"]["bound"] is True  # published bounds carried
+    assert by_model["DMM-Aug-NADE"]["n_seeds"] is None
     unigram = [row for m, row in by_model.items() if m.startswith("Etude Note 1-Gram")]
     assert [row["frame_nll"] for row in unigram] == [11.0589]
 
@@ -128,6 +151,44 @@ def test_build_table_rows(results: tuple[Path, Path]) -> None:
     assert "| 8.900 | upper bound | etude | n/a |" in transformer_line
     poph_line = next(ln for ln in lines if ln.startswith("| Etude poph |"))
     assert "| 6.500 | exact | etude | 2 min 10 s |" in poph_line
+    median_line = next(ln for ln in lines if "(median of 3)" in ln)
+    assert "| 6.250 (5.500\u20137.750) | exact |" in median_line  # min-max beside the median
+    best_line = next(ln for ln in lines if "(best of 3 by validation)" in ln)
+    assert "| 6.250 | exact |" in best_line
+
+
+def test_the_best_seed_is_chosen_on_validation_alone() -> None:
+    """Whatever the seeds score on test, the best row is the lowest validation NLL's."""
+    for test_nll in ({0: 9.0, 1: 5.0, 2: 7.0}, {0: 5.0, 1: 9.0, 2: 7.0}):
+        group = [scored(s, test_nll[s], v) for s, v in {0: 6.1, 1: 6.3, 2: 5.9}.items()]
+        rows = {r["model"]: r for r in build_table(group, [], PARAMS)["rows"]}
+        best = rows["Etude biaxial LSTM (DeepJ) (best of 3 by validation)"]
+        assert (best["seed"], best["frame_nll"]) == (2, 7.0)
+        median = rows["Etude biaxial LSTM (DeepJ) (median of 3)"]
+        assert (median["frame_nll"], median["min"], median["max"]) == (7.0, 5.0, 9.0)
+
+
+def test_no_best_row_without_validation_and_none_on_other_validation_data() -> None:
+    group = [scored(s, v, BIAXIAL_VALID[s]) for s, v in BIAXIAL.items()]
+    del group[1]["validation_frame_nll"]  # scored before the frames stage recorded it
+    models = [r["model"] for r in build_table(group, [], PARAMS)["rows"]]
+    assert models == ["Etude biaxial LSTM (DeepJ) (median of 3)"]  # no best by test instead
+    group = [scored(s, v, BIAXIAL_VALID[s]) for s, v in BIAXIAL.items()]
+    group[2]["validation_frames"] = 4601
+    with pytest.raises(TableError, match=r"biaxial: runs were validated on different data"):
+        build_table(group, [], PARAMS)
+
+
+def test_a_table_json_without_the_new_keys_prints_as_before() -> None:
+    """A table.json written before min/max existed shows its numbers alone."""
+    old = {k: v for k, v in _etude_row(6.25).items() if k in ROW_KEYS[:6]}
+    text = markdown({"rows": [old]})
+    assert "| 6.250 | exact | etude |" in text
+
+
+def _etude_row(nll: float) -> dict[str, Any]:
+    rows = build_table([scored(0, nll, 6.0)], [], PARAMS)["rows"]
+    return next(r for r in rows if r["source"] == "etude" and "1-Gram" not in r["model"])
 
 
 def test_runs_of_other_data_are_refused() -> None:

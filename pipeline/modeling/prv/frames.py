@@ -15,17 +15,24 @@ measured, not assumed:
   ``seq_len`` windows, each starting from a fresh state (so each window's first steps
   lack context and the NLL is biased upward).
 
+With a data set's reference rolls (``etude frames --reference``; `check_store`,
+`reference_targets`), the targets are those rolls: the window must hold every pitch of
+the split scored and the store must equal them cell for cell, and each piece is scored
+to the reference's last frame (silent frames at a piece's end have no store rows).
+
 Loaded by the `frames` stage only (not by training), like ``sampling.py``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from pipeline.core.config import SPLITS
 from pipeline.modeling.base import StoreData
 from pipeline.modeling.frames import (
     KEY_LOW,
@@ -33,9 +40,11 @@ from pipeline.modeling.frames import (
     UNIT,
     FrameError,
     FramesParams,
+    check_rolls,
     eval_mode,
     frame_nll,
     note_unigram_baseline,
+    refuse_outside_window,
 )
 from pipeline.modeling.prv import (
     PLAY,
@@ -46,6 +55,9 @@ from pipeline.modeling.prv import (
     store_prv_params,
     style_index,
 )
+
+if TYPE_CHECKING:
+    from pipeline.sources.poly2012 import Reference
 
 
 @dataclass
@@ -86,8 +98,15 @@ def split_rolls(store: StoreData, split: str) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def play_logits(model: Any, store: StoreData, split: str) -> PlayLogits:
-    """Whole-piece and windowed play logits of every piece of `split` (module docstring)."""
+def play_logits(
+    model: Any, store: StoreData, split: str, n_frames: Callable[[str], int] | None = None
+) -> PlayLogits:
+    """Whole-piece and windowed play logits of every piece of `split` (module docstring).
+
+    Each piece is scored up to its last sounding step, or for ``n_frames(piece_id)``
+    frames where given (the silent frames a data set's piece ends with, which a store has no
+    rows for); ``rolls`` are the store's either way.
+    """
     config = model.config
     device = next(model.parameters()).device
     min_pitch, n_pitches, _ = store_prv_params(store)
@@ -101,7 +120,7 @@ def play_logits(model: Any, store: StoreData, split: str) -> PlayLogits:
     by_piece = piece_styles(store)
     whole, windowed = [], []
     for i, pid in enumerate(pieces.piece_ids):
-        n = int(pieces.n_steps[i])
+        n = int(pieces.n_steps[i]) if n_frames is None else n_frames(pid)
         style = torch.tensor([style_index(config.styles, by_piece.get(pid))], device=device)
         x = torch.from_numpy(dense_steps(pieces, i, -1, n + 1, n_pitches))[None].to(device)
         start = torch.zeros(1, dtype=torch.long, device=device)
@@ -118,13 +137,83 @@ def play_logits(model: Any, store: StoreData, split: str) -> PlayLogits:
     return PlayLogits(pieces.piece_ids, piece_rolls(pieces, min_pitch), whole, windowed, min_pitch)
 
 
+def store_rolls(store: StoreData, split: str) -> dict[str, np.ndarray]:
+    """The 88-key rolls of one split of a prv store, keyed as the reference keys pieces."""
+    from pipeline.sources.poly2012 import piece_key
+
+    min_pitch, n_pitches, _ = store_prv_params(store)
+    pieces = split_pieces(store, split, n_pitches)
+    rolls = piece_rolls(pieces, min_pitch)
+    return {piece_key(pid): roll for pid, roll in zip(pieces.piece_ids, rolls, strict=True)}
+
+
+def check_store(
+    store: StoreData, reference: Reference, splits: Sequence[str] = SPLITS
+) -> dict[str, int]:
+    """The pipeline's check that a prv store holds the data set's own frames.
+
+    Each piece of each of `splits`, its play channel unfolded to MIDI pitches, must
+    equal the reference roll cell for cell (`check_rolls`: silent frames after a
+    piece's last sounding one excepted, which a prv store has no rows for), and the
+    store's grid must be the reference's one step per frame. Returns the frames
+    checked per split; raises a one-line `FrameError` naming the data set, split,
+    piece, frame and pitch of the first difference.
+    """
+    _, _, grid = store_prv_params(store)
+    if abs(grid - reference.steps_per_second) > 1e-9:
+        raise FrameError(
+            f"{reference.dataset}: prv store {store.path or '(in memory)'} has "
+            f"steps_per_second {grid}, the data set's frames need {reference.steps_per_second} "
+            "(one step per frame)"
+        )
+    return {
+        split: check_rolls(
+            store_rolls(store, split),
+            reference.split(split),
+            dataset=reference.dataset,
+            split=split,
+            name=reference.name,
+        )
+        for split in splits
+    }
+
+
+def reference_targets(store: StoreData, split: str, reference: Reference) -> dict[str, np.ndarray]:
+    """The reference rolls a prv store's `split` is scored against, after two checks.
+
+    First the model's pitch window (the store's) must hold every sounding pitch of the
+    split (`refuse_outside_window`: one line naming the data set, piece, frame and
+    pitch), then the store must be the data set's frames (`check_store`).
+    """
+    min_pitch, n_pitches, _ = store_prv_params(store)
+    targets = reference.split(split)
+    refuse_outside_window(
+        targets,
+        min_pitch,
+        n_pitches,
+        dataset=reference.dataset,
+        split=split,
+        name=reference.name,
+    )
+    check_store(store, reference, [split])
+    return targets
+
+
 def score(
-    model: Any, store: StoreData, params: FramesParams, *, steps_per_second: float | None = None
+    model: Any,
+    store: StoreData,
+    params: FramesParams,
+    *,
+    steps_per_second: float | None = None,
+    reference: Reference | None = None,
 ) -> dict[str, Any]:
     """The frames stage's result for a prv model: exact, whole pieces (and windowed).
 
     One frame per step: the grid is the store's own (its params.json). A grid given
     from elsewhere (`steps_per_second`, the stage's ``--grid``) must be the same.
+    With a `reference` (the data set's own rolls, `pipeline.sources.poly2012`), the
+    targets are its rolls, every frame of them, and the Note 1-Gram is its train
+    split's; the window and the store are checked first (`reference_targets`).
     """
     _, _, grid = store_prv_params(store)
     if steps_per_second is not None and abs(grid - steps_per_second) > 1e-9:
@@ -132,14 +221,24 @@ def score(
             f"prv store {store.path or '(in memory)'} has steps_per_second {grid}, "
             f"but the frames are on a grid of {steps_per_second}: one frame per step needed"
         )
+    targets = None if reference is None else reference_targets(store, params.split, reference)
     with eval_mode(model):
-        scored = play_logits(model, store, params.split)
-    rolls = scored.rolls
+        if targets is None:
+            scored = play_logits(model, store, params.split)
+        else:  # loaded only here: the benchmarks without a reference never load sources
+            from pipeline.sources.poly2012 import piece_key
+
+            scored = play_logits(model, store, params.split, lambda p: len(targets[piece_key(p)]))
+    if targets is None or reference is None:
+        rolls, train = scored.rolls, split_rolls(store, "train")
+    else:
+        rolls = [targets[piece_key(pid)] for pid in scored.piece_ids]
+        train = list(reference.split("train").values())
     kw = {"min_pitch": scored.min_pitch, "logits": True}
     return {
         "frame_nll": frame_nll(scored.whole, rolls, **kw),
         "frame_nll_windowed": frame_nll(scored.windowed, rolls, **kw),
-        "note_unigram": note_unigram_baseline(split_rolls(store, "train"), rolls),
+        "note_unigram": note_unigram_baseline(train, rolls),
         "bound": False,
         "method": "exact: play probabilities of each pitch given earlier steps and "
         "lower pitches, each piece scored whole from its first step",
