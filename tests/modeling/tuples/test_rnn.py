@@ -214,3 +214,96 @@ def test_real_store_windows_cover_test_notes() -> None:
     assert sum(float(b["mask"].sum()) for b in loader) == len(store.rows["test"])
     result = baseline(store, config)
     assert 0 < result["baseline_nll"] < math.log(128) + 1
+
+
+# ---------------------------------------------------------------- drawing the times
+
+
+def constant_model(step: float, duration: float) -> NoteLSTM:
+    """A NoteLSTM whose step and duration heads predict `step` and `duration` always."""
+    torch.manual_seed(0)
+    model = NoteLSTM(model_config("rnn", seq_len=4, hidden_size=16))
+    with torch.no_grad():
+        for head, value in ((model.step, step), (model.duration, duration)):
+            head.weight.zero_()
+            head.bias.fill_(value)
+    return model
+
+
+def drawn_times(model: NoteLSTM, settings: dict, n: int = 400, length: int = 5, **kw):
+    rows = generate_rnn(
+        model,
+        n,
+        SampleOptions(length=length, settings=settings, **kw),
+        generator=torch.Generator().manual_seed(3),
+    )
+    both = pd.concat(rows)
+    return both["step"].to_numpy(np.float64), both["duration"].to_numpy(np.float64)
+
+
+def test_geometric_draw_has_the_predicted_mean_on_the_grid() -> None:
+    step, duration = drawn_times(constant_model(0.3, 0.6), {"grid_s": 0.25})
+    assert np.allclose(step / 0.25, np.round(step / 0.25), atol=1e-6)  # on the grid
+    assert np.allclose(duration / 0.25, np.round(duration / 0.25), atol=1e-6)
+    assert step.mean() == pytest.approx(0.3, rel=0.08)
+    assert duration.mean() == pytest.approx(0.6, rel=0.08)
+    assert duration.min() == pytest.approx(0.25)  # a duration lasts at least one grid step
+    # P(0) = 1 - q = grid / (mean + grid): a chord note as often as the mean implies
+    assert (step == 0).mean() == pytest.approx(0.25 / 0.55, abs=0.04)
+    assert len(np.unique(step)) > 3  # waits of several grid steps, ever rarer
+
+
+def test_round_nearest_and_mean_draws() -> None:
+    model = constant_model(0.3, 0.6)
+    step, duration = drawn_times(model, {"step_draw": "round", "duration_draw": "round"})
+    assert set(np.round(step, 6)) == {0.25, 0.5}  # the two grid points around 0.3
+    assert (step == 0.5).mean() == pytest.approx(0.2, abs=0.04)  # mean kept: 0.25 + 0.2 * 0.25
+    assert set(np.round(duration, 6)) == {0.5, 0.75}
+    step, duration = drawn_times(model, {"step_draw": "nearest", "duration_draw": "nearest"})
+    assert set(np.round(step, 6)) == {0.25} and set(np.round(duration, 6)) == {0.5}
+    step, duration = drawn_times(model, {"step_draw": "mean", "duration_draw": "mean"})
+    np.testing.assert_allclose(step, 0.3, rtol=1e-6)  # the point estimate, as the tutorial
+    np.testing.assert_allclose(duration, 0.6, rtol=1e-6)
+    step, _ = drawn_times(model, {"grid_s": 0.1, "step_draw": "nearest"})
+    np.testing.assert_allclose(step, 0.3, rtol=1e-6)
+
+
+def test_greedy_takes_the_nearest_grid_point() -> None:
+    step, duration = drawn_times(constant_model(0.3, 0.6), {}, n=3, temperature=0.0)
+    np.testing.assert_allclose(step, 0.25)
+    np.testing.assert_allclose(duration, 0.5)
+
+
+def test_default_draws_are_reproducible_for_a_seed_and_vary_across_seeds() -> None:
+    model = constant_model(0.3, 0.6)
+
+    def run(seed: int) -> pd.DataFrame:
+        gen = torch.Generator().manual_seed(seed)
+        return generate_rnn(model, 1, SampleOptions(length=30), generator=gen)[0]
+
+    pd.testing.assert_frame_equal(run(7), run(7))
+    assert not np.array_equal(run(7)["step"], run(8)["step"])
+
+
+def test_velocity_setting() -> None:
+    model = constant_model(0.3, 0.6)
+    rows = generate_rnn(model, 1, SampleOptions(length=4, settings={"velocity": 90}))[0]
+    assert (rows["velocity"] == 90).all()
+    rows = generate_rnn(model, 1, SampleOptions(length=4))[0]
+    assert (rows["velocity"] == model.config.velocity).all()  # 0: the model's
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"step_drw": "round"}, "sample.rnn.step_drw: rnn has no such sampling setting"),
+        ({"grid_s": "0.25"}, "sample.rnn.grid_s: expected float"),
+        ({"duration_draw": "gamma"}, "sample.rnn.duration_draw: expected one of geometric"),
+        ({"grid_s": 0.0}, "sample.rnn.grid_s: expected a grid > 0 s"),
+        ({"velocity": 128}, "sample.rnn.velocity: expected 0 or 1..127"),
+    ],
+)
+def test_bad_settings_give_one_line(settings: dict, message: str) -> None:
+    with pytest.raises(base.GenerateError) as info:
+        generate_rnn(constant_model(0.3, 0.6), 1, SampleOptions(length=2, settings=settings))
+    assert message in str(info.value) and "\n" not in str(info.value)
