@@ -375,8 +375,6 @@ def validate_backbone(config: Any) -> None:
         config.window_frames > 0 and config.window_frames % (2**levels) == 0,
         f"window_frames must be a positive multiple of {2**levels} (2 ** levels)",
     )
-    require(0.0 <= config.threshold < 1.0, "threshold must be in [0, 1) (0 = expected count)")
-    require(1 <= config.velocity <= 127, "velocity must be in 1..127")
     require(config.n_pitches >= 0 and config.min_pitch >= 0, "pitch range must be >= 0")
     require(config.frame_ms >= 0, "frame_ms must be >= 0")
 

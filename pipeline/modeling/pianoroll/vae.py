@@ -27,12 +27,11 @@ exact NLL (a bound below it beats it). In evaluation ``loss`` is that negative E
 (KL weight 1, whatever ``beta`` and the step), so fit selects the checkpoint on the
 bound that evaluate reports, and validation losses are comparable over time.
 
-Generation samples ``z ~ N(0, temperature^2 I)`` for every window and turns the
-decoder's probabilities into notes with ``binarize``: by default (``threshold
-0``) each frame plays as many of its most probable cells as the probabilities add up
-to, since a briefly trained VAE's blurry probabilities rarely pass a fixed threshold
-(measured on the Bach corpus after 150 steps: no cell above 0.3); windows are
-independent. Interpolation encodes two windows to their posterior means and
+Generation draws each window's code from the prior, ``z ~ N(0, temperature^2 I)``,
+the codes of one clip correlated (``window_correlation``: independent windows jump
+between keys and registers every window, measured as an 85-semitone range against the
+chorales' 34), and turns the decoder's probabilities into notes by the sampler's
+``draw`` (params ``sample.vae``; see the sampler). Interpolation encodes two windows to their posterior means and
 decodes points along the *spherical* interpolation (slerp) between them: under a
 Gaussian prior in many dimensions almost all mass lies near a sphere, and the
 straight line between two codes passes through atypically small-norm codes
@@ -82,8 +81,6 @@ class VAEConfig:
     latent_dim: int
     beta: float  # KL weight once annealed
     kl_anneal_steps: int  # KL weight reaches beta at this step; at most the run's max_steps
-    threshold: float  # generation: play cells above it (0: expected count, `binarize`)
-    velocity: int  # velocity of generated notes (the model ignores dynamics)
     min_pitch: int = 0  # from the store params (prepare)
     n_pitches: int = 0  # from the store params (prepare)
     frame_ms: float = 0.0  # from the store params (prepare)

@@ -177,9 +177,7 @@ def test_overfits_one_batch() -> None:
 def test_generate_rows_decode_to_valid_notes() -> None:
     torch.manual_seed(0)
     store = encoded_store("pianoroll", {"train": [SMALL]}, max_frames_per_piece=400)
-    config = prepare(
-        store, model_config("autoencoder", window_frames=16, filters=(4, 8), threshold=0.2)
-    )
+    config = prepare(store, model_config("autoencoder", window_frames=16, filters=(4, 8)))
     model = PianorollAutoencoder(config)
     rep = representations.get("pianoroll")
     samples = generate_autoencoder(

@@ -16,7 +16,13 @@ from torch.utils.data import DataLoader
 from pipeline import representations
 from pipeline.modeling import base
 from pipeline.modeling.pianoroll import make_dataset, prepare
-from pipeline.modeling.pianoroll.sampling import binarize, generate_vae, interpolate_vae, slerp
+from pipeline.modeling.pianoroll.sampling import (
+    VAE_SETTINGS,
+    decide,
+    generate_vae,
+    interpolate_vae,
+    slerp,
+)
 from pipeline.modeling.pianoroll.vae import PianorollVAE, VAEConfig
 from pipeline.modeling.sampling import SampleOptions
 
@@ -231,7 +237,7 @@ def test_interpolate_endpoints_and_count() -> None:
     # the ends decode the posterior means of a and b exactly
     with torch.no_grad():
         mu_a = model.encode(torch.from_numpy(np.eye(6, dtype=np.float32)[[0] * 8])[None])[0]
-        ends = binarize(torch.sigmoid(model.decode(mu_a)), model.config.threshold).numpy()[0]
+        ends = decide(torch.sigmoid(model.decode(mu_a)), VAE_SETTINGS).numpy()[0]
     first = np.zeros((8, 6), np.float32)
     first[path[0]["frame"], path[0]["pitch"] - 60] = 1.0
     np.testing.assert_array_equal(first, ends)
