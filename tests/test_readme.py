@@ -498,54 +498,31 @@ CLAIMS = [
         ),
         "benchmarks/jsb/results/frames/transformer-s0.json",
     ),
+    # the table's sample numbers (polyphony, OA, KL, entropy) were measured with the
+    # evaluation before issue 22 (4 clips of 30 s) on both sides and say so; its NLLs and
+    # bias are the current run's
     Claim(
-        r"test play NLL in nats per pitch-step, baseline ([\d.]+);.*?real polyphony ([\d.]+)\)",
-        lambda: (
-            f"{load(METRICS / 'biaxial.json')['baseline']:.4f}",
-            f"{evaluate('biaxial')['samples']['metrics']['polyphony']['real_mean']:.2f}",
-        ),
-        "reports/metrics/biaxial.json, reports/evaluate/biaxial.json",
-    ),
-    Claim(
-        r"biaxial ([\d.]+) vs [\d.]+ with the old per-played-cell average; but its samples are "
-        r"sparser \(polyphony ([\d.]+) vs [\d.]+, OA ([\d.]+) vs",
-        lambda: (
-            f"{load(METRICS / 'biaxial.json')['test']:.4f}",
-            f"{load(METRICS / 'biaxial.json')['polyphony']:.2f}",
-            f"{load(METRICS / 'biaxial.json')['oa_mean']:.2f}",
-        ),
+        r"test play NLL in nats per pitch-step, baseline ([\d.]+);",
+        lambda: (f"{load(METRICS / 'biaxial.json')['baseline']:.4f}",),
         "reports/metrics/biaxial.json",
     ),
     Claim(
-        r"context and beat features \(OA ([\d.]+) vs [\d.]+, KL ([\d.]+) vs",
-        lambda: (
-            f"{load(METRICS / 'biaxial.json')['oa_mean']:.2f}",
-            f"{evaluate('biaxial')['samples']['kl_mean']:.1f}",
-        ),
-        "reports/metrics/biaxial.json, reports/evaluate/biaxial.json",
+        r"biaxial ([\d.]+) vs [\d.]+ with the old per-played-cell average;",
+        lambda: (f"{load(METRICS / 'biaxial.json')['test']:.4f}",),
+        "reports/metrics/biaxial.json",
     ),
     Claim(
-        r"poph ([\d.]+) \(OA ([\d.]+), KL ([\d.]+)\) vs",
-        lambda: (
-            f"{load(METRICS / 'poph.json')['test']:.4f}",
-            f"{load(METRICS / 'poph.json')['oa_mean']:.2f}",
-            f"{evaluate('poph')['samples']['kl_mean']:.2f}",
-        ),
-        "reports/metrics/poph.json, reports/evaluate/poph.json",
+        r"poph ([\d.]+) \(OA [\d.]+, KL [\d.]+\) vs",
+        lambda: (f"{load(METRICS / 'poph.json')['test']:.4f}",),
+        "reports/metrics/poph.json",
     ),
     Claim(
-        r"weight 0\.2: ([\d.]+), bias \+([\d.]+), polyphony ([\d.]+);",
+        r"weight 0\.2: ([\d.]+), bias \+([\d.]+), polyphony [\d.]+;",
         lambda: (
             f"{load(METRICS / 'poph.json')['test']:.4f}",
             f"{evaluate('poph')['test']['play_rate_bias']:.4f}",
-            f"{load(METRICS / 'poph.json')['polyphony']:.2f}",
         ),
         "reports/metrics/poph.json, reports/evaluate/poph.json",
-    ),
-    Claim(
-        r"pitch-class entropy [\d.]+ vs ([\d.]+),",
-        lambda: (f"{load(METRICS / 'biaxial.json')['pce']:.2f}",),
-        "reports/metrics/biaxial.json",
     ),
     Claim(
         r"The default corpus: (\d+) pieces",
@@ -617,7 +594,7 @@ STALE = [
     (fault_list_problems, "- `tests/test_faults.py`, 17:", "- `tests/test_faults.py`, 16:"),
     (fault_list_problems, "- `tests/core/test_io.py`,", "- `tests/test_atomic.py`,"),
     (metrics_block_problems, "3.20836", "3.20837"),
-    (metrics_block_problems, "139 characters wide", "140 characters wide"),
+    (metrics_block_problems, "147 characters wide", "148 characters wide"),
     (model_table_problems, "| `pitch_nll` |", "| `test_pitch_nll` |"),
     (ablation_problems, "| 6.889 | +0.938 |", "| 6.889 | +0.937 |"),
     (claim_problems, "took 54.8 minutes", "took 54.9 minutes"),
