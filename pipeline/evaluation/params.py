@@ -32,8 +32,8 @@ class EvaluateParams:
     train_batches: int  # cap on train batches scored (the test split is scored whole)
     render: bool  # write .ogg/.png beside each clip when the renderer exists
     num_threads: int  # torch CPU threads; 0 = torch's default
-    fake_folds: int = 5  # find the fake: stratified k-fold cross-validation
-    oa_boot: int = 200  # bootstrap resamples for the overlapping areas' intervals
+    fake_folds: int  # find the fake: stratified k-fold cross-validation
+    oa_boot: int  # bootstrap resamples for the overlapping areas' intervals
 
     def validate(self) -> None:
         require(self.n_samples >= 0, "n_samples must be >= 0")

@@ -56,6 +56,8 @@ SMALL_EVAL = EvaluateParams(
     train_batches=3,
     render=False,
     num_threads=0,
+    fake_folds=5,
+    oa_boot=50,
 )
 
 

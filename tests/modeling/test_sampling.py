@@ -39,7 +39,9 @@ def test_interpolators_resolve_and_only_the_vae_has_one(name: str) -> None:
     walk = interpolator(spec)
     assert (walk is not None) == (name == "vae")
     if walk is not None:
-        assert [p for p, _, _ in _parameters(walk)] == ["model", "a", "b", "steps"]
+        parameters = _parameters(walk)
+        assert [p for p, _, _ in parameters[:4]] == ["model", "a", "b", "steps"]
+        assert all(default is not inspect.Parameter.empty for _, _, default in parameters[4:])
 
 
 def test_a_reference_to_nothing_says_what_is_missing() -> None:
