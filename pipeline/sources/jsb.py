@@ -33,6 +33,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from pipeline.core.config import SPLITS
 from pipeline.core.io import atomic_dir
@@ -51,6 +52,7 @@ VELOCITY = 80  # the data has no dynamics
 COMPOSER = "Johann Sebastian Bach"
 SOURCE_FILE = "jsb-chorales-quarter.json"
 
+P = TypeVar("P")  # a piece with a `group` (JsbPiece, poly2012.Piece)
 Step = Sequence[int]
 Chorale = Sequence[Step]
 
@@ -176,10 +178,11 @@ def write_midi(steps: Chorale, path: Path, bpm: int, *, tie: bool = True) -> Non
     midi.save(str(path))
 
 
-def select(chorales: list[JsbPiece], max_files: int) -> list[JsbPiece]:
+def select(chorales: list[P], max_files: int) -> list[P]:
     """A reproducible subset: the `max_files` with the lowest stable hash of their group.
 
     Nested as `max_files` grows and the same on every machine; splits stay official.
+    Any piece with a ``group`` (poly2012's too).
     """
     if max_files == 0 or max_files >= len(chorales):
         return chorales

@@ -263,17 +263,10 @@ def write_midi(roll: np.ndarray, path: Path, bpm: int, frames_per_quarter: int) 
 
 
 def select(pieces: list[Piece], max_files: int) -> list[Piece]:
-    """A reproducible subset: the `max_files` with the lowest stable hash of their group.
+    """A reproducible subset keeping official splits: `pipeline.sources.jsb.select`."""
+    from pipeline.sources.jsb import select as select_groups
 
-    Nested as `max_files` grows and the same on every machine; splits stay official.
-    """
-    from pipeline.splits import stable_fraction
-
-    if max_files == 0 or max_files >= len(pieces):
-        return pieces
-    ranked = sorted(pieces, key=lambda p: (stable_fraction(p.group, salt="subset"), p.group))
-    chosen = {p.group for p in ranked[:max_files]}
-    return [p for p in pieces if p.group in chosen]
+    return select_groups(pieces, max_files)
 
 
 def obtain(params: Params, dest: Path) -> Path:
