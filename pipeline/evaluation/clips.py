@@ -131,7 +131,8 @@ def primers(
     out = []
     for i in range(n):
         window = long_enough[i % len(long_enough)]
-        notes = trim(pieces[window.piece_id], 0.0, seconds).assign(piece_id=f"primer-{i}")
+        # zero-padded: a sampler given them all at once takes them in sorted order
+        notes = trim(pieces[window.piece_id], 0.0, seconds).assign(piece_id=f"primer-{i:06d}")
         out.append((window.piece_id, encode(notes, None, store.params)))
     return out
 

@@ -44,9 +44,11 @@ def generate_clips(
 ) -> tuple[list[pd.DataFrame], list[str]]:
     """`ep.n_samples` clips of what the model wrote (primer cut), and each one's primer.
 
-    With a primer, each sample continues the opening of its own validation piece (one
-    sampler call per sample); without, one call draws them all.
+    With a primer, each sample continues the opening of its own validation piece: in one
+    call when the sampler continues sample i from primer piece i (its
+    ``primes_each_sample`` attribute), else one call per sample; without, one call.
     """
+    import pandas as pd
     import torch
 
     from pipeline.evaluation.clips import primers, written
@@ -68,10 +70,14 @@ def generate_clips(
     draw = sampler(spec)
     if sp.primer_seconds > 0:
         opened = primers(store, spec.representation, ep.n_samples, sp.primer_seconds, ep.seed)
-        rows = [
-            draw(model, 1, dataclasses.replace(base, primer=primer), generator)[0]
-            for _, primer in opened
-        ]
+        if getattr(draw, "primes_each_sample", False):
+            every = pd.concat([primer for _, primer in opened], ignore_index=True)
+            rows = draw(model, len(opened), dataclasses.replace(base, primer=every), generator)
+        else:
+            rows = [
+                draw(model, 1, dataclasses.replace(base, primer=primer), generator)[0]
+                for _, primer in opened
+            ]
         sources = [pid for pid, _ in opened]
     else:
         rows = draw(model, ep.n_samples, base, generator)

@@ -13,15 +13,47 @@ steps from one carried state (as DeepJ generates). The LSTM state is carried ove
 whole sample; the attention/convolution hooks see at most the last ``seq_len`` steps
 (``pre_time_steps``/``context_steps``), the span they were trained on. What carrying
 the state past ``seq_len`` costs is measured in `pipeline.modeling.prv.biaxial`.
+
+Sampling settings (``SampleOptions.settings``, params ``sample.biaxial`` /
+``sample.poph``; `DEFAULTS`; an unknown key or a bad value is a `GenerateError` naming
+``sample.<model>.<key>``). Defaults chosen on VALIDATION clips of the default corpus
+(music21 chorales, 30 s after a 2-s primer, 32 clips, with ``temperature: 0.9``):
+
+- ``silence_steps`` (int >= 1, default 2), ``silence_heat`` (float >= 0, default
+  0.3): DeepJ's answer to silence. Conditioned on its own silence the model keeps
+  predicting silence (the corpus has almost none: a silent input is seen only
+  before a piece's first step), so once a sample has been silent for
+  ``silence_steps`` consecutive steps, every further silent step adds
+  ``silence_heat`` to its temperature until a step sounds, when the temperature
+  falls back to ``options.temperature``. DeepJ waits a bar (16 steps) and adds 0.1;
+  at 8 steps/s that leaves 2-s holes. ``silence_heat: 0`` turns it off; greedy
+  sampling (temperature <= 0) stays greedy, without heat.
+- ``key_bias`` (float >= 0, default 0.5): subtracted from the play logit of every
+  pitch that would start a note outside the key heard so far (`_Key`: the major or
+  natural minor scale holding most of the sample's onsets, primer included, each
+  onset's weight halving every `KEY_HALF_LIFE_S`). Held notes are never touched;
+  0 turns it off. The models spread onsets over too many pitch classes (pitch-class
+  entropy above the corpus's); 0.5 brought scale consistency to the validation
+  clips' (1.0 overshot it and the classifier caught the thinner texture).
+- ``dynamics`` (``"piece"`` default, or ``"predicted"``): ``"predicted"`` writes each
+  played cell's volume as the dynamics head predicts it (DeepJ); ``"piece"`` writes
+  one volume per sample: the mean of the primer's onset volumes when the primer has
+  notes, else the mean of the volumes the head gave the sample's own onsets. The
+  draws are the same either way (the model is fed its predicted volumes; only the
+  written volume changes). The corpus is rendered from scores at one velocity (90),
+  and the head's per-note noise (velocity std 1.5-2.6) was the classifier's first
+  tell; use ``"predicted"`` for performances (MAESTRO).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline.modeling.prv import (
@@ -33,17 +65,32 @@ from pipeline.modeling.prv import (
     dense_to_rows,
     sparse_pieces,
 )
-from pipeline.modeling.sampling import SampleOptions
+from pipeline.modeling.sampling import GenerateError, SampleOptions, settings
 
 if TYPE_CHECKING:
     from pipeline.modeling.prv.biaxial import BiaxialLSTM
 
 __all__ = [
+    "DEFAULTS",
     "generate_biaxial",
     "lstm_step",
     "resolve_style",
     "stepwise_logits",
 ]
+
+DEFAULTS: dict[str, Any] = {
+    "silence_steps": 2,
+    "silence_heat": 0.3,
+    "dynamics": "piece",
+    "key_bias": 0.5,
+}
+"""The sampler's own settings (params ``sample.biaxial`` / ``sample.poph``), chosen on
+validation clips of the default corpus; see `generate_biaxial`."""
+
+DYNAMICS = ("predicted", "piece")
+
+KEY_HALF_LIFE_S = 4.0
+"""``key_bias``: an onset's weight in the sample's key halves every this many seconds."""
 
 # A primer runs through the time-axis LSTM in chunks of this many steps (bounds memory).
 PRIMER_CHUNK_STEPS = 512
@@ -67,18 +114,23 @@ def generate_biaxial(
     """Sample `n` pieces of a `BiaxialLSTM` (or PopH) step by step, pitch by pitch.
 
     Within a step pitches go low to high. At each pitch the play and replay logits
-    are divided by ``options.temperature`` and each drawn as a Bernoulli
-    (``temperature <= 0``: greedy, probability > 0.5); the replay draw only counts
+    are divided by the sample's temperature and each drawn as a Bernoulli
+    (temperature <= 0: greedy, probability > 0.5); the replay draw only counts
     where the pitch plays, and a pitch that plays after a silent step is always a
-    replay (a new onset). Volume is the dynamics head's output. The draws feed the
-    note axis (next pitch) and the time axis (next step), exactly as the ground truth
-    does in training.
+    replay (a new onset). The draws feed the note axis (next pitch) and the time
+    axis (next step), exactly as the ground truth does in training.
 
-    Of the other `SampleOptions`: sample i continues ``primer`` piece ``i % k`` of
-    the k pieces in it (by sorted piece_id), its steps from step 0 kept in the
-    output; ``length`` counts steps; ``style`` is one of ``config.styles`` (None:
-    "<unk>", any style); ``top_k`` and ``top_p`` are ignored (each cell is a
-    Bernoulli draw; there is no ranked vocabulary to truncate).
+    The sampler's own settings (``options.settings``, params ``sample.<model>``;
+    `DEFAULTS`, documented in the module docstring) raise the temperature of a
+    silent sample (``silence_steps``, ``silence_heat``), steer onsets into the key
+    heard so far (``key_bias``) and choose the written volume (``dynamics``).
+
+    Of the other `SampleOptions`: ``temperature`` is the base temperature;
+    sample i continues ``primer`` piece ``i % k`` of the k pieces in it (by sorted
+    piece_id), its steps from step 0 kept in the output, shorter primers left-padded
+    with silence; ``length`` counts steps; ``style`` is one of ``config.styles``
+    (None: "<unk>", any style); ``top_k`` and ``top_p`` are ignored (each cell is
+    a Bernoulli draw; there is no ranked vocabulary to truncate).
 
     Returns:
         n DataFrames of prv rows (piece_id "sample-i", step, pitch, replay, volume),
@@ -86,8 +138,10 @@ def generate_biaxial(
 
     Raises:
         ValueError: unknown style (the message lists the known ones), bad primer.
+        GenerateError: an unknown setting or a bad setting value.
     """
     cfg = model.config
+    heat, dynamics, key_bias = _read_settings(model, options)
     style_id = resolve_style(model, options.style)
     length, seconds = options.length, options.seconds
     steps = int(length) if length is not None else round(seconds * cfg.steps_per_second)
@@ -103,14 +157,60 @@ def generate_biaxial(
     was_training = model.training
     model.eval()
     try:
-        new = _sample(model, prime, steps, style_id, generator, options.temperature)
+        key = _Key(model, n, key_bias) if key_bias > 0 else None
+        new = _sample(model, prime, steps, style_id, generator, heat, key)
     finally:
         model.train(was_training)
     out = []
     for i, p in enumerate(primers):
-        full = np.concatenate([p, new[i].cpu().numpy()], axis=0)
-        out.append(dense_to_rows(full, f"sample-{i}"))
+        written = new[i].cpu().numpy()
+        if dynamics == "piece":
+            written = _hold_volume(written, p)
+        out.append(dense_to_rows(np.concatenate([p, written], axis=0), f"sample-{i}"))
     return out
+
+
+generate_biaxial.primes_each_sample = True  # type: ignore[attr-defined]
+"""Sample i continues primer piece i (of the pieces in sorted order): evaluation passes
+all its primers in one batched call."""
+
+
+def _read_settings(model: Any, options: SampleOptions) -> tuple[_Heat, str, float]:
+    """The heat (temperature and silence settings), dynamics and key bias, checked."""
+    name = "poph" if hasattr(model.config, "harmony_weight") else "biaxial"
+    own = settings(options, DEFAULTS, name)
+    if own["silence_steps"] < 1:
+        raise GenerateError(
+            f"sample.{name}.silence_steps: expected >= 1, got {own['silence_steps']!r}"
+        )
+    if own["silence_heat"] < 0:
+        raise GenerateError(
+            f"sample.{name}.silence_heat: expected >= 0, got {own['silence_heat']!r}"
+        )
+    if own["dynamics"] not in DYNAMICS:
+        known = ", ".join(DYNAMICS)
+        raise GenerateError(
+            f"sample.{name}.dynamics: expected one of {known}, got {own['dynamics']!r}"
+        )
+    if own["key_bias"] < 0:
+        raise GenerateError(f"sample.{name}.key_bias: expected >= 0, got {own['key_bias']!r}")
+    heat = _Heat(options.temperature, own["silence_steps"], own["silence_heat"])
+    return heat, own["dynamics"], own["key_bias"]
+
+
+def _hold_volume(written: np.ndarray, primer: np.ndarray) -> np.ndarray:
+    """(T, P, 3) sampled steps with every played cell at one volume (``dynamics: piece``).
+
+    The volume is the mean of the primer's onsets when it has any, else the mean the
+    dynamics head gave the sample's own onsets.
+    """
+    source = primer if (primer[..., REPLAY] > 0).any() else written
+    onsets = source[..., REPLAY] > 0
+    if not onsets.any():
+        return written
+    held = written.copy()
+    held[..., VOLUME] = np.where(written[..., PLAY] > 0, source[..., VOLUME][onsets].mean(), 0.0)
+    return held
 
 
 def _primers(model: Any, n: int, primer: pd.DataFrame | None) -> list[np.ndarray]:
@@ -133,7 +233,8 @@ def _sample(
     steps: int,
     style_id: int,
     generator: torch.Generator | None,
-    temperature: float,
+    heat: _Heat,
+    key: _Key | None,
 ) -> torch.Tensor:
     """Continue (n, Tp, P, 3) `prime` by `steps` sampled steps -> (n, steps, P, 3)."""
     n, prime_len, p, _ = prime.shape
@@ -144,12 +245,21 @@ def _sample(
     if prime_len:  # the primer only advances the time axis (inputs: steps -1 .. Tp - 2)
         stepper.feed(torch.cat([prev[:, None], prime[:, :-1]], dim=1))
         prev = prime[:, -1]
+        if key is not None:
+            key.hear(prime)
     out = torch.zeros(n, steps, p, 3, device=device)
+    silent = torch.zeros(n, device=device)  # consecutive silent sampled steps per sample
     for t in range(steps):
         stepper.advance(prev)  # predicts step prime_len + t
         feats = stepper.features()
-        out[:, t], _ = _note_step(model, feats, prev, style_vec, generator, temperature)
+        temperature = heat.temperatures(silent)
+        bias = key.bias(prev) if key is not None else None
+        out[:, t], _ = _note_step(model, feats, prev, style_vec, generator, temperature, bias=bias)
         prev = out[:, t]
+        if key is not None:
+            key.hear(prev[:, None])
+        sounding = prev[..., PLAY].sum(dim=-1) > 0
+        silent = torch.where(sounding, torch.zeros_like(silent), silent + 1)
     return out
 
 
@@ -172,7 +282,8 @@ def stepwise_logits(model: Any, x: torch.Tensor, style: torch.Tensor) -> torch.T
     for t in range(x.size(1) - 1):
         stepper.advance(x[:, t])
         feats = stepper.features()
-        logits.append(_note_step(model, feats, x[:, t], style_vec, None, 1.0, x[:, t + 1])[1])
+        ones = torch.ones(x.size(0), device=x.device)
+        logits.append(_note_step(model, feats, x[:, t], style_vec, None, ones, x[:, t + 1])[1])
     return torch.stack(logits, dim=1)
 
 
@@ -182,12 +293,15 @@ def _note_step(
     prev: torch.Tensor,
     style_vec: torch.Tensor,
     generator: torch.Generator | None,
-    temperature: float,
+    temperature: torch.Tensor,
     forced: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step pitch by pitch (low to high): (n, P, H) features -> (n, P, 3) cells.
 
-    Each pitch's play and replay are drawn (`_bernoulli`), or taken from `forced`
+    Each pitch's play and replay are drawn (`_bernoulli`, at each sample's
+    `temperature` (n,), `bias` (n, P) added to the play logits drawn from), or
+    taken from `forced`
     (n, P, 3) when given; the cells feed the next pitch's note-axis input.
 
     Returns:
@@ -206,7 +320,8 @@ def _note_step(
         if forced is not None:
             current[:, k] = forced[:, k]
         else:
-            play = _bernoulli(logits[:, PLAY], temperature, generator)
+            play_logit = logits[:, PLAY] if bias is None else logits[:, PLAY] + bias[:, k]
+            play = _bernoulli(play_logit, temperature, generator)
             replay = _bernoulli(logits[:, REPLAY], temperature, generator)
             replay = play * torch.maximum(replay, 1.0 - prev[:, k, PLAY])  # onset after rest
             current[:, k, PLAY] = play
@@ -317,11 +432,91 @@ def lstm_step(
 
 
 def _bernoulli(
-    logits: torch.Tensor, temperature: float, generator: torch.Generator | None
+    logits: torch.Tensor, temperature: torch.Tensor, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """0/1 draws with P(1) = sigmoid(logits / temperature); greedy when temperature <= 0."""
-    if temperature <= 0:
-        return (logits > 0).float()
-    probs = torch.sigmoid(logits / temperature)
+    """(n,) 0/1 draws with P(1) = sigmoid(logits / temperature), a temperature per sample.
+
+    Greedy (1 where the logit is > 0) for samples whose temperature is <= 0; no
+    random numbers are drawn when every sample is greedy.
+    """
+    greedy = (logits > 0).float()
+    hot = temperature > 0
+    if not bool(hot.any()):
+        return greedy
+    probs = torch.sigmoid(logits / torch.where(hot, temperature, torch.ones_like(temperature)))
     u = torch.rand(probs.shape, generator=generator, device=probs.device)
-    return (u < probs).float()
+    return torch.where(hot, (u < probs).float(), greedy)
+
+
+@dataclass(frozen=True)
+class _Heat:
+    """Each sample's draw temperature: ``base``, raised while the sample stays silent.
+
+    After ``after`` consecutive silent steps every further one adds ``rate``; the
+    first step with a note resets it (DeepJ's generation, see `generate_biaxial`).
+    """
+
+    base: float
+    after: int
+    rate: float
+
+    def temperatures(self, silent: torch.Tensor) -> torch.Tensor:
+        """(n,) consecutive silent steps so far -> (n,) temperature of the next step.
+
+        Greedy sampling (``base <= 0``) stays greedy: it draws nothing, so it stays
+        reproducible without a generator.
+        """
+        if self.base <= 0:
+            return torch.full_like(silent, self.base)
+        return self.base + self.rate * (silent - self.after + 1).clamp(min=0)
+
+
+MAJOR, NATURAL_MINOR = (0, 2, 4, 5, 7, 9, 11), (0, 2, 3, 5, 7, 8, 10)
+
+
+def outside_scales() -> torch.Tensor:
+    """(24, 12): 1 for the pitch classes outside the major (row 2k) and natural minor
+    (row 2k + 1) scale on tonic k: PopH's ``disharmony_matrix("all")``, built here so
+    that sampling the biaxial LSTM does not load PopH's module."""
+    rows = torch.ones(24, 12)
+    for k in range(12):
+        for r, scale in enumerate((MAJOR, NATURAL_MINOR)):
+            rows[2 * k + r, [(k + d) % 12 for d in scale]] = 0.0
+    return rows
+
+
+class _Key:
+    """Each sample's key so far, and the play-logit bias against onsets outside it.
+
+    The key is the major or natural minor scale (`outside_scales`: the scales of
+    `pipeline.evaluation.metrics.scale_consistency` and PopH's harmony loss) holding
+    the most onsets heard so far, primer included, each onset's
+    weight halving every `KEY_HALF_LIFE_S` seconds (so a modulation is followed).
+    """
+
+    def __init__(self, model: Any, n: int, strength: float):
+        cfg = model.config
+        device = model.pitch_features.device
+        self.strength = strength
+        self.decay = 0.5 ** (1.0 / (KEY_HALF_LIFE_S * cfg.steps_per_second))
+        self.outside = outside_scales().to(device)  # (24, 12): 1 = not in the scale
+        pitch_class = (torch.arange(cfg.n_pitches, device=device) + cfg.min_pitch) % 12
+        self.fold = F.one_hot(pitch_class, 12).float()  # (P, 12)
+        self.counts = torch.zeros(n, 12, device=device)  # decayed onsets per pitch class
+
+    def hear(self, steps: torch.Tensor) -> None:
+        """Count the onsets of (n, L, P, 3) steps, in order."""
+        for t in range(steps.size(1)):
+            onsets = steps[:, t, :, PLAY] * steps[:, t, :, REPLAY]  # (n, P)
+            self.counts = self.counts * self.decay + onsets @ self.fold
+
+    def bias(self, prev: torch.Tensor) -> torch.Tensor:
+        """(n, P): ``-strength`` for pitches outside the key not sounding at `prev`.
+
+        Zero for a sample that has heard no onset yet, and for pitches still sounding
+        (a held note is never cut short; only new notes are steered).
+        """
+        best = (self.counts @ self.outside.T).argmin(dim=-1)  # (n,): fewest onsets outside
+        heard = (self.counts.sum(dim=-1, keepdim=True) > 0).float()  # (n, 1)
+        outside = (self.outside[best] * heard) @ self.fold.T  # (n, P)
+        return -self.strength * outside * (prev[..., PLAY] == 0).float()
