@@ -13,21 +13,29 @@ Measures, in one run and on one device:
   model with a sliding key/value cache (the previous sampler: one cached step per
   token, but keys computed with more context than any training window), i.e. what
   sampling exactly as trained costs;
-* peak memory of one forward + backward at sequence lengths 512, 1024 and 2048
-  (batch 1): ``torch.cuda.max_memory_allocated`` on a GPU; on CPU the peak RSS
-  (VmHWM, reset through ``/proc/self/clear_refs`` just before) minus the RSS before,
-  in a fresh subprocess per measurement so that memory the allocator kept from an
-  earlier measurement cannot hide this one's. On CPU it also measures a direct
-  (Shaw et al. 2018) relative attention that gathers an (L, L, Dh) tensor, to show
-  what the skewing trick saves (at 512 and 1024 only: it needs gigabytes at 2048).
+* long sequences: peak memory and time of one forward + backward (batch 1, no optimizer
+  step) at 512, 1,024, 2,048 and 4,096 tokens, ours against the same torch decoder,
+  both ratios (ours / torch) from numbers measured in the same run. Time: median of
+  REPEATS rounds after a warm-up, the models alternating within each round. Peak
+  memory: on CPU the peak RSS (VmHWM, reset through ``/proc/self/clear_refs`` just
+  before) minus the RSS before, in a fresh subprocess per measurement so that memory
+  the allocator kept from an earlier measurement cannot hide this one's;
+  ``torch.cuda.max_memory_allocated`` on a GPU. CPU rows always (fp32); with
+  ``--device cuda`` (or auto with a GPU) also CUDA rows in fp32 and in bf16 (autocast).
+  Besides ours (blocked relative attention) and torch's, the table has the reference
+  relative attention (the previous implementation: ``S_rel`` as an SDPA float mask,
+  `pipeline.modeling.attention.relative_attention_reference`; up to 2,048
+  tokens) and, on CPU, a direct (Shaw et al. 2018) relative attention that gathers an
+  (L, L, Dh) tensor (memory only, up to 1,024: it needs gigabytes at 2,048).
 
 Writes ``reports/bench/transformer.json``. Usage::
 
-    python benchmarks/bench_transformer.py [--device auto|cpu|cuda] [--out PATH]
+    python benchmarks/bench_transformer.py [--device auto|cpu|cuda] [--threads N] [--out PATH]
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -38,7 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,9 +57,10 @@ from torch import nn
 
 from pipeline.core.config import DEFAULT_PARAMS_FILE, ROOT
 from pipeline.core.io import write_json
-from pipeline.modeling.events import transformer
+from pipeline.modeling.attention import sine_positions
+from pipeline.modeling.events import attention, transformer
 from pipeline.modeling.events.sampling import ContextWindow, generate_transformer, sample_next
-from pipeline.modeling.events.transformer import MusicTransformer, sine_positions
+from pipeline.modeling.events.transformer import MusicTransformer
 from pipeline.modeling.sampling import SampleOptions
 from pipeline.modeling.train import load_train_params
 from pipeline.representations.events import BOS, VOCAB_SIZE
@@ -66,19 +75,20 @@ SPEED_SEQ_LEN = SPEED_CONFIG.seq_len
 GENERATE_TOKENS = 128
 LONG_TOKENS = 4 * SPEED_SEQ_LEN  # past the window: the sampler re-encodes its context
 REPEATS = 5
-# Memory: a small model at long sequence lengths, batch 1.
-MEMORY_CONFIG = dataclasses.replace(
+# Long sequences: the default width and depth, batch 1, the paper's relative span.
+LONG_CONFIG = dataclasses.replace(
     DEFAULT_CONFIG,
     d_model=128,
-    n_layers=2,
+    n_layers=3,
     n_heads=4,
     d_ff=512,
     dropout=0.0,
     max_relative_position=2048,
-    seq_len=2048,
+    seq_len=4096,
 )
-MEMORY_LENGTHS = (512, 1024, 2048)
-DIRECT_MAX_LENGTH = 1024
+LONG_LENGTHS = (512, 1024, 2048, 4096)
+REFERENCE_MAX_LENGTH = 2048  # the previous implementation: L x L tensors, slow at 4096
+DIRECT_MAX_LENGTH = 1024  # Shaw et al.'s (L, L, Dh) gather: gigabytes at 2048
 
 
 class TorchDecoder(nn.Module):
@@ -133,22 +143,34 @@ def _sync(device: torch.device) -> None:
 
 
 def _median_seconds(fns: dict[str, Callable[[], Any]], device: torch.device) -> dict[str, float]:
-    """Median wall time of each function over REPEATS rounds.
+    """Median wall time of each function over REPEATS rounds (see `_median_times`)."""
+    return {name: wall for name, (wall, _) in _median_times(fns, device).items()}
+
+
+def _median_times(
+    fns: dict[str, Callable[[], Any]], device: torch.device
+) -> dict[str, tuple[float, float]]:
+    """Median wall time and median CPU time (this process's) of each function over
+    REPEATS rounds.
 
     The functions alternate within each round, so load from other processes on a
-    shared machine slows both sides of a comparison alike.
+    shared machine slows both sides of a comparison alike. CPU time is what the
+    process itself spent, all its threads together: on a busy machine it hardly
+    depends on how often the process was scheduled out, which wall time does.
     """
     for fn in fns.values():  # warm-up (allocator, kernels, lazy init)
         fn()
     _sync(device)
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    walls: dict[str, list[float]] = {name: [] for name in fns}
+    cpus: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(REPEATS):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             fn()
             _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+            walls[name].append(time.perf_counter() - start)
+            cpus[name].append(time.process_time() - cpu)
+    return {name: (statistics.median(walls[name]), statistics.median(cpus[name])) for name in fns}
 
 
 def _train_step(model: nn.Module, device: torch.device) -> Callable[[], None]:
@@ -256,24 +278,79 @@ def _direct_relative_logits(q: torch.Tensor, rel: torch.Tensor, n_keys: int) -> 
     return torch.einsum("bhqd,hqkd->bhqk", q, gathered)
 
 
-def memory_probe(kind: str, length: int, device: torch.device) -> float:
-    """Peak memory (MiB) of one forward + backward at `length` tokens, batch 1."""
-    torch.manual_seed(0)
+def _reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel: torch.Tensor, dropout_p: float = 0.0
+) -> torch.Tensor:
+    return attention.relative_attention_reference(q, k, v, rel, dropout_p)
+
+
+@contextlib.contextmanager
+def _attention(kind: str) -> Iterator[None]:
+    """Our model with its attention computed the way `kind` says, for the block."""
+    saved = transformer.relative_attention, attention.relative_logits
+    if kind in ("reference", "direct"):
+        transformer.relative_attention = _reference_attention
     if kind == "direct":
-        transformer.relative_logits = _direct_relative_logits  # this process only
-    model: nn.Module = (TorchDecoder if kind == "torch" else MusicTransformer)(MEMORY_CONFIG)
-    model.to(device).train()
+        attention.relative_logits = _direct_relative_logits
+    try:
+        yield
+    finally:
+        transformer.relative_attention, attention.relative_logits = saved
+
+
+# Long sequences: a row is (device, precision); its kinds are the models compared.
+Row = tuple[str, str]
+
+
+def _kinds(row: Row, length: int) -> list[str]:
+    kinds = ["ours", "torch"]
+    if length <= REFERENCE_MAX_LENGTH:
+        kinds.append("reference")
+    if row[0] == "cpu" and length <= DIRECT_MAX_LENGTH:
+        kinds.append("direct")  # memory only
+    return kinds
+
+
+def _long_model(kind: str, device: torch.device) -> nn.Module:
+    torch.manual_seed(0)
+    model = (TorchDecoder if kind == "torch" else MusicTransformer)(LONG_CONFIG)
+    return model.to(device).train()
+
+
+def _forward_backward(
+    model: nn.Module, kind: str, batch: dict[str, torch.Tensor], precision: str
+) -> None:
+    """One forward + backward of `model` (as `kind`) in `precision`; grads dropped."""
+    device = batch["tokens"].device
+    cast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        if precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    with _attention(kind):
+        with cast:
+            loss = model(batch)["loss"]
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def long_probe(kind: str, length: int, device: torch.device, precision: str = "fp32") -> float:
+    """Peak memory (MiB) of one forward + backward at `length` tokens, batch 1.
+
+    On CPU, call it in a fresh process (the peak RSS since the model was built).
+    """
+    model = _long_model(kind, device)
     batch = {"tokens": torch.randint(3, VOCAB_SIZE, (1, length + 1)).to(device)}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        model(batch)["loss"].backward()
+        _forward_backward(model, kind, batch, precision)
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
     before_kib = _proc_status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM), Linux
-    model(batch)["loss"].backward()
+    _forward_backward(model, kind, batch, precision)
     return (_proc_status_kib("VmHWM") - before_kib) / 1024
 
 
@@ -285,30 +362,77 @@ def _proc_status_kib(field: str) -> int:
     return int(match.group(1))
 
 
-def memory_table(device: torch.device) -> dict[str, dict[str, float | None]]:
-    """Peak MiB per sequence length for ours, torch's and (CPU) the direct relative attention."""
-    kinds = ["ours", "torch"] + (["direct"] if device.type == "cpu" else [])
-    table: dict[str, dict[str, float | None]] = {}
-    for length in MEMORY_LENGTHS:
-        row: dict[str, float | None] = {}
-        for kind in kinds:
-            if kind == "direct" and length > DIRECT_MAX_LENGTH:
-                row[kind] = None
-                continue
-            if device.type == "cuda":
-                row[kind] = round(memory_probe(kind, length, device), 1)
-                torch.cuda.empty_cache()
-            else:  # a fresh process, so earlier peaks cannot mask this one
-                out = subprocess.run(
-                    [sys.executable, __file__, "--probe", f"{kind}:{length}", "--device", "cpu"],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                )
-                row[kind] = round(float(out.stdout.strip().splitlines()[-1]), 1)
-            log.info("memory L=%d %s: %s MiB", length, kind, row[kind])
-        table[str(length)] = row
+def _peak_mib(kind: str, length: int, row: Row, threads: int) -> float:
+    device, precision = torch.device(row[0]), row[1]
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        return long_probe(kind, length, device, precision)
+    probe = f"{kind}:{length}"  # a fresh process, so earlier peaks cannot mask this one
+    command = [sys.executable, __file__, "--probe", probe, "--device", "cpu"]
+    out = subprocess.run(
+        [*command, "--threads", str(threads)], check=True, capture_output=True, text=True
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _long_times(kinds: list[str], length: int, row: Row) -> dict[str, tuple[float, float]]:
+    """Median wall and CPU seconds of one forward + backward per kind (`_median_times`)."""
+    device, precision = torch.device(row[0]), row[1]
+    batch = {"tokens": torch.randint(3, VOCAB_SIZE, (1, length + 1)).to(device)}
+    fns = {}
+    for kind in kinds:
+        model = _long_model(kind, device)
+        fns[kind] = lambda m=model, k=kind: _forward_backward(m, k, batch, precision)
+    return _median_times(fns, device)
+
+
+def long_table(rows: list[Row], threads: int) -> dict[str, dict[str, Any]]:
+    """Peak MiB, seconds and ours/torch ratios per row and sequence length."""
+    table: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        by_length: dict[str, Any] = {}
+        for length in LONG_LENGTHS:
+            kinds = _kinds(row, length)
+            peak = {k: round(_peak_mib(k, length, row, threads), 1) for k in kinds}
+            times = _long_times([k for k in kinds if k != "direct"], length, row)
+            wall = {k: w for k, (w, _) in times.items()}
+            result = {
+                "peak_mib": peak,
+                "seconds": {k: round(v, 4) for k, v in wall.items()},
+                "memory_ratio_ours_over_torch": round(peak["ours"] / peak["torch"], 3),
+                "time_ratio_ours_over_torch": round(wall["ours"] / wall["torch"], 3),
+            }
+            if row[0] == "cpu":  # a GPU's work is not this process's CPU time
+                cpu = {k: c for k, (_, c) in times.items()}
+                result["cpu_seconds"] = {k: round(v, 4) for k, v in cpu.items()}
+                result["cpu_time_ratio_ours_over_torch"] = round(cpu["ours"] / cpu["torch"], 3)
+            by_length[str(length)] = result
+            log.info("long %s L=%d: %s", "/".join(row), length, result)
+        table["_".join(row)] = by_length
     return table
+
+
+def _markdown(table: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "| device | tokens | peak MiB ours / torch | memory ratio | wall s ours / torch "
+        "| time ratio | CPU time ratio | reference: MiB, wall s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row, by_length in table.items():
+        for length, r in by_length.items():
+            ref = (
+                f"{r['peak_mib']['reference']}, {r['seconds']['reference']}"
+                if "reference" in r["peak_mib"]
+                else ""
+            )
+            cpu = r.get("cpu_time_ratio_ours_over_torch")
+            lines.append(
+                f"| {row} | {length} | {r['peak_mib']['ours']} / {r['peak_mib']['torch']} "
+                f"| {r['memory_ratio_ours_over_torch']}x "
+                f"| {r['seconds']['ours']} / {r['seconds']['torch']} "
+                f"| {r['time_ratio_ours_over_torch']}x | {f'{cpu}x' if cpu else ''} | {ref} |"
+            )
+    return "\n".join(lines)
 
 
 def main(
@@ -328,7 +452,7 @@ def main(
     dev = torch.device(device)
     if probe:  # subprocess mode: one memory measurement, printed for the parent
         kind, length = probe.split(":")
-        print(memory_probe(kind, int(length), dev))
+        print(long_probe(kind, int(length), dev))
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     started = time.perf_counter()
@@ -340,7 +464,10 @@ def main(
     log.info("generate tokens/s: %s", generate)
     generate_long = generate_long_speed(ours, dev)
     log.info("long generate tokens/s: %s", generate_long)
-    memory = memory_table(dev)
+    rows: list[Row] = [("cpu", "fp32")]
+    if dev.type == "cuda":
+        rows += [("cuda", "fp32"), ("cuda", "bf16")]
+    long = long_table(rows, threads)
     report = {
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev)
@@ -375,16 +502,20 @@ def main(
             "note": "ours: context re-encoded every seq_len // 4 tokens (as trained); "
             "sliding_cache: the previous sampler, one cached step per token",
         },
-        "peak_memory_mib": {
-            "what": "one forward+backward, batch 1; "
-            + ("torch.cuda.max_memory_allocated" if dev.type == "cuda" else "peak RSS growth"),
-            "memory_config": MEMORY_CONFIG.__dict__,
-            "by_seq_len": memory,
+        "long_forward_backward": {
+            "what": "one forward+backward, batch 1, no optimizer step; peak memory: "
+            "peak RSS growth in a fresh process (cpu), torch.cuda.max_memory_allocated "
+            "(cuda); seconds: median wall time of REPEATS rounds, models alternating; "
+            "cpu_seconds (cpu rows): median CPU time of this process, all threads",
+            "config": LONG_CONFIG.__dict__,
+            "repeats": REPEATS,
+            "block_size": attention.BLOCK_SIZE,
+            "by_device_precision": long,
         },
         "wall_s": round(time.perf_counter() - started, 1),
     }
     write_json(out, report)
-    log.info("wrote %s\n%s", out, json.dumps(report, indent=2))
+    log.info("wrote %s\n%s\n\n%s", out, json.dumps(report, indent=2), _markdown(long))
 
 
 if __name__ == "__main__":

@@ -51,12 +51,22 @@ DVC_YAML = str(JSB / "dvc.yaml")
 TEST_FRAMES = 84 + 61  # the slice's two test chorales, one frame per quarter-note step
 REPRO_TIMEOUT_S = 600  # ~1 min on 2 cores
 RUNS = {
-    "biaxial-s0": {"model": "biaxial", "network": "biaxial", "representation": "prv", "seed": 0},
-    "biaxial-s1": {"model": "biaxial", "network": "biaxial", "representation": "prv", "seed": 1},
-    "poph-s0": {"model": "poph", "network": "biaxial", "representation": "prv", "seed": 0},
+    "biaxial-s0": {
+        "model": "biaxial",
+        "network": "prv/biaxial",
+        "representation": "prv",
+        "seed": 0,
+    },
+    "biaxial-s1": {
+        "model": "biaxial",
+        "network": "prv/biaxial",
+        "representation": "prv",
+        "seed": 1,
+    },
+    "poph-s0": {"model": "poph", "network": "prv/biaxial", "representation": "prv", "seed": 0},
     "transformer-s0": {
         "model": "transformer",
-        "network": "transformer",
+        "network": "attention",
         "representation": "events",
         "seed": 0,
     },

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -331,6 +332,7 @@ REGISTRY: Registry[ModelSpec] = Registry(
         "transformer": "pipeline.modeling.events.transformer",
         "biaxial": "pipeline.modeling.prv.biaxial",
         "poph": "pipeline.modeling.prv.poph",
+        "frame_transformer": "pipeline.modeling.prv.frame_transformer",
     },
 )
 register = REGISTRY.register
@@ -339,17 +341,24 @@ names = REGISTRY.names
 
 
 def network_model(spec: ModelSpec) -> str:
-    """The model whose module holds the network class `spec`'s network extends, else its own.
+    """The module (a path under ``pipeline/modeling``, no ``.py``) of the network class
+    that `spec`'s network extends, else of its own: the code training it loads.
 
-    poph's `PopH` is biaxial's `BiaxialLSTM`, so training or sampling poph also loads
-    ``prv/biaxial.py``: params.yaml says so in ``models.<name>.network``, which
-    dvc.yaml's train and evaluate stages read for their deps.
+    poph's `PopH` is biaxial's `BiaxialLSTM` (``prv/biaxial``); both transformers extend
+    `RelativeTransformer` (``attention``). params.yaml says so in
+    ``models.<name>.network``, which dvc.yaml's train and evaluate stages read for
+    their deps.
     """
-    by_module = {module: name for name, module in REGISTRY.modules.items() if name != spec.name}
+    own = spec.model_cls.__module__
     for cls in spec.model_cls.__mro__:
-        if cls.__module__ in by_module:
-            return by_module[cls.__module__]
-    return spec.name
+        module = cls.__module__
+        family = hasattr(sys.modules.get(module), "__path__")  # a representation's package
+        if module.startswith(_MODELING) and module not in (own, __name__) and not family:
+            return module.removeprefix(_MODELING).replace(".", "/")
+    return own.removeprefix(_MODELING).replace(".", "/")
+
+
+_MODELING = "pipeline.modeling."
 
 
 def model_spec(name: str) -> ModelSpec:

@@ -38,9 +38,12 @@ def family(name: str) -> str:
 
 
 def extended(name: str) -> set[str]:
-    """The modules of the other models whose network classes `name`'s network extends."""
+    """The modules (not its own, its family's or base) of the network classes `name`'s
+    network extends: another model's (poph's PopH is a BiaxialLSTM) or shared layers
+    (both transformers extend `pipeline.modeling.attention.RelativeTransformer`)."""
     bases = {cls.__module__ for cls in base.get(name).model_cls.__mro__}
-    return {module(m) for m in MODELS if m != name and module(m) in bases}
+    skip = {module(name), family(name), "pipeline.modeling.base"}
+    return {m for m in bases if m.startswith("pipeline.modeling.") and m not in skip}
 
 
 def sampling(name: str) -> str:
@@ -101,16 +104,20 @@ def _training(name: str) -> set[str]:
     }
 
 
-def test_poph_extends_biaxial_and_no_other_model_extends_one() -> None:
+def test_extended_networks_are_what_params_network_says() -> None:
     """What `extended` finds, and what params.yaml's `network` keys tell dvc.yaml."""
     assert {name: extended(name) for name in MODELS if extended(name)} == {
-        "poph": {"pipeline.modeling.prv.biaxial"}
+        "poph": {"pipeline.modeling.prv.biaxial"},
+        "transformer": {"pipeline.modeling.attention"},
+        "frame_transformer": {"pipeline.modeling.attention"},
     }
     models = read_params_file(DEFAULT_PARAMS_FILE)["models"]
     for name in MODELS:
-        network = module(base.network_model(base.get(name)))
-        assert network == module(name) or {network} == extended(name), name
-        assert models[name]["network"] == base.network_model(base.get(name)), name
+        network = base.network_model(base.get(name))
+        assert models[name]["network"] == network, name
+        assert {"pipeline.modeling." + network.replace("/", ".")} <= {module(name)} | extended(
+            name
+        ), name
 
 
 def test_train_loads_only_its_model_and_no_sampling(loaded: dict) -> None:

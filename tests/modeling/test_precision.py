@@ -6,8 +6,10 @@ aten op and dtype): the convolutions (autoencoder, vae, the prv vicinity conv), 
 linear layers and matmuls (every model), the LSTMs (rnn, biaxial, poph: CPU autocast
 sends ``nn.LSTM`` through ``mkldnn_rnn_layer`` in bf16), layer norms (bf16 in and out,
 fp32 statistics) and poph's attention (``scaled_dot_product_attention``, flash kernel)
-run in bf16; the transformer's attention, an SDPA with a float relative-position mask,
-takes torch's math kernel on CPU, which upcasts to fp32; log-softmax and the NLL and
+run in bf16; the transformers' relative attention (`pipeline.modeling.attention`, the
+event transformer's and the frame transformer's), an SDPA with a float relative-position
+mask, takes torch's math kernel on CPU, which upcasts to fp32 (windows of more than 128
+queries take the blocked path, which computes in fp32 with autocast off); log-softmax and the NLL and
 BCE losses run in fp32 (torch's fp32 op list) and every returned loss is fp32; the
 VAE's KL term is computed in bf16 from bf16 means and log-variances (its sum
 accumulates in fp32 and is rounded to bf16).
@@ -24,7 +26,8 @@ Tolerance: the first ``STEPS`` training losses of a bf16 and an fp32 run from th
 same seed agree within a relative ``TOLERANCE`` of 1e-2. Measured on this machine (an
 AMD EPYC with AVX512-BF16, 2 cores; these tiny configs, first 4 steps): largest
 relative difference per model over seeds 0..3: rnn 2.9e-3, autoencoder 1.4e-3, vae
-1.7e-3, transformer 2.2e-4, biaxial 2.4e-4, poph 3.2e-4; the shipped (params.yaml)
+1.7e-3, transformer 2.2e-4, biaxial 2.4e-4, poph 3.2e-4 (frame_transformer, added
+later, passes the same tolerance; its largest difference was not recorded); the shipped (params.yaml)
 configs at batch 16 stay below 2.5e-3 over their first 8 steps. bf16 keeps 8
 significant bits (unit roundoff 2^-8 = 3.9e-3 per rounding); a mean loss over many
 cells or tokens averages most of that away, and the later steps add the drift of
@@ -91,6 +94,18 @@ TINY: dict[str, dict[str, Any]] = {
         "neighbour_window": 3,
         "seq_len": 8,
         "attention_heads": 2,
+        "vicinity_filters": 8,
+        "vicinity_kernel": 6,
+    },
+    "frame_transformer": {
+        "d_model": 16,
+        "n_heads": 2,
+        "d_ff": 32,
+        "max_relative_position": 4,
+        "note_hidden": 16,
+        "style_dim": 4,
+        "neighbour_window": 3,
+        "seq_len": 8,
         "vicinity_filters": 8,
         "vicinity_kernel": 6,
     },

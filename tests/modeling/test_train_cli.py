@@ -114,7 +114,7 @@ def test_model_sections_override_train_keys(tmp_path: Path) -> None:
     with pytest.raises(ParamsError, match="models.rnn.representation"):
         load_train_params("rnn", write_params(tmp_path / "d.yaml", declared))
     declared["models"]["rnn"]["representation"] = "tuples"
-    declared["models"]["rnn"]["network"] = "rnn"  # dvc.yaml's deps key: its own network
+    declared["models"]["rnn"]["network"] = "tuples/rnn"  # dvc.yaml's deps key: its own network
     assert load_train_params("rnn", write_params(tmp_path / "d.yaml", declared))[0] == config_rnn
     declared["models"]["rnn"]["network"] = "transformer"
     with pytest.raises(ParamsError, match="models.rnn.network' is 'transformer'"):

@@ -10,6 +10,13 @@ needs O(L D) extra memory. Distances beyond ``max_relative_position`` share one
 clipped embedding, and each head of each layer learns its own embeddings, as in the
 paper. Blocks are pre-LayerNorm (more stable for small, quickly trained models).
 
+The attention and the blocks are `pipeline.modeling.attention` (shared with the frame
+transformer): windows longer than 128
+tokens are computed a block of queries at a time and recomputed in the backward pass
+(flash attention's algorithm with the skew applied per block), so memory grows like
+torch's fused attention rather than with several (L, L) tensors per head; shorter
+windows and cached generation steps compute the skewed logits as one SDPA mask.
+
 Paper: C.-Z. A. Huang et al., "Music Transformer: Generating Music with Long-Term
 Structure", ICLR 2019 (arXiv:1809.04281), section 3.4.1.
 
@@ -33,6 +40,7 @@ from torch import nn
 
 from pipeline.core.params import require
 from pipeline.modeling import events
+from pipeline.modeling.attention import KVCache, RelativeTransformer, sine_positions
 from pipeline.modeling.base import Baseline, ModelSpec, Objective, register
 from pipeline.representations.events import PAD, VOCAB_SIZE
 
@@ -72,197 +80,28 @@ class TransformerConfig:
 
 
 # --------------------------------------------------------------------------------------
-# Relative attention
-
-
-def relative_embeddings(rel: torch.Tensor, n_keys: int) -> torch.Tensor:
-    """Return ``E_r`` for `n_keys` keys: rows ordered from distance n_keys-1 down to 0.
-
-    Args:
-        rel: (H, M+1, Dh) learned embeddings, ``rel[:, d]`` for a key ``d`` steps
-            before the query; distances above M use ``rel[:, M]`` (clipping).
-        n_keys: number of keys L.
-
-    Returns:
-        (H, L, Dh); row k holds the embedding of distance ``min(L-1-k, M)``, i.e. the
-        paper's order of relative positions ``-(L-1) .. 0``.
-    """
-    max_distance = rel.size(1) - 1
-    distance = torch.arange(n_keys - 1, -1, -1, device=rel.device).clamp(max=max_distance)
-    return rel[:, distance]  # (H, L, Dh)
-
-
-def skew(qe: torch.Tensor) -> torch.Tensor:
-    """Move ``Q E_r^T`` entries to their (query, key) places: the skewing procedure.
-
-    For queries that are the last Tq of Tk positions, ``qe[..., i, k]`` is query i
-    against the embedding of distance ``Tk-1-k``; the result's ``[..., i, j]`` is query
-    i against the embedding of its distance to key j, valid for causal pairs
-    (``j <= Tk-Tq+i``); other entries are leftovers to be masked. Pad a zero column
-    on the left, flatten each (Tq, Tk+1) matrix, drop its first Tq entries and
-    reshape to (Tq, Tk). With Tq == Tk == L this is the paper's pad, reshape to
-    (L+1, L) and drop the first row.
-
-    Args:
-        qe: (..., Tq, Tk) with Tq <= Tk.
-
-    Returns:
-        (..., Tq, Tk) relative logits ``S_rel``.
-    """
-    return _skew_padded(F.pad(qe, (1, 0)))  # pad: (..., Tq, Tk+1)
-
-
-def _skew_padded(padded: torch.Tensor) -> torch.Tensor:
-    """`skew` of an already left-padded (..., Tq, Tk+1) product; a view, no copy."""
-    *lead, n_q, n_k1 = padded.shape
-    flat = padded.reshape(*lead, n_q * n_k1)
-    return flat[..., n_q:].reshape(*lead, n_q, n_k1 - 1)  # (..., Tq, Tk)
-
-
-def relative_logits(q: torch.Tensor, rel: torch.Tensor, n_keys: int) -> torch.Tensor:
-    """``S_rel`` for queries `q` (the last Tq of `n_keys` positions), in O(L D) memory.
-
-    Equals ``skew(Q E_r^T)``; the zero pad column comes from a zero row prepended to
-    ``E_r`` instead, so only one (Tq, Tk+1) product is ever allocated.
-
-    Args:
-        q: (B, H, Tq, Dh) queries.
-        rel: (H, M+1, Dh) relative embeddings (see `relative_embeddings`).
-        n_keys: Tk, number of keys (cache plus new positions).
-
-    Returns:
-        (B, H, Tq, Tk); entries for future keys are meaningless (mask them).
-    """
-    er = F.pad(relative_embeddings(rel, n_keys), (0, 0, 1, 0))  # (H, Tk+1, Dh), row 0 zero
-    qe = torch.einsum("bhqd,hkd->bhqk", q, er)  # (B, H, Tq, Tk+1), column 0 zero
-    return _skew_padded(qe)  # (B, H, Tq, Tk)
-
-
-def causal_mask(n_queries: int, n_keys: int, device: torch.device) -> torch.Tensor:
-    """(Tq, Tk) bool, True where query i (position Tk-Tq+i) may attend to key j."""
-    offset = n_keys - n_queries
-    rows = torch.arange(n_queries, device=device)[:, None]
-    cols = torch.arange(n_keys, device=device)[None, :]
-    return cols <= rows + offset
-
-
-KVCache = tuple[torch.Tensor, torch.Tensor]
-
-
-class RelativeSelfAttention(nn.Module):
-    """Causal multi-head self-attention with clipped relative position logits."""
-
-    def __init__(self, d_model: int, n_heads: int, max_relative_position: int, dropout: float):
-        super().__init__()
-        self.n_heads = n_heads
-        self.d_head = d_model // n_heads
-        self.dropout = dropout
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.proj = nn.Linear(d_model, d_model)
-        # one embedding per head and distance 0..M (keys at or before the query)
-        self.rel = nn.Parameter(
-            torch.randn(n_heads, max_relative_position + 1, self.d_head) * self.d_head**-0.5
-        )
-
-    def forward(self, x: torch.Tensor, past: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
-        """Attend over `past` keys/values plus `x`; returns the output and the new cache.
-
-        Args:
-            x: (B, T, D) inputs at the positions following the cached ones.
-            past: keys and values (B, H, P, Dh) of the P previous positions, or None.
-        """
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=2)  # 3 x (B, T, D)
-        q = q.view(b, t, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, T, Dh)
-        k = k.view(b, t, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, T, Dh)
-        v = v.view(b, t, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, T, Dh)
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)  # (B, H, P+T, Dh)
-            v = torch.cat([past[1], v], dim=2)  # (B, H, P+T, Dh)
-        n_keys = k.size(2)
-        # SDPA scales Q K^T by 1/sqrt(Dh) and adds the float mask, so S_rel is computed
-        # from the scaled queries (one (T, P+T) temporary fewer than scaling S_rel)
-        s_rel = relative_logits(q * self.d_head**-0.5, self.rel, n_keys)  # (B, H, T, P+T)
-        allowed = causal_mask(t, n_keys, x.device)  # (T, P+T)
-        bias = s_rel.masked_fill(~allowed, float("-inf"))  # (B, H, T, P+T)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, T, Dh)
-        y = y.transpose(1, 2).reshape(b, t, d)  # (B, T, D)
-        return self.proj(y), (k, v)
-
-
-class Block(nn.Module):
-    """Pre-LN transformer block: x + Attn(LN(x)), then x + FF(LN(x))."""
-
-    def __init__(self, config: TransformerConfig):
-        super().__init__()
-        self.ln1 = nn.LayerNorm(config.d_model)
-        self.attn = RelativeSelfAttention(
-            config.d_model, config.n_heads, config.max_relative_position, config.dropout
-        )
-        self.ln2 = nn.LayerNorm(config.d_model)
-        self.ff = nn.Sequential(
-            nn.Linear(config.d_model, config.d_ff),
-            nn.ReLU(),
-            nn.Linear(config.d_ff, config.d_model),
-        )
-        self.drop = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor, past: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
-        a, present = self.attn(self.ln1(x), past)
-        x = x + self.drop(a)  # (B, T, D)
-        x = x + self.drop(self.ff(self.ln2(x)))  # (B, T, D)
-        return x, present
-
-
-def sine_positions(positions: torch.Tensor, d_model: int) -> torch.Tensor:
-    """Sinusoidal position encoding (Vaswani et al. 2017) for integer `positions` (T,)."""
-    half = d_model // 2
-    freq = torch.exp(
-        -math.log(10000.0) * torch.arange(half, device=positions.device, dtype=torch.float32) / half
-    )  # (D/2,)
-    angle = positions.float()[:, None] * freq[None, :]  # (T, D/2)
-    pe = torch.zeros(positions.numel(), d_model, device=positions.device)
-    pe[:, 0 : 2 * half : 2] = torch.sin(angle)
-    pe[:, 1 : 2 * half : 2] = torch.cos(angle)
-    return pe  # (T, D)
-
-
-# --------------------------------------------------------------------------------------
 # The model
 
 
-class MusicTransformer(nn.Module):
+class MusicTransformer(RelativeTransformer):
     """Decoder-only Music Transformer over event tokens (vocabulary of VOCAB_SIZE)."""
 
     def __init__(self, config: TransformerConfig):
-        super().__init__()
+        super().__init__(
+            config.d_model,
+            config.n_layers,
+            config.n_heads,
+            config.d_ff,
+            config.max_relative_position,
+            config.dropout,
+        )
         self.config = config
         self.embed = nn.Embedding(VOCAB_SIZE, config.d_model)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.ln_f = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, VOCAB_SIZE, bias=False)
-        self.apply(self._init_weights)
+        self.init_trunk()
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
-        # GPT-2: scale residual-branch outputs so the residual stream's variance stays ~1
-        for block in self.blocks:
-            for layer in (block.attn.proj, block.ff[2]):
-                std = layer.in_features**-0.5 / math.sqrt(2 * config.n_layers)
-                nn.init.normal_(layer.weight, std=std)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            # unit-variance outputs for unit-variance inputs: the residual stream carries
-            # sqrt(d_model)-scaled embeddings, so blocks must not start near zero
-            nn.init.normal_(module.weight, std=module.in_features**-0.5)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            # unit-variance rows after the sqrt(d_model) input scaling; ~unit logits if tied
-            nn.init.normal_(module.weight, std=self.config.d_model**-0.5)
 
     def logits(
         self,
@@ -284,12 +123,8 @@ class MusicTransformer(nn.Module):
         if self.config.sine_positions:
             positions = torch.arange(start_pos, start_pos + tokens.size(1), device=tokens.device)
             x = x + sine_positions(positions, self.config.d_model).to(x.dtype)  # (B, T, D)
-        x = self.drop(x)
-        presents: list[KVCache] = []
-        for i, block in enumerate(self.blocks):
-            x, present = block(x, None if past is None else past[i])  # (B, T, D)
-            presents.append(present)
-        return self.head(self.ln_f(x)), presents  # (B, T, V)
+        x, presents = self.trunk(self.drop(x), past)  # (B, T, D)
+        return self.head(x), presents  # (B, T, V)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Masked next-token cross-entropy of windows ``batch["tokens"]`` (B, T+1).

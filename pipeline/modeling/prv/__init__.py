@@ -1,10 +1,10 @@
-"""The prv family: the data the biaxial LSTM and PopH train on.
+"""The prv family: the data the biaxial LSTM, PopH and the frame transformer train on.
 
 Windows of the prv (play/replay/volume) store, styles, the trivial baseline and
-`prepare` (the store's grid and style vocabulary filled into a model config): both
-specs name them. The networks are the models' own: `BiaxialLSTM` in
-`pipeline.modeling.prv.biaxial`, and `PopH`, which extends it, in
-`pipeline.modeling.prv.poph`. Sampling for both is `pipeline.modeling.prv.sampling`.
+`prepare` (the store's grid and style vocabulary filled into a model config), and the
+networks' shared inputs and losses (`StepFeatures`, `prv_losses`): every spec names
+them. The networks are the models' own (`pipeline.modeling.prv.biaxial`, PopH
+extending it in ``poph``, ``frame_transformer``); sampling is ``prv/sampling.py``.
 
 The prv store is sparse: one row (piece_id, step, pitch, replay, volume) per played
 cell, pitch an index ``0 .. n_pitches - 1`` above the store's ``min_pitch``. Pieces
@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import Dataset
 
 from pipeline.modeling.base import Augment, StoreData, WindowIndex
@@ -51,6 +53,9 @@ UNKNOWN_STYLE = "<unk>"
 # Baseline probabilities are clipped into [BASELINE_EPS, 1 - BASELINE_EPS].
 BASELINE_EPS = 1e-4
 PRV_COLUMNS = ("piece_id", "step", "pitch", "replay", "volume")
+# Initial bias of the play logit: sigmoid(-2) ~= 0.12, about the share of played cells
+# in piano music on 48 pitches, so training does not spend its first steps on it.
+INITIAL_PLAY_LOGIT = -2.0
 
 
 @dataclass
@@ -210,11 +215,9 @@ class PrvWindows(Dataset):
     ``style`` is the int64 style index, ``start`` the int64 step of ``x[1]`` in its
     piece (the models' beat feature counts steps from it).
 
-    Training (``random_offsets=True``): an epoch has ``ceil(n_steps / seq_len)`` items
-    per piece (longer pieces count more); item i of epoch e starts at an offset drawn
-    from a generator seeded by (seed, e, i), so an epoch's windows are a pure function
-    of the seed, the epoch and the index. Evaluation: consecutive windows every
-    ``seq_len`` steps, so each step of each piece is predicted exactly once.
+    Training (``random_offsets=True``): ``ceil(n_steps / seq_len)`` items per piece an
+    epoch, item i of epoch e at an offset seeded by (seed, e, i) (`WindowIndex`).
+    Evaluation: consecutive windows, each step of each piece predicted exactly once.
 
     ``set_augment`` (train only; fit calls it when ``train.augment`` is active)
     transposes and time-stretches each window by ``Augment.draw(seed, epoch, index)``:
@@ -464,3 +467,132 @@ def baseline(store: StoreData, config: Any) -> dict[str, float]:
     """Per-pitch play rates, replay rate and mean volume of train, scored on test."""
     _, n_pitches, _ = store_prv_params(store)
     return prv_baseline(store, n_pitches)
+
+
+# --------------------------------------------------------------------------------------
+# The networks' shared inputs and losses
+
+
+class StepFeatures(nn.Module):
+    """The inputs per (step, pitch) of the biaxial LSTM, PopH and the frame transformer:
+    each time axis runs over `time_inputs` for every pitch, each note axis over
+    `note_inputs`; `init_features` builds their layers from a config with the biaxial
+    LSTM's input keys (`pipeline.modeling.prv.biaxial.BiaxialConfig`).
+    """
+
+    config: Any
+
+    def init_features(self, config: Any) -> None:
+        """The pitch position/class buffers, the style embedding, DeepJ's vicinity conv."""
+        n_pitches = config.n_pitches
+        pitch = torch.arange(n_pitches)
+        pitch_class = F.one_hot((pitch + config.min_pitch) % 12, 12).float()  # (P, 12)
+        position = (pitch.float() / max(1, n_pitches - 1))[:, None]  # (P, 1)
+        self.register_buffer("pitch_features", torch.cat([position, pitch_class], dim=1))
+        self.register_buffer("pitch_class_onehot", pitch_class, persistent=False)
+        self.style_embedding = (
+            nn.Embedding(len(config.styles), config.style_dim) if config.style_dim else None
+        )
+        self.vicinity = (
+            nn.Conv1d(3, config.vicinity_filters, config.vicinity_kernel)
+            if config.vicinity_filters
+            else None
+        )
+
+    @property
+    def n_features(self) -> int:
+        """Size of `time_inputs`' per-pitch feature vector."""
+        cfg = self.config
+        neighbours = 2 * (2 * cfg.neighbour_window + 1)  # play and replay of each
+        extra = cfg.vicinity_filters + int(cfg.pitch_class_context) + cfg.beat_period
+        return neighbours + 1 + 13 + extra + cfg.style_dim  # 1: own volume; 13: pitch
+
+    def style_vectors(self, style: torch.Tensor) -> torch.Tensor:
+        """(B,) style indices -> (B, style_dim) embeddings ((B, 0) without styles)."""
+        if self.style_embedding is None:
+            return torch.zeros(style.size(0), 0, device=style.device)
+        return self.style_embedding(style)
+
+    def time_inputs(
+        self, prev: torch.Tensor, style_vec: torch.Tensor, step: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, T, P, 3) previous steps -> (B, T, P, n_features) time-axis inputs.
+
+        Per pitch: neighbours' previous play/replay (``neighbour_window``), own
+        previous volume, position and pitch class, DeepJ's vicinity convolution of
+        the previous step (``vicinity_filters``), the pitch-class context (how many
+        pitches of this pitch's class sounded), the beat one-hot of the predicted
+        step and the style. ``step`` (B, T) is each predicted step's index in its
+        piece.
+        """
+        b, t, p, _ = prev.shape
+        cfg = self.config
+        w = cfg.neighbour_window
+        parts = []
+        if w:
+            padded = F.pad(prev[..., :VOLUME], (0, 0, w, w))  # (B, T, P + 2w, 2)
+            neighbours = padded.unfold(2, 2 * w + 1, 1)  # (B, T, P, 2, 2w + 1)
+            parts.append(neighbours.reshape(b, t, p, 2 * (2 * w + 1)))
+        else:
+            parts.append(prev[..., :VOLUME])
+        parts += [prev[..., VOLUME:], self.pitch_features.expand(b, t, p, 13)]
+        if self.vicinity is not None:
+            k = cfg.vicinity_kernel  # Keras "same": the extra pad of an even kernel on the right
+            flat = F.pad(prev.reshape(b * t, p, 3).transpose(1, 2), ((k - 1) // 2, k // 2))
+            conv = self.vicinity(flat)  # (B*T, C, P)
+            parts.append(torch.tanh(conv).transpose(1, 2).reshape(b, t, p, -1))
+        if cfg.pitch_class_context:
+            classes = self.pitch_class_onehot  # (P, 12)
+            counts = prev[..., PLAY] @ classes  # (B, T, 12)
+            parts.append((counts @ classes.T)[..., None])  # (B, T, P, 1)
+        if cfg.beat_period:
+            beat = F.one_hot(step.remainder(cfg.beat_period), cfg.beat_period).to(prev.dtype)
+            parts.append(beat[:, :, None, :].expand(b, t, p, cfg.beat_period))
+        parts.append(style_vec[:, None, None, :].expand(b, t, p, style_vec.size(-1)))
+        return torch.cat(parts, dim=-1)
+
+    def note_inputs(
+        self, h: torch.Tensor, current: torch.Tensor, style_vec: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, T, P, H) features + (B, T, P, 3) this step's truth -> (B, T, P, H + 3 + S):
+        pitch p gets pitch p - 1's play, replay and volume (zeros below), as DeepJ's."""
+        b, t, p, _ = h.shape
+        lower = F.pad(current, (0, 0, 1, 0))[:, :, :p]  # (B, T, P, 3)
+        style = style_vec[:, None, None, :].expand(b, t, p, style_vec.size(-1))
+        return torch.cat([h, lower, style], dim=-1)
+
+
+def prv_losses(
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """DeepJ's three terms, each a mean over the cells it is defined on.
+
+    Args:
+        logits: (B, T, P, 3) play logit, replay logit, dynamics logit.
+        target: (B, T, P, 3) true play, replay, volume.
+        mask: (B, T), 1 for steps inside the piece.
+
+    Returns:
+        play (BCE per pitch-step), replay (BCE per played cell), dynamics (MSE per
+        played cell), cells (number of pitch-steps), played (number of played cells),
+        play_rate_bias (mean predicted P(play) minus the true play rate, per
+        pitch-step: > 0 means the model expects more sound than the data has).
+        The model weights replay and dynamics into its loss (``aux_loss_cells``).
+    """
+    cell_mask = mask[..., None].expand_as(target[..., PLAY])  # (B, T, P)
+    played = target[..., PLAY] * cell_mask  # (B, T, P)
+    cells = cell_mask.sum().clamp(min=1.0)
+    n_played = played.sum()
+    bce = F.binary_cross_entropy_with_logits
+    play = bce(logits[..., PLAY], target[..., PLAY], reduction="none")
+    replay = bce(logits[..., REPLAY], target[..., REPLAY], reduction="none")
+    volume_error = (torch.sigmoid(logits[..., VOLUME]) - target[..., VOLUME]) ** 2
+    predicted_rate = (torch.sigmoid(logits[..., PLAY]) * cell_mask).sum() / cells
+    return {
+        "play": (play * cell_mask).sum() / cells,
+        "replay": (replay * played).sum() / n_played.clamp(min=1.0),
+        "dynamics": (volume_error * played).sum() / n_played.clamp(min=1.0),
+        "cells": cells,
+        "played": n_played,
+        "play_rate_bias": predicted_rate - n_played / cells,
+    }

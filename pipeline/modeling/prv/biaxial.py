@@ -58,19 +58,20 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pipeline.core.params import require
 from pipeline.modeling import prv
 from pipeline.modeling.base import Baseline, ModelSpec, Objective, register
-from pipeline.modeling.prv import PLAY, REPLAY, UNKNOWN_STYLE, VOLUME, check_prepared
+from pipeline.modeling.prv import (
+    INITIAL_PLAY_LOGIT,
+    PLAY,
+    UNKNOWN_STYLE,
+    check_prepared,
+    prv_losses,
+)
 
 __all__ = ["SPEC", "BiaxialConfig", "BiaxialLSTM", "prv_losses"]
-
-# Initial bias of the play logit: sigmoid(-2) ~= 0.12, about the share of played cells
-# in piano music on 48 pitches, so training does not spend its first steps on it.
-INITIAL_PLAY_LOGIT = -2.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,55 +129,14 @@ class BiaxialConfig:
 
 
 # --------------------------------------------------------------------------------------
-# Losses
-
-
-def prv_losses(
-    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """DeepJ's three terms, each a mean over the cells it is defined on.
-
-    Args:
-        logits: (B, T, P, 3) play logit, replay logit, dynamics logit.
-        target: (B, T, P, 3) true play, replay, volume.
-        mask: (B, T), 1 for steps inside the piece.
-
-    Returns:
-        play (BCE per pitch-step), replay (BCE per played cell), dynamics (MSE per
-        played cell), cells (number of pitch-steps), played (number of played cells),
-        play_rate_bias (mean predicted P(play) minus the true play rate, per
-        pitch-step: > 0 means the model expects more sound than the data has).
-        The model weights replay and dynamics into its loss (``aux_loss_cells``).
-    """
-    cell_mask = mask[..., None].expand_as(target[..., PLAY])  # (B, T, P)
-    played = target[..., PLAY] * cell_mask  # (B, T, P)
-    cells = cell_mask.sum().clamp(min=1.0)
-    n_played = played.sum()
-    play = F.binary_cross_entropy_with_logits(
-        logits[..., PLAY], target[..., PLAY], reduction="none"
-    )
-    replay = F.binary_cross_entropy_with_logits(
-        logits[..., REPLAY], target[..., REPLAY], reduction="none"
-    )
-    volume_error = (torch.sigmoid(logits[..., VOLUME]) - target[..., VOLUME]) ** 2
-    predicted_rate = (torch.sigmoid(logits[..., PLAY]) * cell_mask).sum() / cells
-    return {
-        "play": (play * cell_mask).sum() / cells,
-        "replay": (replay * played).sum() / n_played.clamp(min=1.0),
-        "dynamics": (volume_error * played).sum() / n_played.clamp(min=1.0),
-        "cells": cells,
-        "played": n_played,
-        "play_rate_bias": predicted_rate - n_played / cells,
-    }
-
-
-# --------------------------------------------------------------------------------------
 # The model
 
 
-class BiaxialLSTM(nn.Module):
+class BiaxialLSTM(prv.StepFeatures):
     """Time-axis then note-axis LSTM over prv steps (DeepJ); see the module docstring.
 
+    Its inputs (`time_inputs`, `note_inputs`, `style_vectors`) are the family's
+    (`pipeline.modeling.prv.StepFeatures`, shared with the frame transformer).
     Subclasses change the architecture through hooks: ``pre_time`` (per-pitch input
     features -> time-axis LSTM input, with ``pre_time_out``/``pre_time_steps``),
     ``mix`` (time-axis features -> note-axis features, with ``mix_out``/
@@ -187,20 +147,7 @@ class BiaxialLSTM(nn.Module):
         super().__init__()
         check_prepared(config)
         self.config = config
-        n_pitches = config.n_pitches
-        pitch = torch.arange(n_pitches)
-        pitch_class = F.one_hot((pitch + config.min_pitch) % 12, 12).float()  # (P, 12)
-        position = (pitch.float() / max(1, n_pitches - 1))[:, None]  # (P, 1)
-        self.register_buffer("pitch_features", torch.cat([position, pitch_class], dim=1))
-        self.register_buffer("pitch_class_onehot", pitch_class, persistent=False)
-        self.style_embedding = (
-            nn.Embedding(len(config.styles), config.style_dim) if config.style_dim else None
-        )
-        self.vicinity = (
-            nn.Conv1d(3, config.vicinity_filters, config.vicinity_kernel)
-            if config.vicinity_filters
-            else None
-        )
+        self.init_features(config)
         between = config.dropout if config.n_layers > 1 else 0.0
         self.time_lstm = nn.LSTM(
             self.pre_time_out, config.time_hidden, config.n_layers, batch_first=True,
@@ -214,20 +161,6 @@ class BiaxialLSTM(nn.Module):
         self.head = nn.Linear(config.note_hidden, 3)
         with torch.no_grad():  # start near the data's sparsity, not at P(play) = 0.5
             self.head.bias[PLAY] = INITIAL_PLAY_LOGIT
-
-    @property
-    def n_features(self) -> int:
-        """Size of `time_inputs`' per-pitch feature vector."""
-        cfg = self.config
-        return (
-            2 * (2 * cfg.neighbour_window + 1)
-            + 1
-            + 13
-            + cfg.vicinity_filters
-            + (1 if cfg.pitch_class_context else 0)
-            + cfg.beat_period
-            + cfg.style_dim
-        )
 
     # -- hooks --------------------------------------------------------------------------
 
@@ -264,65 +197,6 @@ class BiaxialLSTM(nn.Module):
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Extra loss terms: name -> (weighted term added to the loss, value to log)."""
         return {}
-
-    # -- pieces -------------------------------------------------------------------------
-
-    def style_vectors(self, style: torch.Tensor) -> torch.Tensor:
-        """(B,) style indices -> (B, style_dim) embeddings ((B, 0) without styles)."""
-        if self.style_embedding is None:
-            return torch.zeros(style.size(0), 0, device=style.device)
-        return self.style_embedding(style)
-
-    def time_inputs(
-        self, prev: torch.Tensor, style_vec: torch.Tensor, step: torch.Tensor
-    ) -> torch.Tensor:
-        """(B, T, P, 3) previous steps -> (B, T, P, n_features) time-axis inputs.
-
-        Per pitch: neighbours' previous play/replay (``neighbour_window``), own
-        previous volume, position and pitch class, DeepJ's vicinity convolution of
-        the previous step (``vicinity_filters``), the pitch-class context (how many
-        pitches of this pitch's class sounded), the beat one-hot of the predicted
-        step and the style. ``step`` (B, T) is each predicted step's index in its
-        piece.
-        """
-        b, t, p, _ = prev.shape
-        cfg = self.config
-        w = cfg.neighbour_window
-        parts = []
-        if w:
-            padded = F.pad(prev[..., :VOLUME], (0, 0, w, w))  # (B, T, P + 2w, 2)
-            neighbours = padded.unfold(2, 2 * w + 1, 1)  # (B, T, P, 2, 2w + 1)
-            parts.append(neighbours.reshape(b, t, p, 2 * (2 * w + 1)))
-        else:
-            parts.append(prev[..., :VOLUME])
-        parts += [prev[..., VOLUME:], self.pitch_features.expand(b, t, p, 13)]
-        if self.vicinity is not None:
-            k = cfg.vicinity_kernel  # Keras "same": the extra pad of an even kernel on the right
-            flat = F.pad(prev.reshape(b * t, p, 3).transpose(1, 2), ((k - 1) // 2, k // 2))
-            conv = self.vicinity(flat)  # (B*T, C, P)
-            parts.append(torch.tanh(conv).transpose(1, 2).reshape(b, t, p, -1))
-        if cfg.pitch_class_context:
-            classes = self.pitch_class_onehot  # (P, 12)
-            counts = prev[..., PLAY] @ classes  # (B, T, 12)
-            parts.append((counts @ classes.T)[..., None])  # (B, T, P, 1)
-        if cfg.beat_period:
-            beat = F.one_hot(step.remainder(cfg.beat_period), cfg.beat_period).to(prev.dtype)
-            parts.append(beat[:, :, None, :].expand(b, t, p, cfg.beat_period))
-        parts.append(style_vec[:, None, None, :].expand(b, t, p, style_vec.size(-1)))
-        return torch.cat(parts, dim=-1)
-
-    def note_inputs(
-        self, h: torch.Tensor, current: torch.Tensor, style_vec: torch.Tensor
-    ) -> torch.Tensor:
-        """(B, T, P, H) features + (B, T, P, 3) this step's truth -> (B, T, P, H + 3 + S).
-
-        Pitch p gets pitch p - 1's play, replay and volume (zeros for the lowest
-        pitch), as DeepJ's note axis does.
-        """
-        b, t, p, _ = h.shape
-        lower = F.pad(current, (0, 0, 1, 0))[:, :, :p]  # (B, T, P, 3)
-        style = style_vec[:, None, None, :].expand(b, t, p, style_vec.size(-1))
-        return torch.cat([h, lower, style], dim=-1)
 
     def logits(
         self, x: torch.Tensor, style: torch.Tensor, start: torch.Tensor | None = None

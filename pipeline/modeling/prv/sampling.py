@@ -1,11 +1,13 @@
-"""Sampling from the prv models (`biaxial`, `poph`): step by step, pitch by pitch.
+"""Sampling from the prv models (`biaxial`, `poph`, `frame_transformer`): step by step,
+pitch by pitch.
 
 At each step the time axis advances one step (`_TimeStepper`, which keeps the LSTM
 state and the histories the model's ``pre_time`` and ``mix`` need), then the note axis runs from the
 lowest pitch to the highest, drawing each pitch's play and replay (`_bernoulli`) and
 feeding the draws to the next pitch and to the next step, exactly as the ground truth
-is fed in training. PopH samples with the biaxial code (its hooks do the rest): both
-specs name `generate_biaxial`.
+is fed in training. PopH samples with the biaxial code (its hooks do the rest), and so
+does the frame transformer, whose time axis advances through a key/value cache
+(`_CachedStepper`): all three specs name `generate_biaxial`.
 
 Long samples from short training windows: the model is trained on ``seq_len``-step
 windows whose time-axis LSTM starts from a zero state, and sampled for hundreds of
@@ -177,7 +179,7 @@ all its primers in one batched call."""
 
 def _read_settings(model: Any, options: SampleOptions) -> tuple[_Heat, str, float]:
     """The heat (temperature and silence settings), dynamics and key bias, checked."""
-    name = "poph" if hasattr(model.config, "harmony_weight") else "biaxial"
+    name = model_name(model)
     own = settings(options, DEFAULTS, name)
     if own["silence_steps"] < 1:
         raise GenerateError(
@@ -240,7 +242,7 @@ def _sample(
     n, prime_len, p, _ = prime.shape
     device = prime.device
     style_vec = model.style_vectors(torch.full((n,), style_id, dtype=torch.long, device=device))
-    stepper = _TimeStepper(model, style_vec)
+    stepper = time_stepper(model, style_vec)
     prev = torch.zeros(n, p, 3, device=device)
     if prime_len:  # the primer only advances the time axis (inputs: steps -1 .. Tp - 2)
         stepper.feed(torch.cat([prev[:, None], prime[:, :-1]], dim=1))
@@ -277,7 +279,7 @@ def stepwise_logits(model: Any, x: torch.Tensor, style: torch.Tensor) -> torch.T
         (B, T, P, 3) logits for steps 1..T.
     """
     style_vec = model.style_vectors(style)
-    stepper = _TimeStepper(model, style_vec)
+    stepper = time_stepper(model, style_vec)
     logits = []
     for t in range(x.size(1) - 1):
         stepper.advance(x[:, t])
@@ -396,6 +398,52 @@ class _TimeStepper:
     def features(self) -> torch.Tensor:
         """The note-axis features (n, P, H) of the step after the last one fed."""
         return self.model.mix(torch.stack(self.history, dim=2))[:, :, -1]
+
+
+class _CachedStepper:
+    """The frame transformer's time axis one step at a time: each layer's keys and values
+    of the steps fed so far (batch n x P) are kept, so a new step attends to all of them
+    without recomputing them, exactly as the whole sequence does in `FrameTransformer.logits`.
+    """
+
+    def __init__(self, model: Any, style_vec: torch.Tensor):
+        self.model = model
+        self.style_vec = style_vec
+        self.past: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.last: torch.Tensor | None = None  # (n, P, D): the newest step's output
+        self.step = 0
+
+    def feed(self, steps: torch.Tensor) -> None:
+        """Feed (n, L, P, 3) steps at once (a primer): one pass, the caches extended."""
+        n, length = steps.shape[:2]
+        step = (self.step + torch.arange(length, device=steps.device)).expand(n, length)
+        features = self.model.time_inputs(steps, self.style_vec, step)  # (n, L, P, F)
+        h, self.past = self.model.time_axis(features, self.past)  # (n, L, P, D)
+        self.last = h[:, -1]
+        self.step += length
+
+    def advance(self, prev: torch.Tensor) -> None:
+        """Feed step t - 1 (n, P, 3)."""
+        self.feed(prev[:, None])
+
+    def features(self) -> torch.Tensor:
+        """The note-axis features (n, P, D) of the step after the last one fed."""
+        assert self.last is not None, "feed a step first"
+        return self.last
+
+
+def time_stepper(model: Any, style_vec: torch.Tensor) -> _TimeStepper | _CachedStepper:
+    """The model's time axis, one step at a time: cached attention or the LSTM."""
+    if hasattr(model, "time_axis"):  # the frame transformer
+        return _CachedStepper(model, style_vec)
+    return _TimeStepper(model, style_vec)
+
+
+def model_name(model: Any) -> str:
+    """The registered name of a prv network (its params: ``sample.<name>``)."""
+    if hasattr(model, "time_axis"):
+        return "frame_transformer"
+    return "poph" if hasattr(model.config, "harmony_weight") else "biaxial"
 
 
 def lstm_step(

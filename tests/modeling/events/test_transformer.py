@@ -13,7 +13,14 @@ import torch.nn.functional as F
 from fixture_stores import model_config, shipped
 
 from pipeline.core.params import ParamsError, from_mapping
-from pipeline.modeling import base
+from pipeline.modeling import attention, base
+from pipeline.modeling.attention import (
+    RelativeSelfAttention,
+    causal_mask,
+    relative_embeddings,
+    relative_logits,
+    skew,
+)
 from pipeline.modeling.base import StoreData
 from pipeline.modeling.events import baseline, make_dataset
 from pipeline.modeling.events.sampling import (
@@ -22,15 +29,7 @@ from pipeline.modeling.events.sampling import (
     reencode_chunk,
     sample_next,
 )
-from pipeline.modeling.events.transformer import (
-    MusicTransformer,
-    RelativeSelfAttention,
-    TransformerConfig,
-    causal_mask,
-    relative_embeddings,
-    relative_logits,
-    skew,
-)
+from pipeline.modeling.events.transformer import MusicTransformer, TransformerConfig
 from pipeline.modeling.sampling import SampleOptions, filter_logits
 from pipeline.representations.events import BOS, EOS, PAD, VOCAB_SIZE
 
@@ -122,7 +121,13 @@ def test_skew_of_a_cached_query_block() -> None:
 
 
 @pytest.mark.parametrize("length", [3, 7, 20])
-def test_attention_layer_matches_reference(length: int) -> None:
+@pytest.mark.parametrize("blocked", [False, True])
+def test_attention_layer_matches_reference(
+    length: int, blocked: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if blocked:  # windows past 2 queries take the blocked path, 3 queries a block
+        monkeypatch.setattr(attention, "REFERENCE_MAX_QUERIES", 2)
+        monkeypatch.setattr(attention, "BLOCK_SIZE", 3)
     torch.manual_seed(0)
     attn = RelativeSelfAttention(d_model=16, n_heads=4, max_relative_position=5, dropout=0.0)
     attn = attn.double().eval()
