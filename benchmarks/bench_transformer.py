@@ -57,8 +57,9 @@ from torch import nn
 
 from pipeline.core.config import DEFAULT_PARAMS_FILE, ROOT
 from pipeline.core.io import write_json
+from pipeline.modeling import attention
 from pipeline.modeling.attention import sine_positions
-from pipeline.modeling.events import attention, transformer
+from pipeline.modeling.events import transformer
 from pipeline.modeling.events.sampling import ContextWindow, generate_transformer, sample_next
 from pipeline.modeling.events.transformer import MusicTransformer
 from pipeline.modeling.sampling import SampleOptions
@@ -287,15 +288,15 @@ def _reference_attention(
 @contextlib.contextmanager
 def _attention(kind: str) -> Iterator[None]:
     """Our model with its attention computed the way `kind` says, for the block."""
-    saved = transformer.relative_attention, attention.relative_logits
+    saved = attention.relative_attention, attention.relative_logits
     if kind in ("reference", "direct"):
-        transformer.relative_attention = _reference_attention
+        attention.relative_attention = _reference_attention
     if kind == "direct":
         attention.relative_logits = _direct_relative_logits
     try:
         yield
     finally:
-        transformer.relative_attention, attention.relative_logits = saved
+        attention.relative_attention, attention.relative_logits = saved
 
 
 # Long sequences: a row is (device, precision); its kinds are the models compared.

@@ -152,7 +152,8 @@ def etude_rows(
     runs: list[dict[str, Any]], params: TableParams, measured: str
 ) -> list[dict[str, Any]]:
     """Etude's rows: per model, the median over its seeds with their min and max, and the
-    seed with the best validation NLL where every seed has one (never chosen on test)."""
+    seed with the best validation NLL where every seed has one (never chosen on test).
+    Each row cites the dates its own runs were scored on."""
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         by_model[run["model"]].append(run)
@@ -160,7 +161,9 @@ def etude_rows(
     for model, group in sorted(by_model.items()):
         label = f"Etude {params.labels.get(model, model)}"
         seeds = sorted(r.get("seed") for r in group if r.get("seed") is not None)
-        cite = f"{params.citation} ({measured}; seeds {', '.join(map(str, seeds))})"
+        dates = sorted({str(r["scored_on"]) for r in group if r.get("scored_on")})
+        when = " to ".join(dict.fromkeys([dates[0], dates[-1]])) if dates else measured
+        cite = f"{params.citation} ({when}; seeds {', '.join(map(str, seeds))})"
         values = [r["frame_nll"] for r in group]
         times = [r["train_seconds"] for r in group if r["train_seconds"] is not None]
         bound = any(r["bound"] for r in group)
