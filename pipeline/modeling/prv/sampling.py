@@ -129,8 +129,10 @@ def generate_biaxial(
 
     Of the other `SampleOptions`: ``temperature`` is the base temperature;
     sample i continues ``primer`` piece ``i % k`` of the k pieces in it (by sorted
-    piece_id), its steps from step 0 kept in the output, shorter primers left-padded
-    with silence; ``length`` counts steps; ``style`` is one of ``config.styles``
+    piece_id; each needs a cell inside the model's pitches), its steps from step 0
+    kept in the output; samples whose primers are equally long are drawn in one batch
+    (`_sample_groups`: nothing padded, so each continues its primer exactly as a call
+    of its own would); ``length`` counts steps; ``style`` is one of ``config.styles``
     (None: "<unk>", any style); ``top_k`` and ``top_p`` are ignored (each cell is
     a Bernoulli draw; there is no ranked vocabulary to truncate).
 
@@ -148,19 +150,11 @@ def generate_biaxial(
     length, seconds = options.length, options.seconds
     steps = int(length) if length is not None else round(seconds * cfg.steps_per_second)
     steps = max(0, steps)
-    device = model.pitch_features.device
     primers = _primers(model, n, options.primer)
-    prime_len = max((len(p) for p in primers), default=0)
-    # left-pad shorter primers with silence so every sample continues at one step
-    prime = torch.zeros(n, prime_len, cfg.n_pitches, 3, device=device)
-    for i, p in enumerate(primers):
-        if len(p):
-            prime[i, prime_len - len(p) :] = torch.from_numpy(p).to(device)
     was_training = model.training
     model.eval()
     try:
-        key = _Key(model, n, key_bias) if key_bias > 0 else None
-        new = _sample(model, prime, steps, style_id, generator, heat, key)
+        new = _sample_groups(model, primers, steps, style_id, generator, heat, key_bias)
     finally:
         model.train(was_training)
     out = []
@@ -175,6 +169,33 @@ def generate_biaxial(
 generate_biaxial.primes_each_sample = True  # type: ignore[attr-defined]
 """Sample i continues primer piece i (of the pieces in sorted order): evaluation passes
 all its primers in one batched call."""
+
+
+def _sample_groups(
+    model: Any,
+    primers: list[np.ndarray],
+    steps: int,
+    style_id: int,
+    generator: torch.Generator | None,
+    heat: _Heat,
+    key_bias: float,
+) -> list[torch.Tensor]:
+    """Each sample's `steps` new steps (steps, P, 3), continuing its (Tp, P, 3) primer.
+
+    One batched `_sample` per primer length (shortest first; every sample, when none
+    is primed): padding a shorter primer would put silence before it and shift its
+    beat, so each sample is drawn as a call with its primer alone would draw it.
+    """
+    device = model.pitch_features.device
+    new: list[torch.Tensor] = [torch.empty(0)] * len(primers)
+    for length in sorted({len(p) for p in primers}):
+        group = [i for i, p in enumerate(primers) if len(p) == length]
+        prime = torch.from_numpy(np.stack([primers[i] for i in group])).to(device)
+        key = _Key(model, len(group), key_bias) if key_bias > 0 else None
+        drawn = _sample(model, prime, steps, style_id, generator, heat, key)
+        for j, i in enumerate(group):
+            new[i] = drawn[j]
+    return new
 
 
 def _read_settings(model: Any, options: SampleOptions) -> tuple[_Heat, str, float]:
@@ -223,6 +244,9 @@ def _primers(model: Any, n: int, primer: pd.DataFrame | None) -> list[np.ndarray
     pieces = sparse_pieces(primer, p)
     if not pieces.piece_ids:
         raise ValueError(f"primer: no cells inside pitches 0..{p - 1}")
+    empty = sorted({str(i) for i in primer["piece_id"].unique()} - set(pieces.piece_ids))
+    if empty:  # dropped, it would shift every later sample onto the next piece's primer
+        raise ValueError(f"primer: no cells inside pitches 0..{p - 1} in {', '.join(empty)}")
     dense = [
         dense_steps(pieces, k, 0, int(pieces.n_steps[k]), p) for k in range(len(pieces.piece_ids))
     ]

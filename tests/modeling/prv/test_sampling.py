@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -205,3 +207,66 @@ def test_key_scales_are_pophs_without_loading_poph() -> None:
     from pipeline.modeling.prv.sampling import outside_scales
 
     assert torch.equal(outside_scales(), disharmony_matrix("all"))
+
+
+def one_note_primer(piece_id: str, pitch: int, steps: int) -> pd.DataFrame:
+    """`pitch` struck at step 0 and held for `steps` steps."""
+    return pd.DataFrame(
+        {
+            "piece_id": [piece_id] * steps,
+            "step": np.arange(steps, dtype=np.int32),
+            "pitch": np.full(steps, pitch, np.int16),
+            "replay": [True] + [False] * (steps - 1),
+            "volume": np.full(steps, 0.6, np.float32),
+        }
+    )
+
+
+def test_one_call_draws_each_primer_as_a_call_of_its_own() -> None:
+    """Primers of 3, 6 and 3 steps in one call (evaluation's batched call): sample i
+    keeps primer i at steps 0..len - 1 and continues it exactly as a call with primer
+    i alone does (greedy: no random numbers). Padding the short primers to one length
+    would change their continuations; mixing up samples, their openings."""
+    torch.manual_seed(0)
+    model = BiaxialLSTM(model_config("biaxial", styles=("<unk>",), **TINY)).eval()
+    with torch.no_grad():
+        model.head.bias[PLAY] += 2.0  # greedy, the random model would write nothing
+    primers = [one_note_primer("primer-0", 2, 3), one_note_primer("primer-1", 9, 6)]
+    primers.append(one_note_primer("primer-2", 5, 3))
+    options = SampleOptions(length=16, temperature=0.0, settings={"dynamics": "predicted"})
+    every = pd.concat(primers, ignore_index=True)
+    rows = generate_biaxial(model, 3, dataclasses.replace(options, primer=every))
+    for i, (primer, sample) in enumerate(zip(primers, rows, strict=True)):
+        opening = sample[sample["step"] < len(primer)].reset_index(drop=True)
+        pd.testing.assert_frame_equal(
+            opening.drop(columns="piece_id"), primer.drop(columns="piece_id"), check_dtype=False
+        )
+        assert sample["step"].max() < len(primer) + 16
+        assert len(sample) > len(primer) + 50  # it wrote something to compare
+        alone = generate_biaxial(model, 1, dataclasses.replace(options, primer=primer))[0]
+        pd.testing.assert_frame_equal(  # volumes: batched float sums, within 1e-5
+            sample.drop(columns="piece_id"), alone.drop(columns="piece_id"), rtol=1e-5
+        )
+        assert (sample["piece_id"] == f"sample-{i}").all()
+
+
+def test_batched_primers_are_reproducible_and_keep_their_order() -> None:
+    """Twelve primers of two lengths, sampled (seeded) in one call: each sample opens
+    with its own primer (ids sorting past ten), and the same seed gives the same clips."""
+    model = biaxial()
+    primers = [one_note_primer(f"primer-{i:06d}", i, 2 + i % 2) for i in range(12)]
+    every = pd.concat(primers, ignore_index=True)
+    first, again = (draw(model, n=12, primer=every, length=10) for _ in range(2))
+    for i, (a, b) in enumerate(zip(first, again, strict=True)):
+        pd.testing.assert_frame_equal(a, b)
+        opening = a[a["step"] < 2 + i % 2]
+        assert opening["pitch"].tolist() == [i] * (2 + i % 2)
+        assert opening["volume"].tolist() == pytest.approx([0.6] * (2 + i % 2))
+
+
+def test_a_primer_piece_without_cells_is_refused_not_skipped() -> None:
+    """Skipping it would move every later sample onto the next piece's primer."""
+    inside = one_note_primer("a", 3, 2)
+    outside = one_note_primer("b", 30, 2)  # above the 12 pitches
+    with pytest.raises(ValueError, match=r"no cells inside pitches 0\.\.11 in b$"):
+        draw(biaxial(), n=2, primer=pd.concat([inside, outside], ignore_index=True))
