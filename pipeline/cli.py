@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "frames": ("pipeline.evaluation.frames", "frames_command"),
     "report": ("pipeline.report.stage", "report_command"),
     "table": ("pipeline.report.table", "table_command"),
+    "tables": ("pipeline.report.tables", "tables_command"),
     "quality": ("pipeline.report.quality", "quality_command"),
 }
 

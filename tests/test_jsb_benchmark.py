@@ -19,24 +19,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
 import shutil
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
 from tiny_project import (
     BIN,
-    Stage,
+    Bench,
+    bench_dep_problems,
+    bench_repro,
     clean_env,
     copy_code,
-    covered_files,
-    covers,
-    failed_stage_output,
     git,
-    read_stages,
     run_cmd,
     traced_env,
 )
@@ -125,61 +120,11 @@ def build_benchmark_project(project: Path) -> None:
     assert rc == 0, f"dvc config failed:\n{out}"
 
 
-@dataclass
-class Bench:
-    project: Path
-    stages: dict[str, Stage]
-    rc: int
-    log: str
-    seconds: float
-    loaded: dict[str, set[str]] = field(default_factory=dict)  # stage -> pipeline/ files
-    completed: set[str] = field(default_factory=set)
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def out(self) -> Path:
-        return self.project / JSB
-
-    def require_ok(self) -> None:
-        if self.rc != 0:
-            pytest.fail(
-                f"dvc repro {DVC_YAML} failed (rc {self.rc}):\n"
-                + failed_stage_output(self.log, self.completed)
-            )
-
-
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Bench:
-    for tool in ("etude", "dvc", "git"):
-        if tool != "git" and not (BIN / tool).exists():
-            pytest.fail(f"{BIN / tool} is missing: install the project (pip install -e .)")
     base = tmp_path_factory.mktemp("jsb").resolve()
-    project, traces = base / "proj", base / "traces"
-    build_benchmark_project(project)
-    stages = read_stages(project)
-    start = time.monotonic()
-    rc, log = run_cmd(
-        [str(BIN / "dvc"), "repro", DVC_YAML], project, traced_env(project, traces), REPRO_TIMEOUT_S
-    )
-    result = Bench(project, stages, rc, log, time.monotonic() - start)
-    by_argv = {tuple(s.argv[1:]): name for name, s in stages.items()}
-    for trace in sorted(traces.glob("*.jsonl")) if traces.exists() else []:
-        head, *records = (json.loads(line) for line in trace.read_text().splitlines())
-        files = {r["open"] for r in records if "open" in r}
-        for r in records:
-            files |= set(r.get("modules", ()))
-            result.problems += [f"loaded {f}, not the project's copy" for f in r.get("foreign", ())]
-        if head["root"] is None:
-            continue  # DVC and git: no stage code
-        name = by_argv.get(tuple(head["root"][1:]))
-        if name is None:
-            result.problems.append(f"`{shlex.join(head['root'])}` ran but is no stage's cmd")
-            continue
-        result.loaded.setdefault(name, set()).update(files)
-    lock = project / JSB / "dvc.lock"
-    if lock.exists():
-        result.completed = set((yaml.safe_load(lock.read_text()) or {}).get("stages", {}))
-    return result
+    build_benchmark_project(base / "proj")
+    return bench_repro(base / "proj", DVC_YAML, base / "traces", REPRO_TIMEOUT_S)
 
 
 def test_benchmark_runs_every_stage(bench: Bench) -> None:
@@ -261,25 +206,7 @@ def test_second_repro_runs_nothing_and_status_is_clean(bench: Bench) -> None:
 
 
 def test_stage_deps_are_the_files_each_stage_loads(bench: Bench) -> None:
-    """tests/test_dag.py's checks for the benchmark's stages: every file of pipeline/ a
-    stage loads is covered by its deps (A), and a train or frames stage's deps cover no
-    .py file it never loads (B: a needless dep reruns the costly stages)."""
+    """tests/test_dag.py's checks for the benchmark's stages (`bench_dep_problems`)."""
     bench.require_ok()
-    problems = []
-    for name, stage in sorted(bench.stages.items()):
-        loaded = bench.loaded.get(name)
-        if not loaded:
-            problems.append(f"{name}: no trace")
-            continue
-        missing = sorted(f for f in loaded if not any(covers(d, f) for d in stage.deps))
-        if missing:
-            problems.append(f"{name}: loads, but its deps do not cover: {', '.join(missing)}")
-        if name.startswith(("train@", "frames@")):
-            extra = sorted(
-                f
-                for f in covered_files(bench.project, stage)
-                if f.endswith(".py") and f not in loaded
-            )
-            if extra:
-                problems.append(f"{name}: deps cover, but it never loads: {', '.join(extra)}")
+    problems = bench_dep_problems(bench, ("train@", "frames@"))
     assert not problems, "\n".join(problems)

@@ -131,7 +131,9 @@ def test_small_reports_go_to_git_and_big_outputs_to_the_cache():
             small = small or "/plots/" in path
             # a benchmark's table: committed with its JSON (the README and report show it)
             small = (
-                small or name.endswith((":table", ":quality")) and path.endswith((".md", ".html"))
+                small
+                or (name.endswith((":table", ":quality", ":tables")) or ":table@" in name)
+                and path.endswith((".md", ".html"))
             )
             assert out.use_cache is not small, f"{name}: {path} cache={out.use_cache}"
 
@@ -148,6 +150,7 @@ CROSS_CUTTING = {
     "test_faults.py": "hostile MIDI through ingest, midi and the stores",
     "test_interruptions.py": "SIGKILL of real `etude` and `dvc repro` processes",
     "test_jsb_benchmark.py": "benchmarks/jsb/dvc.yaml end to end",
+    "test_poly2012_benchmark.py": "benchmarks/poly2012/dvc.yaml end to end",
     "test_layers.py": "pipeline/'s import layers, cycles and file and function sizes",
     "test_pipeline_integrity.py": "dvc.yaml, params.yaml and the code agree",
     "test_readme.py": "README.md's checkable claims",

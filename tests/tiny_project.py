@@ -280,6 +280,87 @@ def tiny_repro(base: Path) -> Run:
     return result
 
 
+@dataclass
+class Bench:
+    """A benchmark's `dvc repro` in a bare project (`bench_repro`): what ran and loaded."""
+
+    project: Path
+    dvc_yaml: str  # relative to the project, e.g. benchmarks/jsb/dvc.yaml
+    stages: dict[str, Stage]
+    rc: int
+    log: str
+    seconds: float
+    loaded: dict[str, set[str]] = field(default_factory=dict)  # stage -> pipeline/ files
+    completed: set[str] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def out(self) -> Path:
+        return self.project / Path(self.dvc_yaml).parent
+
+    def require_ok(self) -> None:
+        if self.rc != 0:
+            pytest.fail(
+                f"dvc repro {self.dvc_yaml} failed (rc {self.rc}):\n"
+                + failed_stage_output(self.log, self.completed)
+            )
+
+
+def bench_repro(project: Path, dvc_yaml: str, traces: Path, timeout: float) -> Bench:
+    """`dvc repro dvc_yaml` in `project`, traced as `tiny_repro` traces the main pipeline."""
+    for tool in ("etude", "dvc"):
+        if not (BIN / tool).exists():
+            pytest.fail(f"{BIN / tool} is missing: install the project (pip install -e .)")
+    stages = read_stages(project)
+    start = time.monotonic()
+    rc, log = run_cmd(
+        [str(BIN / "dvc"), "repro", dvc_yaml], project, traced_env(project, traces), timeout
+    )
+    result = Bench(project, dvc_yaml, stages, rc, log, time.monotonic() - start)
+    by_argv = {tuple(s.argv[1:]): name for name, s in stages.items()}
+    for trace in sorted(traces.glob("*.jsonl")) if traces.exists() else []:
+        head, *records = (json.loads(line) for line in trace.read_text().splitlines())
+        files = {r["open"] for r in records if "open" in r}
+        for r in records:
+            files |= set(r.get("modules", ()))
+            result.problems += [f"loaded {f}, not the project's copy" for f in r.get("foreign", ())]
+        if head["root"] is None:
+            continue  # DVC and git: no stage code
+        name = by_argv.get(tuple(head["root"][1:]))
+        if name is None:
+            result.problems.append(f"`{shlex.join(head['root'])}` ran but is no stage's cmd")
+            continue
+        result.loaded.setdefault(name, set()).update(files)
+    lock = result.out / "dvc.lock"
+    if lock.exists():
+        result.completed = set((yaml.safe_load(lock.read_text()) or {}).get("stages", {}))
+    return result
+
+
+def bench_dep_problems(bench: Bench, costly: tuple[str, ...]) -> list[str]:
+    """tests/test_dag.py's checks for a benchmark's stages: every file of pipeline/ a
+    stage loads is covered by its deps, and a costly stage's (names starting with one of
+    `costly`) deps cover no .py file it never loads (a needless dep reruns it)."""
+    problems = []
+    for name, stage in sorted(bench.stages.items()):
+        loaded = bench.loaded.get(name)
+        if not loaded:
+            problems.append(f"{name}: no trace")
+            continue
+        missing = sorted(f for f in loaded if not any(covers(d, f) for d in stage.deps))
+        if missing:
+            problems.append(f"{name}: loads, but its deps do not cover: {', '.join(missing)}")
+        if name.startswith(costly):
+            extra = sorted(
+                f
+                for f in covered_files(bench.project, stage)
+                if f.endswith(".py") and f not in loaded
+            )
+            if extra:
+                problems.append(f"{name}: deps cover, but it never loads: {', '.join(extra)}")
+    return problems
+
+
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
 
 

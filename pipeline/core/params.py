@@ -8,6 +8,11 @@ with a one-line message naming the offending key otherwise.
 Messages built from a mapping begin with ``params.yaml:``; `load_params`, `load_list`
 and `default_params` replace that with the file actually read (`params_errors`), so
 ``--params other.yaml`` or the shipped defaults are named, never a file nobody read.
+
+A params file may begin with ``extends: <path>`` (relative to the file): it then holds
+only what differs from that file, merged over it (`merge_params`). A benchmark with one
+file per data set (benchmarks/poly2012/datasets/) keeps its shared sections in one
+place that way; DVC tracks each file's own keys.
 """
 
 from __future__ import annotations
@@ -88,9 +93,44 @@ def default_params(section: str, cls: type[T]) -> T:
     return load_params(section, cls, DEFAULT_PARAMS_FILE)
 
 
+EXTENDS = "extends"  # a params file's key naming the file it overrides
+
+
 def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """Parse params.yaml into a dict (raises ParamsError on YAML syntax errors)."""
-    path = resolve_params_file(path)
+    """Parse params.yaml into a dict, over the file it ``extends`` if it names one
+    (raises ParamsError on YAML syntax errors, a missing base or a cycle)."""
+    return _read_layered(resolve_params_file(path), ())
+
+
+def _read_layered(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    data = _read_one(path)
+    if EXTENDS not in data:
+        return data
+    base = data.pop(EXTENDS)
+    if not isinstance(base, str) or not base.strip():
+        raise ParamsError(f"{path}: '{EXTENDS}' must name another params file, got {base!r}")
+    target = (path.parent / base).resolve()
+    chain = (*seen, path.resolve())
+    if target in chain:
+        names = " -> ".join(str(p) for p in (*chain, target))
+        raise ParamsError(f"{path}: '{EXTENDS}' makes a cycle: {names}")
+    if not target.is_file():
+        raise ParamsError(f"{path}: '{EXTENDS}: {base}': no such file ({target})")
+    return merge_params(_read_layered(target, chain), data)
+
+
+def merge_params(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`: mappings merge key by key; any other value replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_params(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_one(path: Path) -> dict[str, Any]:
     try:
         with path.open(encoding="utf-8") as fh:
             data = yaml.safe_load(fh)

@@ -8,7 +8,7 @@ writes ``table.json``::
     {"title", "unit", "split", "frames", "measured": {"date", "machine"},
      "rows": [{"model", "frame_nll", "source": "etude" | "published", "citation",
                "bound", "train_seconds", "n_seeds", "min", "max", "selected_by",
-               "seed"}],                            # sorted by frame_nll
+               "seed", "first_frame"}],             # sorted by frame_nll
      "runs": [every run's result, as the frames stage wrote it, + train_seconds]}
 
 and the same rows as a Markdown table (``table.md``, pasted into the README; a test
@@ -57,6 +57,7 @@ ROW_KEYS = (
     "max",
     "selected_by",
     "seed",
+    "first_frame",
 )
 SOURCES = ("etude", "published")
 
@@ -79,7 +80,9 @@ class TableParams:
 
 
 def read_published(path: Path) -> list[dict[str, Any]]:
-    """The published rows of `path` (YAML list of {model, frame_nll, citation, bound})."""
+    """The published rows of `path`: a YAML list of {model, frame_nll, citation, bound},
+    each with an optional ``first_frame`` (default true: the paper scores every frame;
+    false: it never scores a piece's first frame, as Bai et al.'s code does)."""
     import yaml
 
     try:
@@ -94,12 +97,18 @@ def read_published(path: Path) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             raise TableError(f"{path}: row {i} must be a mapping, got {item!r}")
         name = f"row {i} ({item.get('model')})"
-        if set(item) != keys:
-            wrong = sorted(keys - set(item)) or sorted(set(item) - keys)
-            what = "no" if keys - set(item) else "unknown key"
+        given = set(item) - {"first_frame"}
+        if given != keys:
+            wrong = sorted(keys - given) or sorted(given - keys)
+            what = "no" if keys - given else "unknown key"
             raise TableError(
-                f"{path}: {name}: {what} {wrong[0]!r} (a row has exactly model, frame_nll, "
-                "citation, bound)"
+                f"{path}: {name}: {what} {wrong[0]!r} (a row has model, frame_nll, "
+                "citation, bound and optionally first_frame)"
+            )
+        first_frame = item.get("first_frame", True)
+        if not isinstance(first_frame, bool):
+            raise TableError(
+                f"{path}: {name}: first_frame must be true or false, got {first_frame!r}"
             )
         if not isinstance(item["model"], str) or not item["model"].strip():
             raise TableError(f"{path}: {name}: model must be a non-empty name")
@@ -112,7 +121,7 @@ def read_published(path: Path) -> list[dict[str, Any]]:
         row = _row(
             str(item["model"]), item["frame_nll"], str(item["citation"]), item["bound"], None
         )
-        rows.append({**row, "source": "published"})
+        rows.append({**row, "source": "published", "first_frame": first_frame})
     return rows
 
 
@@ -252,6 +261,7 @@ def _row(
         "max": None if high is None else float(high),
         "selected_by": selected_by,
         "seed": seed,
+        "first_frame": True,  # Etude scores every frame of every piece
     }
 
 
@@ -301,6 +311,12 @@ def _nll(row: dict[str, Any]) -> str:
     return text
 
 
+def kind_text(row: dict[str, Any]) -> str:
+    """What a row's number is: exact or a bound, and whether first frames count."""
+    kind = "upper bound" if row["bound"] else "exact"
+    return kind if row.get("first_frame", True) else f"{kind}, frames 2..T"
+
+
 def markdown(table: dict[str, Any]) -> str:
     """The rows as a Markdown table (what the README shows)."""
     lines = [
@@ -308,7 +324,7 @@ def markdown(table: dict[str, Any]) -> str:
         "|---|---:|---|---|---:|---|",
     ]
     for row in table["rows"]:
-        kind = "upper bound" if row["bound"] else "exact"
+        kind = kind_text(row)
         lines.append(
             f"| {row['model']} | {_nll(row)} | {kind} | {row['source']} "
             f"| {_seconds(row['train_seconds'])} | {row['citation']} |"
@@ -324,7 +340,7 @@ def html_page(table: dict[str, Any]) -> str:
 
     rows = []
     for row in table["rows"]:
-        kind = "upper bound" if row["bound"] else "exact"
+        kind = kind_text(row)
         cls = ' class="ours"' if row["source"] == "etude" else ""
         rows.append(
             f"<tr{cls}><td>{_esc(row['model'])}</td>"

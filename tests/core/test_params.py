@@ -254,3 +254,63 @@ def test_cli_names_the_params_file_given(tmp_path):
     result = runner.invoke(app, ["fetch", "napster", "--out", str(out), "--params", str(other)])
     assert result.exit_code == 1
     assert result.output.startswith(f"error: {other}: 'sources' has unknown entry 'napster'")
+
+
+# --- extends: a file that holds only what differs from another ----------------------------
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_extends_merges_mappings_and_replaces_other_values(tmp_path):
+    _write(
+        tmp_path / "params.yaml",
+        "ex: {name: x, count: 3, rate: 1.0, mode: a, flags: [f, g]}\nother: {keep: 1}\n",
+    )
+    child = _write(
+        tmp_path / "sets" / "one.yaml", "extends: ../params.yaml\nex: {count: 7, flags: [h]}\n"
+    )
+    data = read_params_file(child)
+    assert "extends" not in data
+    assert data["other"] == {"keep": 1}
+    assert load_params("ex", Example, child) == Example("x", 7, 1.0, "a", ["h"], None)
+
+
+def test_extends_chains_and_the_nearest_file_wins(tmp_path):
+    _write(tmp_path / "a.yaml", "ex: {name: a, count: 1, rate: 1.0, mode: a, flags: []}\n")
+    _write(tmp_path / "b.yaml", "extends: a.yaml\nex: {name: b, count: 2}\n")
+    c = _write(tmp_path / "c.yaml", "extends: b.yaml\nex: {count: 3}\n")
+    assert load_params("ex", Example, c) == Example("b", 3, 1.0, "a", [], None)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("extends: missing.yaml\n", r"'extends: missing.yaml': no such file"),
+        ("extends: 3\n", r"'extends' must name another params file, got 3"),
+        ("extends: self.yaml\n", r"'extends' makes a cycle: .*self.yaml -> .*self.yaml"),
+    ],
+)
+def test_a_bad_extends_is_one_line_naming_the_file(tmp_path, text, message):
+    path = _write(tmp_path / "self.yaml", text)
+    with pytest.raises(ParamsError, match=message) as info:
+        read_params_file(path)
+    assert str(info.value).startswith(str(path))
+    assert "\n" not in str(info.value)
+
+
+def test_a_cycle_through_two_files_is_refused(tmp_path):
+    _write(tmp_path / "a.yaml", "extends: b.yaml\n")
+    b = _write(tmp_path / "b.yaml", "extends: a.yaml\n")
+    with pytest.raises(ParamsError, match=r"makes a cycle: .*b.yaml -> .*a.yaml -> .*b.yaml"):
+        read_params_file(b)
+
+
+def test_a_missing_key_after_merging_names_the_file_given(tmp_path):
+    _write(tmp_path / "base.yaml", "ex: {name: x, count: 3, rate: 1.0, mode: a}\n")
+    child = _write(tmp_path / "child.yaml", "extends: base.yaml\n")
+    with pytest.raises(ParamsError, match=rf"^{child}: missing key 'ex.flags'"):
+        load_params("ex", Example, child)

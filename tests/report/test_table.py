@@ -14,6 +14,7 @@ from pipeline.report.table import (
     TableError,
     TableParams,
     build_table,
+    kind_text,
     markdown,
     read_published,
     read_runs,
@@ -229,6 +230,10 @@ ROW = "- model: X\n  frame_nll: 5.5\n  citation: Y\n  bound: false\n"
         (ROW + "- model: Z\n  frame_nll: 5.5\n  citation: Y\n  bound: maybe\n", "row 1 \\(Z\\)"),
         (ROW + "- model: Z\n  frame_nll: 5.5\n  citation: Y\n  bound: 1\n", "row 1 \\(Z\\)"),
         (ROW + "- model: ''\n  frame_nll: 5.5\n  citation: Y\n  bound: false\n", "row 1"),
+        (
+            ROW + "- model: Z\n  frame_nll: 5.5\n  citation: Y\n  bound: false\n  first_frame: 0\n",
+            r"row 1 \(Z\): first_frame must be true or false",
+        ),
         ("[]\n", "non-empty list"),
         ("model: X\n", "non-empty list"),
         ("- [unclosed\n", "cannot read"),
@@ -240,6 +245,17 @@ def test_read_published_names_the_file_and_row(tmp_path: Path, text: str, messag
     with pytest.raises(TableError, match=message) as info:
         read_published(path)
     assert str(path) in str(info.value)
+
+
+def test_a_published_row_says_whether_first_frames_count(tmp_path: Path) -> None:
+    path = tmp_path / "published.yaml"
+    path.write_text(
+        ROW + "- model: Z\n  frame_nll: 8.1\n  citation: Y\n  bound: false\n  first_frame: false\n"
+    )
+    first, second = read_published(path)
+    assert first["first_frame"] is True and second["first_frame"] is False  # default: scored
+    assert kind_text(first) == "exact" and kind_text(second) == "exact, frames 2..T"
+    assert kind_text({**second, "bound": True}) == "upper bound, frames 2..T"
 
 
 def test_read_published_missing_file(tmp_path: Path) -> None:
