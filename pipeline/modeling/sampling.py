@@ -158,3 +158,33 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+MAJOR, NATURAL_MINOR = (0, 2, 4, 5, 7, 9, 11), (0, 2, 3, 5, 7, 8, 10)
+
+
+def outside_scales() -> torch.Tensor:
+    """(24, 12): 1 for the pitch classes outside the major (row 2k) and natural minor
+    (row 2k + 1) scale on tonic k: the scales of `pipeline.evaluation.metrics`'s scale
+    consistency and PopH's ``disharmony_matrix("all")``, built here so that a sampler's
+    key bias (prv, pianoroll) loads neither."""
+    rows = torch.ones(24, 12)
+    for k in range(12):
+        for r, scale in enumerate((MAJOR, NATURAL_MINOR)):
+            rows[2 * k + r, [(k + d) % 12 for d in scale]] = 0.0
+    return rows
+
+
+def key_outside(cells: torch.Tensor, min_pitch: int) -> torch.Tensor:
+    """(B, P): 1 for each sample's pitches outside its key, from its cells (B, T, P).
+
+    The key is the major or natural minor scale (`outside_scales`) that leaves the
+    fewest of the sample's sounding cells outside it (ties: the lowest row); pitch p is
+    MIDI ``min_pitch + p``.
+    """
+    pcs = (torch.arange(cells.size(-1), device=cells.device) + min_pitch) % 12
+    hist = torch.zeros(cells.size(0), 12, device=cells.device, dtype=cells.dtype)
+    hist.index_add_(1, pcs, cells.sum(dim=1))
+    scales = outside_scales().to(device=cells.device, dtype=cells.dtype)
+    key = (hist @ scales.T).argmin(dim=1)  # (B,)
+    return scales[key][:, pcs]

@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 
 import pytest
+import torch
 
 from pipeline.modeling import base
 from pipeline.modeling.base import GenerateError
@@ -63,3 +64,18 @@ def test_sample_options_default_to_the_cli_defaults() -> None:
     assert SampleOptions() == SampleOptions(
         temperature=1.0, top_k=0, top_p=1.0, primer=None, seconds=30.0, length=None, style=None
     )
+
+
+def test_key_outside_finds_the_scale_that_holds_the_most_cells() -> None:
+    from pipeline.modeling.sampling import key_outside
+
+    d_major = [62, 64, 66, 67, 69, 71, 73]  # D E F# G A B C#
+    cells = torch.zeros(2, 3, 24)  # MIDI 60..83
+    cells[0, :, [p - 60 for p in d_major]] = 1.0
+    cells[0, 0, 65 - 60] = 1.0  # one F among them: D major still holds the most
+    cells[1, :, [p - 60 for p in (60, 62, 64, 65, 67, 69, 71)]] = 1.0  # C major (or A minor)
+    out = key_outside(cells, 60)
+    pcs = [(60 + p) % 12 for p in range(24)]
+    assert {pc for pc, o in zip(pcs, out[0].tolist(), strict=True) if o} == {0, 3, 5, 8, 10}
+    # C major and A natural minor hold the same cells: the tie goes to the lower row
+    assert {pc for pc, o in zip(pcs, out[1].tolist(), strict=True) if o} == {1, 3, 6, 8, 10}

@@ -46,7 +46,7 @@ import pandas as pd
 import torch
 
 from pipeline.modeling.pianoroll import roll_to_rows, rows_to_roll
-from pipeline.modeling.sampling import GenerateError, SampleOptions, settings
+from pipeline.modeling.sampling import GenerateError, SampleOptions, key_outside, settings
 
 __all__ = [
     "AUTOENCODER_SETTINGS",
@@ -66,7 +66,12 @@ DRAWS = ("segments", "count", "threshold", "bernoulli")
 """The values of the ``draw`` setting (see the module docstring)."""
 
 _DECISION = {"draw": "segments", "min_frames": 4, "change": 0.5, "threshold": 0.5, "velocity": 90}
-AUTOENCODER_SETTINGS: dict[str, Any] = {**_DECISION, "iterations": 8, "density": 1.0}
+AUTOENCODER_SETTINGS: dict[str, Any] = {
+    **_DECISION,
+    "iterations": 8,
+    "density": 1.0,
+    "key_bias": 0.0,
+}
 """``sample.autoencoder`` defaults (`generate_autoencoder` says what each does)."""
 VAE_SETTINGS: dict[str, Any] = {**_DECISION, "window_correlation": 0.9, "refine": 0}
 """``sample.vae`` defaults (`generate_vae` says what each does)."""
@@ -86,6 +91,7 @@ def resolve_settings(options: SampleOptions, defaults: Mapping[str, Any], model:
         "velocity": (1 <= s["velocity"] <= 127, "in 1..127"),
         "iterations": (s.get("iterations", 1) >= 1, ">= 1"),
         "density": (s.get("density", 0.0) >= 0, ">= 0 (0: off)"),
+        "key_bias": (s.get("key_bias", 0.0) >= 0, ">= 0 (0: off)"),
         "window_correlation": (0.0 <= s.get("window_correlation", 0.0) <= 1.0, "in [0, 1]"),
         "refine": (s.get("refine", 0) >= 0, ">= 0"),
     }
@@ -226,6 +232,14 @@ def generate_autoencoder(
       polyphony 1.6 and 12% silent beats. The notes it adds are the model's less sure
       ones, so a briefly trained model pays in scale consistency (120 steps: 0.77,
       against 0.86 off; 800 steps: 0.86 either way).
+    - ``key_bias`` (0.0: off): subtracted, at every step, from the logits of the pitches
+      outside the sample's key: the major or natural minor scale holding most of the
+      clip's cells so far (every frame before the window and the window's current
+      cells), so a clip keeps one key unless its notes move it. The chain's cells are independent
+      draws, and without a bias an out-of-key note costs the model nothing once a
+      neighbour is wrong: scale consistency stays near 0.87 at the quality recipe's
+      800 steps where the chorales hold 0.93 (the values chosen are in
+      benchmarks/quality/params.yaml).
 
     Of the `SampleOptions`: ``temperature`` divides the logits inside the chain (before
     the density shift: < 1 favours the model's surest cells); the ``primer``'s frames
@@ -256,8 +270,8 @@ def generate_autoencoder(
             chunk = roll[:, start : start + window]
             x[:, : chunk.size(1)] = chunk
             x[:, known:] = _noise(model, n, window - known, generator, device)
-            chain = _Chain(known, max(options.temperature, 1e-3), target, how)
-            x = chain.run(model, x, generator)
+            chain = _Chain(known, max(options.temperature, 1e-3), target, how, cfg.min_pitch)
+            x = chain.run(model, x, generator, roll[:, :start])
             end = min(total, start + window)
             roll[:, position:end] = x[:, known : end - start]
             position = end
@@ -277,16 +291,37 @@ def _noise(
 
 
 class _Chain:
-    """One window's chain: frames < `known` stay clamped; `target` cells per frame (0: off)."""
+    """One window's chain: frames < `known` stay clamped; `target` cells per frame (0: off);
+    ``how["key_bias"]`` against the pitches outside the window's key (0: off)."""
 
-    def __init__(self, known: int, temperature: float, target: float, how: Mapping[str, Any]):
+    def __init__(
+        self,
+        known: int,
+        temperature: float,
+        target: float,
+        how: Mapping[str, Any],
+        min_pitch: int,
+    ):
         self.known, self.temperature, self.target, self.how = known, temperature, target, how
+        self.min_pitch = min_pitch
 
-    def run(self, model: Any, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def run(
+        self,
+        model: Any,
+        x: torch.Tensor,
+        generator: torch.Generator | None,
+        before: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The window `x` (B, T, P) after the chain; `before` (B, H, P): the clip's frames
+        before the window, which the key bias counts with the window's cells."""
         known, iterations = self.known, self.how["iterations"]
         for it in range(iterations):
             noisy = model.corrupt(x, generator, add=False)
             logits = model.logits(noisy)[:, known:] / self.temperature
+            bias = self.how.get("key_bias", 0.0)
+            if bias > 0:  # off: no key is estimated, the chain is what it was
+                heard = x if before is None else torch.cat([before, x], dim=1)
+                logits = logits - bias * key_outside(heard, self.min_pitch)[:, None, :]
             probs = torch.sigmoid(logits + self._shift(logits))
             if it + 1 < iterations:
                 u = torch.rand(probs.shape, generator=generator, device=probs.device)

@@ -67,7 +67,7 @@ from pipeline.modeling.prv import (
     dense_to_rows,
     sparse_pieces,
 )
-from pipeline.modeling.sampling import GenerateError, SampleOptions, settings
+from pipeline.modeling.sampling import GenerateError, SampleOptions, outside_scales, settings
 
 if TYPE_CHECKING:
     from pipeline.modeling.prv.biaxial import BiaxialLSTM
@@ -541,20 +541,6 @@ class _Heat:
         if self.base <= 0:
             return torch.full_like(silent, self.base)
         return self.base + self.rate * (silent - self.after + 1).clamp(min=0)
-
-
-MAJOR, NATURAL_MINOR = (0, 2, 4, 5, 7, 9, 11), (0, 2, 3, 5, 7, 8, 10)
-
-
-def outside_scales() -> torch.Tensor:
-    """(24, 12): 1 for the pitch classes outside the major (row 2k) and natural minor
-    (row 2k + 1) scale on tonic k: PopH's ``disharmony_matrix("all")``, built here so
-    that sampling the biaxial LSTM does not load PopH's module."""
-    rows = torch.ones(24, 12)
-    for k in range(12):
-        for r, scale in enumerate((MAJOR, NATURAL_MINOR)):
-            rows[2 * k + r, [(k + d) % 12 for d in scale]] = 0.0
-    return rows
 
 
 class _Key:

@@ -120,11 +120,11 @@ def test_bad_settings_are_refused_in_one_line(
 
 
 def test_autoencoder_density_sets_the_expected_cells_per_frame() -> None:
-    chain = sampling._Chain(known=0, temperature=1.0, target=2.5, how=AUTOENCODER_SETTINGS)
+    chain = sampling._Chain(0, 1.0, 2.5, AUTOENCODER_SETTINGS, min_pitch=60)
     logits = torch.randn(3, 10, 8, generator=torch.Generator().manual_seed(0)) - 4.0
     expected = torch.sigmoid(logits + chain._shift(logits)).sum(dim=-1).mean(dim=-1)
     torch.testing.assert_close(expected, torch.full((3,), 2.5), atol=1e-3, rtol=0)
-    off = sampling._Chain(known=0, temperature=1.0, target=0.0, how=AUTOENCODER_SETTINGS)
+    off = sampling._Chain(0, 1.0, 0.0, AUTOENCODER_SETTINGS, min_pitch=60)
     assert float(off._shift(logits).abs().max()) == 0.0
 
 
@@ -141,6 +141,28 @@ def test_autoencoder_density_fills_what_an_untrained_chain_leaves_silent() -> No
 
     assert cells_per_frame(0.0) < 0.1
     assert 1.5 < cells_per_frame(1.0) < 2.5
+
+
+def in_best_scale(rows: pd.DataFrame) -> float:
+    """The share of a clip's notes in the major or natural minor scale holding most."""
+    from pipeline.modeling.sampling import outside_scales
+
+    hist = torch.bincount(torch.as_tensor(rows["pitch"].to_numpy() % 12), minlength=12).float()
+    return 1.0 - float((outside_scales() @ hist).min() / hist.sum())
+
+
+def test_autoencoder_key_bias_keeps_a_clip_in_one_key() -> None:
+    model = autoencoder(n_pitches=24)  # untrained: every pitch class about as likely
+
+    def share(bias: float) -> float:
+        options = SampleOptions(length=48, settings={"key_bias": bias, "draw": "count"})
+        rows = generate_autoencoder(model, 4, options, torch.Generator().manual_seed(0))
+        return sum(in_best_scale(r) for r in rows) / len(rows)
+
+    unbiased, biased = share(0.0), share(2.0)  # 48 frames: three windows, one key
+    assert biased >= 0.95 > unbiased
+    with pytest.raises(GenerateError, match=r"sample.autoencoder.key_bias: must be >= 0"):
+        generate_autoencoder(model, 1, SampleOptions(length=8, settings={"key_bias": -1.0}))
 
 
 def test_autoencoder_runs_iterations_steps_per_window(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -204,7 +204,7 @@ def test_key_scales_are_pophs_without_loading_poph() -> None:
     """The key bias's scales are PopH's 24 rows; sampling builds them itself so that
     evaluating the biaxial LSTM does not load (and depend on) PopH's module."""
     from pipeline.modeling.prv.poph import disharmony_matrix
-    from pipeline.modeling.prv.sampling import outside_scales
+    from pipeline.modeling.sampling import outside_scales
 
     assert torch.equal(outside_scales(), disharmony_matrix("all"))
 
