@@ -33,7 +33,6 @@ from tiny_project import (
     copy_code,
     git,
     run_cmd,
-    traced_env,
 )
 
 from pipeline.modeling.frames import note_unigram_baseline, roll_from_steps
@@ -194,15 +193,7 @@ def test_table(bench: Bench) -> None:
 
 def test_second_repro_runs_nothing_and_status_is_clean(bench: Bench) -> None:
     bench.require_ok()
-    env = traced_env(bench.project, bench.project.parent / "traces-again")
-    rc, log = run_cmd([str(BIN / "dvc"), "repro", DVC_YAML], bench.project, env, 300)
-    assert rc == 0, log
-    assert "Running stage" not in log, log
-    rc, out = run_cmd(
-        [str(BIN / "dvc"), "status", "--json", DVC_YAML], bench.project, clean_env(), 120
-    )
-    assert rc == 0, out
-    assert json.loads(out.strip().splitlines()[-1]) == {}, out
+    bench.check_second_repro()
 
 
 def test_stage_deps_are_the_files_each_stage_loads(bench: Bench) -> None:

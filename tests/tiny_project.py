@@ -305,6 +305,19 @@ class Bench:
                 + failed_stage_output(self.log, self.completed)
             )
 
+    def check_second_repro(self) -> None:
+        """A second `dvc repro` runs nothing and `dvc status` is clean (no stage reruns
+        for a dep it wrote itself, a params key it does not track or an unstable output)."""
+        env = traced_env(self.project, self.project.parent / "traces-again")
+        rc, log = run_cmd([str(BIN / "dvc"), "repro", self.dvc_yaml], self.project, env, 300)
+        assert rc == 0, log
+        assert "Running stage" not in log, log
+        rc, out = run_cmd(
+            [str(BIN / "dvc"), "status", "--json", self.dvc_yaml], self.project, clean_env(), 120
+        )
+        assert rc == 0, out
+        assert json.loads(out.strip().splitlines()[-1]) == {}, out
+
 
 def bench_repro(project: Path, dvc_yaml: str, traces: Path, timeout: float) -> Bench:
     """`dvc repro dvc_yaml` in `project`, traced as `tiny_repro` traces the main pipeline."""
