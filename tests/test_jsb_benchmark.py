@@ -25,14 +25,11 @@ from pathlib import Path
 import pytest
 import yaml
 from tiny_project import (
-    BIN,
     Bench,
     bench_dep_problems,
     bench_repro,
-    clean_env,
     copy_code,
-    git,
-    run_cmd,
+    init_bench_repo,
 )
 
 from pipeline.modeling.frames import note_unigram_baseline, roll_from_steps
@@ -110,13 +107,7 @@ def build_benchmark_project(project: Path) -> None:
     (project / JSB / "params.yaml").write_text(
         yaml.safe_dump(tiny_benchmark_params(params), sort_keys=False), encoding="utf-8"
     )
-    git(project, "init", "-q")
-    rc, out = run_cmd([str(BIN / "dvc"), "init", "-q"], project, clean_env(), 120)
-    assert rc == 0, f"dvc init failed:\n{out}"
-    rc, out = run_cmd(
-        [str(BIN / "dvc"), "config", "core.analytics", "false"], project, clean_env(), 60
-    )
-    assert rc == 0, f"dvc config failed:\n{out}"
+    init_bench_repo(project)
 
 
 @pytest.fixture(scope="module")

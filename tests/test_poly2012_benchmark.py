@@ -26,14 +26,11 @@ from pathlib import Path
 import pytest
 import yaml
 from tiny_project import (
-    BIN,
     Bench,
     bench_dep_problems,
     bench_repro,
-    clean_env,
     copy_code,
-    git,
-    run_cmd,
+    init_bench_repo,
 )
 
 from pipeline.modeling.frames import note_unigram_baseline
@@ -95,10 +92,7 @@ def build_project(project: Path) -> None:
     for name in ("jsb", "nottingham", "musedata", "piano_midi"):
         rel = f"datasets/{name}.yaml"
         dump(tiny_dataset(yaml.safe_load((ROOT / POLY / rel).read_text("utf-8")), name), rel)
-    git(project, "init", "-q")
-    for cmd in (["init", "-q"], ["config", "core.analytics", "false"]):
-        rc, out = run_cmd([str(BIN / "dvc"), *cmd], project, clean_env(), 120)
-        assert rc == 0, f"dvc {cmd[0]} failed:\n{out}"
+    init_bench_repo(project)
 
 
 @pytest.fixture(scope="module")

@@ -319,6 +319,14 @@ class Bench:
         assert json.loads(out.strip().splitlines()[-1]) == {}, out
 
 
+def init_bench_repo(project: Path) -> None:
+    """git and DVC (no analytics) in a benchmark's bare project (its stages need git)."""
+    git(project, "init", "-q")
+    for cmd in (["init", "-q"], ["config", "core.analytics", "false"]):
+        rc, out = run_cmd([str(BIN / "dvc"), *cmd], project, clean_env(), 120)
+        assert rc == 0, f"dvc {cmd[0]} failed:\n{out}"
+
+
 def bench_repro(project: Path, dvc_yaml: str, traces: Path, timeout: float) -> Bench:
     """`dvc repro dvc_yaml` in `project`, traced as `tiny_repro` traces the main pipeline."""
     for tool in ("etude", "dvc"):

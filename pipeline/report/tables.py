@@ -5,7 +5,7 @@ Reads one table per data set (``tables/<name>.json``, written by the `table` sta
 columns (``tables.columns``: each data set's heading, in the paper's order; a listed
 data set with no table yet is a column of "not run yet", named in ``missing``)::
 
-    {"title", "unit", "columns": [{"dataset", "title", "split", "frames", "measured"}],
+    {"title", "unit", "columns": [{"dataset", "split", "frames", "measured"}],
      "order": [name, ...], "headings": {name: heading}, "missing": [name, ...],
      "rows": [{"model", "source", "kind", "citations": [...],
                "cells": {name: {"frame_nll", "min", "max", "n_seeds", "seed"} | null}}]}
@@ -135,7 +135,6 @@ def combine(tables: dict[str, dict[str, Any]], params: TablesParams) -> dict[str
         "columns": [
             {
                 "dataset": name,
-                "title": params.columns[name],
                 "split": table.get("split"),
                 "frames": table.get("frames"),
                 "measured": table.get("measured"),
@@ -199,7 +198,7 @@ def html_page(table: dict[str, Any]) -> str:
             f"<td>{esc(row['source'])}</td><td>{esc('; '.join(row['citations']))}</td></tr>"
         )
     measured = "; ".join(
-        f"{c['title']}: {c['frames']} {c['split']} frames, measured "
+        f"{table['headings'][c['dataset']]}: {c['frames']} {c['split']} frames, measured "
         f"{(c.get('measured') or {}).get('date', 'date unknown')}"
         for c in table["columns"]
     )
