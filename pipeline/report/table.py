@@ -8,7 +8,7 @@ writes ``table.json``::
     {"title", "unit", "split", "frames", "measured": {"date", "machine"},
      "rows": [{"model", "frame_nll", "source": "etude" | "published", "citation",
                "bound", "train_seconds", "n_seeds", "min", "max", "selected_by",
-               "seed", "first_frame"}],             # sorted by frame_nll
+               "seed", "first_frame", "estimate"}],  # sorted by frame_nll
      "runs": [every run's result, as the frames stage wrote it, + train_seconds]}
 
 and the same rows as a Markdown table (``table.md``, pasted into the README; a test
@@ -58,6 +58,7 @@ ROW_KEYS = (
     "selected_by",
     "seed",
     "first_frame",
+    "estimate",
 )
 SOURCES = ("etude", "published")
 
@@ -82,7 +83,9 @@ class TableParams:
 def read_published(path: Path) -> list[dict[str, Any]]:
     """The published rows of `path`: a YAML list of {model, frame_nll, citation, bound},
     each with an optional ``first_frame`` (default true: the paper scores every frame;
-    false: it never scores a piece's first frame, as Bai et al.'s code does)."""
+    false: it never scores a piece's first frame, as Bai et al.'s code does) and an
+    optional ``estimate`` (the estimator, e.g. "AIS", where the number is an estimate of
+    the likelihood that is neither exact nor a bound; default: exact)."""
     import yaml
 
     try:
@@ -97,19 +100,26 @@ def read_published(path: Path) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             raise TableError(f"{path}: row {i} must be a mapping, got {item!r}")
         name = f"row {i} ({item.get('model')})"
-        given = set(item) - {"first_frame"}
+        given = set(item) - {"first_frame", "estimate"}
         if given != keys:
             wrong = sorted(keys - given) or sorted(given - keys)
             what = "no" if keys - given else "unknown key"
             raise TableError(
                 f"{path}: {name}: {what} {wrong[0]!r} (a row has model, frame_nll, "
-                "citation, bound and optionally first_frame)"
+                "citation, bound and optionally first_frame and estimate)"
             )
         first_frame = item.get("first_frame", True)
         if not isinstance(first_frame, bool):
             raise TableError(
                 f"{path}: {name}: first_frame must be true or false, got {first_frame!r}"
             )
+        estimate = item.get("estimate")
+        if estimate is not None and (not isinstance(estimate, str) or not estimate.strip()):
+            raise TableError(
+                f"{path}: {name}: estimate must name the estimator (e.g. AIS), got {estimate!r}"
+            )
+        if estimate is not None and item["bound"] is True:
+            raise TableError(f"{path}: {name}: a row is a bound or an estimate, not both")
         if not isinstance(item["model"], str) or not item["model"].strip():
             raise TableError(f"{path}: {name}: model must be a non-empty name")
         if not _finite_number(item["frame_nll"]) or item["frame_nll"] <= 0:
@@ -121,7 +131,9 @@ def read_published(path: Path) -> list[dict[str, Any]]:
         row = _row(
             str(item["model"]), item["frame_nll"], str(item["citation"]), item["bound"], None
         )
-        rows.append({**row, "source": "published", "first_frame": first_frame})
+        rows.append(
+            {**row, "source": "published", "first_frame": first_frame, "estimate": estimate}
+        )
     return rows
 
 
@@ -262,6 +274,7 @@ def _row(
         "selected_by": selected_by,
         "seed": seed,
         "first_frame": True,  # Etude scores every frame of every piece
+        "estimate": None,  # Etude's numbers are exact or bounds
     }
 
 
@@ -312,8 +325,14 @@ def _nll(row: dict[str, Any]) -> str:
 
 
 def kind_text(row: dict[str, Any]) -> str:
-    """What a row's number is: exact or a bound, and whether first frames count."""
-    kind = "upper bound" if row["bound"] else "exact"
+    """What a row's number is: exact, a bound or an estimate, and whether first frames
+    count."""
+    if row["bound"]:
+        kind = "upper bound"
+    elif row.get("estimate"):
+        kind = f"{row['estimate']} estimate"
+    else:
+        kind = "exact"
     return kind if row.get("first_frame", True) else f"{kind}, frames 2..T"
 
 

@@ -234,6 +234,14 @@ ROW = "- model: X\n  frame_nll: 5.5\n  citation: Y\n  bound: false\n"
             ROW + "- model: Z\n  frame_nll: 5.5\n  citation: Y\n  bound: false\n  first_frame: 0\n",
             r"row 1 \(Z\): first_frame must be true or false",
         ),
+        (
+            ROW + "- model: Z\n  frame_nll: 6.3\n  citation: Y\n  bound: false\n  estimate: ''\n",
+            r"row 1 \(Z\): estimate must name the estimator",
+        ),
+        (
+            ROW + "- model: Z\n  frame_nll: 6.3\n  citation: Y\n  bound: true\n  estimate: AIS\n",
+            r"row 1 \(Z\): a row is a bound or an estimate, not both",
+        ),
         ("[]\n", "non-empty list"),
         ("model: X\n", "non-empty list"),
         ("- [unclosed\n", "cannot read"),
@@ -256,6 +264,20 @@ def test_a_published_row_says_whether_first_frames_count(tmp_path: Path) -> None
     assert first["first_frame"] is True and second["first_frame"] is False  # default: scored
     assert kind_text(first) == "exact" and kind_text(second) == "exact, frames 2..T"
     assert kind_text({**second, "bound": True}) == "upper bound, frames 2..T"
+
+
+def test_an_estimated_published_row_says_so(tmp_path: Path) -> None:
+    """The 2012 paper's RBM rows are AIS estimates: neither exact nor a bound."""
+    path = tmp_path / "published.yaml"
+    path.write_text(
+        ROW
+        + "- model: RNN-RBM\n  frame_nll: 6.27\n  citation: Y\n  bound: false\n  estimate: AIS\n"
+    )
+    exact, rbm = read_published(path)
+    assert exact["estimate"] is None and rbm["estimate"] == "AIS"
+    assert kind_text(exact) == "exact" and kind_text(rbm) == "AIS estimate"
+    assert kind_text({**rbm, "first_frame": False}) == "AIS estimate, frames 2..T"
+    assert "| RNN-RBM | 6.270 | AIS estimate |" in markdown({"rows": [exact, rbm]})
 
 
 def test_read_published_missing_file(tmp_path: Path) -> None:
