@@ -209,6 +209,9 @@ def test_published_rows_name_their_table_and_page(dataset: str) -> None:
     # the protocols the issue names: bounds marked, frames 2..T marked
     assert rows["DMM-Aug-NADE"]["bound"]
     assert all(not r["first_frame"] for m, r in rows.items() if "Bai" in r["citation"])
+    # the RBM rows are AIS estimates, and say so
+    assert {m for m, r in rows.items() if r["estimate"]} == {"RTRBM", "RNN-RBM"}
+    assert all(rows[m]["estimate"] == "AIS" for m in ("RTRBM", "RNN-RBM"))
     assert not any(r["bound"] for m, r in rows.items() if m != "DMM-Aug-NADE")
 
 
