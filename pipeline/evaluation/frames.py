@@ -88,7 +88,13 @@ def score_model(
             "frames (prv and events models do)"
         )
     module = importlib.import_module(family)
-    result = _score(module, model, store, params, steps_per_second, reference)
+    window = params.window.get(spec.name, 0)
+    if window and "window" not in inspect.signature(module.score).parameters:
+        raise FrameError(
+            f"frames.window.{spec.name}: {spec.representation} models are scored on whole "
+            "pieces only (sliding windows are the prv models'); leave it out"
+        )
+    result = _score(module, model, store, params, steps_per_second, reference, window)
     if validation:
         held_out = (
             result
@@ -100,6 +106,7 @@ def score_model(
                 dataclasses.replace(params, split="validation"),
                 steps_per_second,
                 reference,
+                window,
             )
         )
         result["validation_frame_nll"] = held_out["frame_nll"]
@@ -121,10 +128,13 @@ def _score(
     params: FramesParams,
     steps_per_second: float | None,
     reference: Reference | None,
+    window: int = 0,
 ) -> dict[str, Any]:
     """One split scored by the family's module; its errors as one line (`score_model`)."""
     takes_reference = "reference" in inspect.signature(module.score).parameters
     kw: dict[str, Any] = {"steps_per_second": steps_per_second}
+    if window:
+        kw["window"] = window
     if reference is not None and takes_reference:
         kw["reference"] = reference
     try:  # a grid or pitch window that does not fit, a missing split or column: one line

@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -257,9 +257,18 @@ class FramesParams:
     token_stride: int  # events models: tokens each sliding window moves (<= seq_len)
     device: str  # auto, cpu or cuda
     num_threads: int  # torch CPU threads; 0 = torch's default
+    # prv models: model name -> steps per sliding window (`pipeline.modeling.prv.frames`:
+    # each step sees at least half a window); a model not named is scored on whole pieces
+    window: dict[str, int] = field(default_factory=dict)
 
     def validate(self) -> None:
         require(self.split in ("train", "validation", "test"), "split must be a split name")
+        for name, steps in self.window.items():
+            require(
+                isinstance(steps, int) and not isinstance(steps, bool) and steps >= 2,
+                f"window.{name} must be a whole number of steps >= 2 (leave a model out to "
+                "score whole pieces)",
+            )
         require(self.token_stride >= 1, "token_stride must be >= 1")
         require(self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda")
         require(self.num_threads >= 0, "num_threads must be >= 0")

@@ -29,7 +29,7 @@ from pipeline.modeling.frames import (
     roll_from_steps,
 )
 from pipeline.modeling.prv import make_dataset, prepare
-from pipeline.modeling.prv.frames import piece_rolls, play_logits, split_rolls
+from pipeline.modeling.prv.frames import piece_rolls, play_logits, sliding_starts, split_rolls
 from pipeline.sources.jsb import OFFICIAL_SPLITS, write_midi
 
 SLICE = Path(__file__).resolve().parents[1] / "fixtures" / "jsb" / "jsb-chorales-slice.json"
@@ -170,6 +170,81 @@ def test_whole_piece_logits_are_causal(store: StoreData, name: str) -> None:
     for i, (w, s) in enumerate(zip(whole.whole, short.whole, strict=True)):
         assert s.shape == (k, GRID["n_pitches"])
         np.testing.assert_allclose(w[:k], s, rtol=1e-4, atol=1e-4, err_msg=f"piece {i}")
+
+
+# --------------------------------------------------------------------------------------
+# sliding windows (frames.window): each step scored with at least half a window of context
+
+
+@pytest.mark.parametrize("window", [2, 3, 16, 64])
+@pytest.mark.parametrize("n", [1, 5, 63, 64, 65, 84, 200, 1001])
+def test_sliding_windows_score_every_step_once(n: int, window: int) -> None:
+    spans = sliding_starts(n, window)
+    kept = [t for _, a, b in spans for t in range(a, b)]
+    assert kept == list(range(n))  # every step once, in order
+    for start, a, b in spans:
+        assert start <= a < b <= start + window  # inside its window
+        assert start == 0 or a - start >= window // 2  # at least half a window before it
+
+
+def test_a_sliding_window_needs_two_steps() -> None:
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        sliding_starts(10, 1)
+
+
+def test_sliding_scores_are_whole_within_a_window_and_causal(store: StoreData) -> None:
+    model = tiny("biaxial", store)
+    whole = play_logits(model, store, "test")
+    assert whole.sliding == [] and whole.scored is whole.whole
+    long = play_logits(model, store, "test", window=128)  # one window holds each piece
+    assert long.whole == [] and long.scored is long.sliding
+    for w, s in zip(whole.whole, long.sliding, strict=True):
+        np.testing.assert_allclose(w, s, rtol=1e-4, atol=1e-4)
+    short = play_logits(model, store, "test", window=16)
+    for pid, w, s in zip(short.piece_ids, whole.whole, short.sliding, strict=True):
+        assert s.shape == w.shape, pid
+        np.testing.assert_allclose(w[:16], s[:16], rtol=1e-4, atol=1e-4)  # the first window
+        assert np.abs(w[16:] - s[16:]).max() > 1e-2  # later steps see only their window
+    rows = store.rows["test"]  # causal: cutting the pieces after step 50 changes no step before
+    cut = dataclasses.replace(
+        store, rows={**store.rows, "test": rows[rows["step"] < 50].reset_index(drop=True)}
+    )
+    for s, c in zip(short.sliding, play_logits(model, cut, "test", window=16).sliding, strict=True):
+        np.testing.assert_allclose(s[:50], c, rtol=1e-4, atol=1e-4)
+
+
+def test_frames_window_is_per_model(store: StoreData) -> None:
+    model = tiny("biaxial", store)
+    scored = play_logits(model, store, "test", window=16)
+    kw = {"min_pitch": scored.min_pitch, "logits": True}
+    params = FramesParams(split="test", token_stride=1, device="cpu", num_threads=0)
+    result = score_model(
+        base.get("biaxial"), model, store, dataclasses.replace(params, window={"biaxial": 16})
+    )
+    assert result["window"] == 16 and "sliding windows of 16 steps" in result["method"]
+    assert result["frame_nll"] == pytest.approx(frame_nll(scored.sliding, scored.rolls, **kw))
+    other = score_model(
+        base.get("biaxial"), model, store, dataclasses.replace(params, window={"poph": 16})
+    )
+    assert other["window"] == 0 and "scored whole" in other["method"]
+    assert other["frame_nll"] != pytest.approx(result["frame_nll"])
+    with pytest.raises(FrameError, match="frames.window.transformer: events models"):
+        score_model(
+            base.get("transformer"),
+            None,
+            store,
+            dataclasses.replace(params, window={"transformer": 64}),
+        )
+
+
+@pytest.mark.parametrize("steps", [1, 0, True, 2.5])
+def test_a_bad_frames_window_is_refused_naming_it(steps: object) -> None:
+    from pipeline.core.params import ParamsError, from_mapping
+
+    raw = {"split": "test", "token_stride": 1, "device": "cpu", "num_threads": 0}
+    with pytest.raises(ParamsError, match="window"):
+        from_mapping({**raw, "window": {"biaxial": steps}}, FramesParams, "frames")
+    assert from_mapping(raw, FramesParams, "frames").window == {}  # optional
 
 
 # --------------------------------------------------------------------------------------

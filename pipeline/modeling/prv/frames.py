@@ -14,6 +14,14 @@ measured, not assumed:
 * **windowed**: what `etude evaluate` scores, the piece cut into consecutive
   ``seq_len`` windows, each starting from a fresh state (so each window's first steps
   lack context and the NLL is biased upward).
+* **sliding** (``frames.window``, per model; instead of whole): windows of ``window``
+  steps that advance by half a window, each step scored in the window that gives it
+  the most context, so every step sees at least ``window // 2`` earlier ones (all of
+  them near the piece's start) and at most ``window - 1``. Still exact: which window
+  scores a step depends on its position only. For a model trained on short windows
+  whose time axis does not carry over to long pieces: the frame transformer trained on
+  64-step windows and run over a whole MuseData piece (hundreds to thousands of steps,
+  its attention spread over all of them) scored 6.28 nats/frame on validation.
 
 With a data set's reference rolls (``etude frames --reference``; `check_store`,
 `reference_targets`), the targets are those rolls: the window must hold every pitch of
@@ -25,6 +33,7 @@ Loaded by the `frames` stage only (not by training), like ``sampling.py``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -64,8 +73,10 @@ if TYPE_CHECKING:
 class PlayLogits:
     """Per piece of one split: its id, the true 88-key roll and the model's play logits.
 
-    ``whole`` and ``windowed`` are ``(n_steps, n_pitches)`` float64 logits of the
-    pitches ``min_pitch .. min_pitch + n_pitches - 1``; ``rolls`` are ``(n_steps, 88)``.
+    ``whole``, ``windowed`` and ``sliding`` are ``(n_steps, n_pitches)`` float64 logits
+    of the pitches ``min_pitch .. min_pitch + n_pitches - 1`` (``whole`` empty when
+    scored in sliding windows, ``sliding`` empty when not); ``rolls`` are
+    ``(n_steps, 88)``.
     """
 
     piece_ids: list[str]
@@ -73,6 +84,13 @@ class PlayLogits:
     whole: list[np.ndarray]
     windowed: list[np.ndarray]
     min_pitch: int
+    sliding: list[np.ndarray] = dataclasses.field(default_factory=list)
+    window: int = 0  # the sliding windows' length; 0: whole pieces
+
+    @property
+    def scored(self) -> list[np.ndarray]:
+        """The benchmark's logits: sliding windows where asked for, else whole pieces."""
+        return self.sliding if self.window else self.whole
 
 
 def piece_rolls(pieces: PrvPieces, min_pitch: int) -> list[np.ndarray]:
@@ -97,11 +115,57 @@ def split_rolls(store: StoreData, split: str) -> list[np.ndarray]:
     return piece_rolls(split_pieces(store, split, n_pitches), min_pitch)
 
 
+def sliding_starts(n: int, window: int) -> list[tuple[int, int, int]]:
+    """(window start, first kept step, end of kept steps) covering steps 0..n - 1.
+
+    Windows of `window` steps advance by half a window; the first keeps all its steps,
+    each later one its last half, so a kept step has at least ``window // 2`` earlier
+    steps in its window (or every earlier step of the piece).
+    """
+    if window < 2:
+        raise ValueError(f"a sliding window needs at least 2 steps, got {window}")
+    hop = window // 2
+    spans = [(0, 0, min(window, n))]
+    start = hop
+    while spans[-1][2] < n:
+        spans.append((start, spans[-1][2], min(start + window, n)))
+        start += hop
+    return spans
+
+
+def _sliding(
+    model: Any, x: Callable[[int, int], np.ndarray], style: torch.Tensor, n: int, window: int
+) -> np.ndarray:
+    """One piece's play logits in sliding windows (`sliding_starts`); ``x(start, length)``
+    gives the dense steps ``start - 1 .. start + length - 1`` of the piece."""
+    device = style.device
+    spans = sliding_starts(n, window)
+    out = []
+    for i in range(0, len(spans), SLIDING_BATCH):  # bounded memory on long pieces
+        chunk = spans[i : i + SLIDING_BATCH]
+        xs = np.stack([x(s, window) for s, _, _ in chunk])
+        logits = model.logits(
+            torch.from_numpy(xs).to(device),
+            style.expand(len(chunk)),
+            torch.tensor([s for s, _, _ in chunk], dtype=torch.long, device=device),
+        )[..., PLAY]  # (W, window, P)
+        out += [logits[j, a - s : b - s] for j, (s, a, b) in enumerate(chunk)]
+    return torch.cat(out).double().cpu().numpy()
+
+
+SLIDING_BATCH = 32  # windows per forward pass in sliding scoring
+
+
 @torch.no_grad()
 def play_logits(
-    model: Any, store: StoreData, split: str, n_frames: Callable[[str], int] | None = None
+    model: Any,
+    store: StoreData,
+    split: str,
+    n_frames: Callable[[str], int] | None = None,
+    window: int = 0,
 ) -> PlayLogits:
-    """Whole-piece and windowed play logits of every piece of `split` (module docstring).
+    """Whole-piece (or sliding, `window` > 0) and windowed play logits of every piece of
+    `split` (module docstring).
 
     Each piece is scored up to its last sounding step, or for ``n_frames(piece_id)``
     frames where given (the silent frames a data set's piece ends with, which a store has no
@@ -118,13 +182,17 @@ def play_logits(
         )
     pieces = split_pieces(store, split, n_pitches)
     by_piece = piece_styles(store)
-    whole, windowed = [], []
+    whole, windowed, sliding = [], [], []
     for i, pid in enumerate(pieces.piece_ids):
         n = int(pieces.n_steps[i]) if n_frames is None else n_frames(pid)
         style = torch.tensor([style_index(config.styles, by_piece.get(pid))], device=device)
-        x = torch.from_numpy(dense_steps(pieces, i, -1, n + 1, n_pitches))[None].to(device)
-        start = torch.zeros(1, dtype=torch.long, device=device)
-        whole.append(model.logits(x, style, start)[0, :, :, PLAY].double().cpu().numpy())
+        if window:
+            steps = lambda s, length, i=i: dense_steps(pieces, i, s - 1, length + 1, n_pitches)  # noqa: E731
+            sliding.append(_sliding(model, steps, style, n, window))
+        else:
+            x = torch.from_numpy(dense_steps(pieces, i, -1, n + 1, n_pitches))[None].to(device)
+            start = torch.zeros(1, dtype=torch.long, device=device)
+            whole.append(model.logits(x, style, start)[0, :, :, PLAY].double().cpu().numpy())
         length = config.seq_len
         starts = list(range(0, n, length))
         xs = np.stack([dense_steps(pieces, i, s - 1, length + 1, n_pitches) for s in starts])
@@ -134,7 +202,8 @@ def play_logits(
             torch.tensor(starts, dtype=torch.long, device=device),
         )[..., PLAY]  # (W, seq_len, P)
         windowed.append(logits.reshape(-1, n_pitches)[:n].double().cpu().numpy())
-    return PlayLogits(pieces.piece_ids, piece_rolls(pieces, min_pitch), whole, windowed, min_pitch)
+    rolls = piece_rolls(pieces, min_pitch)
+    return PlayLogits(pieces.piece_ids, rolls, whole, windowed, min_pitch, sliding, window)
 
 
 def store_rolls(store: StoreData, split: str) -> dict[str, np.ndarray]:
@@ -206,8 +275,10 @@ def score(
     *,
     steps_per_second: float | None = None,
     reference: Reference | None = None,
+    window: int = 0,
 ) -> dict[str, Any]:
-    """The frames stage's result for a prv model: exact, whole pieces (and windowed).
+    """The frames stage's result for a prv model: exact, whole pieces or (`window` > 0)
+    sliding windows, and `etude evaluate`'s windows beside them.
 
     One frame per step: the grid is the store's own (its params.json). A grid given
     from elsewhere (`steps_per_second`, the stage's ``--grid``) must be the same.
@@ -224,24 +295,32 @@ def score(
     targets = None if reference is None else reference_targets(store, params.split, reference)
     with eval_mode(model):
         if targets is None:
-            scored = play_logits(model, store, params.split)
+            scored = play_logits(model, store, params.split, window=window)
         else:  # loaded only here: the benchmarks without a reference never load sources
             from pipeline.sources.poly2012 import piece_key
 
-            scored = play_logits(model, store, params.split, lambda p: len(targets[piece_key(p)]))
+            frames = lambda p: len(targets[piece_key(p)])  # noqa: E731
+            scored = play_logits(model, store, params.split, frames, window)
     if targets is None or reference is None:
         rolls, train = scored.rolls, split_rolls(store, "train")
     else:
         rolls = [targets[piece_key(pid)] for pid in scored.piece_ids]
         train = list(reference.split("train").values())
     kw = {"min_pitch": scored.min_pitch, "logits": True}
+    how = (
+        f"in sliding windows of {window} steps, each step seeing at least {window // 2} "
+        "earlier ones (all near the piece's start)"
+        if window
+        else "each piece scored whole from its first step"
+    )
     return {
-        "frame_nll": frame_nll(scored.whole, rolls, **kw),
+        "frame_nll": frame_nll(scored.scored, rolls, **kw),
         "frame_nll_windowed": frame_nll(scored.windowed, rolls, **kw),
+        "window": window,
         "note_unigram": note_unigram_baseline(train, rolls),
         "bound": False,
         "method": "exact: play probabilities of each pitch given earlier steps and "
-        "lower pitches, each piece scored whole from its first step",
+        f"lower pitches, {how}",
         "pieces": len(rolls),
         "frames": int(sum(len(r) for r in rolls)),
         "split": params.split,
