@@ -135,22 +135,29 @@ def sliding_starts(n: int, window: int) -> list[tuple[int, int, int]]:
     return spans
 
 
+def _window_logits(
+    model: Any, pieces: PrvPieces, i: int, starts: list[int], length: int, style: torch.Tensor
+) -> torch.Tensor:
+    """(W, length, P) play logits of piece `i`'s windows of `length` steps at `starts`,
+    each from a fresh state (its step index given, for the beat features)."""
+    n_pitches = model.config.n_pitches
+    xs = np.stack([dense_steps(pieces, i, s - 1, length + 1, n_pitches) for s in starts])
+    return model.logits(
+        torch.from_numpy(xs).to(style.device),
+        style.expand(len(starts)),
+        torch.tensor(starts, dtype=torch.long, device=style.device),
+    )[..., PLAY]
+
+
 def _sliding(
-    model: Any, x: Callable[[int, int], np.ndarray], style: torch.Tensor, n: int, window: int
+    model: Any, pieces: PrvPieces, i: int, style: torch.Tensor, n: int, window: int
 ) -> np.ndarray:
-    """One piece's play logits in sliding windows (`sliding_starts`); ``x(start, length)``
-    gives the dense steps ``start - 1 .. start + length - 1`` of the piece."""
-    device = style.device
+    """Piece `i`'s play logits in sliding windows (`sliding_starts`)."""
     spans = sliding_starts(n, window)
     out = []
-    for i in range(0, len(spans), SLIDING_BATCH):  # bounded memory on long pieces
-        chunk = spans[i : i + SLIDING_BATCH]
-        xs = np.stack([x(s, window) for s, _, _ in chunk])
-        logits = model.logits(
-            torch.from_numpy(xs).to(device),
-            style.expand(len(chunk)),
-            torch.tensor([s for s, _, _ in chunk], dtype=torch.long, device=device),
-        )[..., PLAY]  # (W, window, P)
+    for k in range(0, len(spans), SLIDING_BATCH):  # bounded memory on long pieces
+        chunk = spans[k : k + SLIDING_BATCH]
+        logits = _window_logits(model, pieces, i, [s for s, _, _ in chunk], window, style)
         out += [logits[j, a - s : b - s] for j, (s, a, b) in enumerate(chunk)]
     return torch.cat(out).double().cpu().numpy()
 
@@ -189,20 +196,13 @@ def play_logits(
         n = int(pieces.n_steps[i]) if n_frames is None else n_frames(pid)
         style = torch.tensor([style_index(config.styles, by_piece.get(pid))], device=device)
         if window:
-            steps = lambda s, length, i=i: dense_steps(pieces, i, s - 1, length + 1, n_pitches)  # noqa: E731
-            sliding.append(_sliding(model, steps, style, n, window))
+            sliding.append(_sliding(model, pieces, i, style, n, window))
         else:
             x = torch.from_numpy(dense_steps(pieces, i, -1, n + 1, n_pitches))[None].to(device)
             start = torch.zeros(1, dtype=torch.long, device=device)
             whole.append(model.logits(x, style, start)[0, :, :, PLAY].double().cpu().numpy())
-        length = config.seq_len
-        starts = list(range(0, n, length))
-        xs = np.stack([dense_steps(pieces, i, s - 1, length + 1, n_pitches) for s in starts])
-        logits = model.logits(
-            torch.from_numpy(xs).to(device),
-            style.expand(len(starts)),
-            torch.tensor(starts, dtype=torch.long, device=device),
-        )[..., PLAY]  # (W, seq_len, P)
+        starts = list(range(0, n, config.seq_len))
+        logits = _window_logits(model, pieces, i, starts, config.seq_len, style)
         windowed.append(logits.reshape(-1, n_pitches)[:n].double().cpu().numpy())
     rolls = piece_rolls(pieces, min_pitch)
     return PlayLogits(pieces.piece_ids, rolls, whole, windowed, min_pitch, sliding, window)
