@@ -174,7 +174,7 @@ def etude_rows(
 ) -> list[dict[str, Any]]:
     """Etude's rows: per model, the median over its seeds with their min and max, and the
     seed with the best validation NLL where every seed has one (never chosen on test).
-    Each row cites the dates its own runs were scored on."""
+    Each row cites the dates its own runs were scored on, and their sliding window if any."""
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         by_model[run["model"]].append(run)
@@ -184,7 +184,9 @@ def etude_rows(
         seeds = sorted(r.get("seed") for r in group if r.get("seed") is not None)
         dates = sorted({str(r["scored_on"]) for r in group if r.get("scored_on")})
         when = " to ".join(dict.fromkeys([dates[0], dates[-1]])) if dates else measured
-        cite = f"{params.citation} ({when}; seeds {', '.join(map(str, seeds))})"
+        window = scoring_window(model, group)
+        how = f"; scored in sliding windows of {window} steps" if window else ""
+        cite = f"{params.citation} ({when}; seeds {', '.join(map(str, seeds))}{how})"
         values = [r["frame_nll"] for r in group]
         times = [r["train_seconds"] for r in group if r["train_seconds"] is not None]
         bound = any(r["bound"] for r in group)
@@ -228,6 +230,20 @@ def etude_rows(
             )
         )
     return rows
+
+
+def scoring_window(model: str, group: list[dict[str, Any]]) -> int:
+    """The sliding window all of a model's runs were scored in (0: whole pieces).
+
+    A row is one way of scoring: runs of one model scored differently are refused.
+    """
+    windows = {int(r.get("window") or 0) for r in group}
+    if len(windows) != 1:
+        raise TableError(
+            f"{model}: runs were scored in different windows ({sorted(windows)}; 0: whole "
+            "pieces): re-score them all with one frames.window"
+        )
+    return windows.pop()
 
 
 def best_by_validation(model: str, group: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -192,6 +192,22 @@ def _etude_row(nll: float) -> dict[str, Any]:
     return next(r for r in rows if r["source"] == "etude" and "1-Gram" not in r["model"])
 
 
+def test_a_row_says_its_sliding_window_and_one_row_is_one_way_of_scoring() -> None:
+    group = [scored(s, v, BIAXIAL_VALID[s]) for s, v in BIAXIAL.items()]
+    whole = build_table(group, [], PARAMS)["rows"]
+    assert all("sliding" not in r["citation"] for r in whole)
+    for r in group:
+        r["window"] = 64
+    rows = build_table(group, [], PARAMS)["rows"]
+    median = next(r for r in rows if "(median of 3)" in r["model"])
+    assert median["citation"].endswith("seeds 0, 1, 2; scored in sliding windows of 64 steps)")
+    group[1]["window"] = 0  # one seed scored whole
+    with pytest.raises(
+        TableError, match=r"biaxial: runs were scored in different windows \(\[0, 64\]"
+    ):
+        build_table(group, [], PARAMS)
+
+
 def test_runs_of_other_data_are_refused() -> None:
     mixed = runs()
     mixed[1]["frames"] = 4724
