@@ -19,9 +19,11 @@ stage's code deps cover what it loads.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -229,3 +231,40 @@ def test_note_1gram_reproduces_the_papers(dataset: str) -> None:
     assert (
         test["random"] == pytest.approx(data["random_exact"]) and round(test["random"], 2) == 61.0
     )
+
+
+def choose_window_module() -> Any:
+    """benchmarks/poly2012/choose_window.py, loaded from its file (it is a script)."""
+    path = ROOT / POLY / "choose_window.py"
+    spec = importlib.util.spec_from_file_location("choose_window", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_window_pick_is_the_lowest_validation_median() -> None:
+    pick = choose_window_module().pick
+    runs = {"whole": {"s0": 6.3, "s1": 6.2, "s2": 6.5}, "64": {"s0": 5.9, "s1": 6.0, "s2": 6.6}}
+    assert pick(runs) == ("64", {"whole": 6.3, "64": 6.0})
+    runs["64"] = {"s0": 6.3, "s1": 6.3, "s2": 6.0}  # a tie on the median: whole pieces
+    assert pick(runs)[0] == "whole"
+    assert pick({"128": {"s0": 2.0}, "64": {"s0": 2.0}})[0] == "64"  # then the shorter
+
+
+WINDOWS = sorted(p.stem for p in (ROOT / POLY / "windows").glob("*.json"))
+
+
+@pytest.mark.parametrize("dataset", WINDOWS)
+def test_frames_window_is_the_validation_pick_and_the_results_use_it(dataset: str) -> None:
+    """datasets/<d>.yaml's frames.window is what choose_window.py picked on validation,
+    and every committed result of that data set was scored with it."""
+    chosen = json.loads((ROOT / POLY / "windows" / f"{dataset}.json").read_text("utf-8"))
+    assert chosen["split"] == "validation"  # never test
+    setting = yaml.safe_load((ROOT / POLY / "datasets" / f"{dataset}.yaml").read_text("utf-8"))
+    window = setting["frames"]["window"] or {}
+    for model, entry in chosen["models"].items():
+        want = 0 if entry["chosen"] == "whole" else int(entry["chosen"])
+        assert window.get(model, 0) == want, f"{dataset} {model}"
+        for path in (ROOT / POLY / "results" / dataset).glob(f"{model}-s*.json"):
+            assert json.loads(path.read_text("utf-8")).get("window", 0) == want, path.name
