@@ -119,6 +119,8 @@ def main() -> None:
             whole = whole_score(args.dataset, run)
             if whole is not None and whole[1] == ckpt.get("step"):
                 scores[WHOLE] = whole[0]
+            # one record per run; `scores` fills in place, so each write below saves it
+            runs[run] = {"model_sha256": digest, "step": ckpt.get("step"), "scores": scores}
             for w in args.windows:
                 if str(w) in scores:
                     continue
@@ -133,9 +135,7 @@ def main() -> None:
                     f"{UNIT} ({time.perf_counter() - t0:.0f} s)",
                     flush=True,
                 )
-                runs[run] = {"model_sha256": digest, "step": ckpt.get("step"), "scores": scores}
                 write_json(out, doc)
-            runs[run] = {"model_sha256": digest, "step": ckpt.get("step"), "scores": scores}
         by_window: dict[str, dict[str, float]] = {}
         for run, r in sorted(entry["runs"].items()):
             for w, v in r["scores"].items():
