@@ -45,7 +45,8 @@ def whole_score(dataset: str, run: str) -> tuple[float, int] | None:
     """(validation NLL, training step) the frames stage wrote for `run`, if whole pieces.
 
     The result records no model hash, so the caller compares its step with the model's:
-    a result of another training is not mixed in.
+    a result of a training that stopped at another step is not mixed in, but a retrained
+    model with the same step count cannot be told apart (re-run its frames stage first).
     """
     path = HERE / "results" / dataset / f"{run}.json"
     if not path.exists():
