@@ -268,3 +268,55 @@ def test_frames_window_is_the_validation_pick_and_the_results_use_it(dataset: st
         assert window.get(model, 0) == want, f"{dataset} {model}"
         for path in (ROOT / POLY / "results" / dataset).glob(f"{model}-s*.json"):
             assert json.loads(path.read_text("utf-8")).get("window", 0) == want, path.name
+
+
+def ablate_module() -> Any:
+    spec = importlib.util.spec_from_file_location("ablate", ROOT / POLY / "ablate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_an_ablation_variant_is_the_data_sets_params_with_its_changes(tmp_path: Path) -> None:
+    """ablate.py's run params extend datasets/<d>.yaml (itself over params.yaml), with
+    the variant's keys under models.<model>; a malformed variant is refused by name."""
+    from pipeline.modeling.train import load_train_params
+
+    ablate = ablate_module()
+    name, changes = ablate.parse_variant("lr03:dropout=0.0,train.learning_rate=0.03")
+    assert (name, changes) == ("lr03", {"dropout": 0.0, "train.learning_rate": 0.03})
+    for bad in ("no colon", "x:dropout", "9x:dropout=0"):
+        with pytest.raises(SystemExit, match="--variant"):
+            ablate.parse_variant(bad)
+    shutil.copy2(ROOT / POLY / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / POLY / "datasets", tmp_path / "datasets")
+    run = tmp_path / "models" / "musedata" / "ablation" / "biaxial-lr03-s0"
+    run.mkdir(parents=True)
+    (run / "params.yaml").write_text(ablate.variant_params("musedata", "biaxial", changes))
+    config, train = load_train_params("biaxial", run / "params.yaml")
+    base, base_train = load_train_params("biaxial", tmp_path / "datasets" / "musedata.yaml")
+    assert (config.dropout, train.learning_rate) == (0.0, 0.03)
+    assert config.beat_period == base.beat_period == 8  # the data set's own values kept
+    assert train.max_steps == base_train.max_steps
+
+
+ABLATIONS = sorted(p.stem for p in (ROOT / POLY / "ablations").glob("*.json"))
+
+
+@pytest.mark.parametrize("dataset", ABLATIONS)
+def test_the_data_sets_settings_are_its_best_ablation_on_validation(dataset: str) -> None:
+    """Each setting an ablation compared is, in datasets/<d>.yaml, the variant with the
+    lowest validation frame NLL (thread counts aside: they change speed, not the model)."""
+    from pipeline.modeling.train import load_train_params
+
+    doc = json.loads((ROOT / POLY / "ablations" / f"{dataset}.json").read_text("utf-8"))
+    assert doc["split"] == "validation"  # never test
+    best = min(doc["runs"].values(), key=lambda r: r["validation_frame_nll"])
+    model = next(k for k, r in doc["runs"].items() if r is best).split("-")[0]
+    config, train = load_train_params(model, ROOT / POLY / "datasets" / f"{dataset}.yaml")
+    keys = {k for r in doc["runs"].values() for k in r["changes"]} - {"train.num_threads"}
+    for key in sorted(keys):
+        section, field = ("train", key[6:]) if key.startswith("train.") else ("config", key)
+        have = getattr(train if section == "train" else config, field)
+        assert have == best["resolved"][section][field], f"{dataset} {model}: {key}"
