@@ -10,7 +10,9 @@ Usage (from the repository root, after the data set's `dvc repro`, or its stages
 Why: a setting that a data set needs (its own learning rate, dropout, steps) is chosen
 on validation, never on test (the issue: "ablations on validation too"). Each variant
 is ``name:key=value,...``, keys under ``models.<model>`` (``train.*`` for its training
-overrides), applied over ``datasets/<d>.yaml`` as it stands. For each one this trains
+overrides), applied over ``datasets/<d>.yaml`` as it stands: name every key compared in
+every variant, since the file changes once a setting is chosen (a finished run whose
+settings resolve differently now is refused, never retrained over). For each one this trains
 the model (`etude train`, into ``models/<d>/ablation/<model>-<name>-s<seed>``, outside
 the DVC stages, its params file beside it) and scores the validation split's frames as
 the frames stage would (the reference rolls, whole pieces or ``frames.window``), then
@@ -69,13 +71,14 @@ def variant_params(dataset: str, model: str, changes: dict[str, Any]) -> str:
     return yaml.safe_dump(doc, sort_keys=True)
 
 
-def curve(live: Path) -> dict[str, float]:
-    """The validation loss (play NLL, nats per pitch-step) training logged at each eval."""
+def curve(live: Path) -> list[list[float]]:
+    """[step, validation loss] at each of training's evals (play NLL, nats per
+    pitch-step, on ``train.eval_batches`` windows: a quick reading, not the frame NLL)."""
     path = live / "plots" / "metrics" / "val" / "nll.tsv"
     if not path.exists():
-        return {}
+        return []
     rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()[1:]]
-    return {step: float(value) for step, value in rows}
+    return [[int(step), float(value)] for step, value in rows]
 
 
 def main() -> None:
@@ -124,6 +127,17 @@ def main() -> None:
         with atomic_path(params) as tmp:
             tmp.write_text(text, encoding="utf-8")
         config, train = load_train_params(args.model, params)  # refuses a bad key here
+        resolved = {"config": dataclasses.asdict(config), "train": dataclasses.asdict(train)}
+        settings = run_dir / "settings.json"  # what the run was trained with, resolved
+        if settings.exists() and json.loads(settings.read_text()) != json.loads(
+            json.dumps(resolved)
+        ):
+            raise SystemExit(
+                f"{run_dir}: trained with other settings than {name!r} resolves to now "
+                f"(datasets/{args.dataset}.yaml changed?); name every compared key in the "
+                "variant, or remove the dir to retrain"
+            )
+        write_json(settings, resolved)
         live = run_dir / "live"
         summary_path = live / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
@@ -141,10 +155,7 @@ def main() -> None:
         old = doc["runs"].get(run, {})
         record = {
             "changes": changes,
-            "resolved": {
-                "config": dataclasses.asdict(config),
-                "train": dataclasses.asdict(train),
-            },
+            "resolved": resolved,
             "seed": args.seed,
             "steps": summary.get("steps"),
             "best_step": summary.get("best_step"),
