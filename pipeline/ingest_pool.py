@@ -194,13 +194,16 @@ def parse_all(
     budget = _hang_budget(timeout_s)
     pending: deque[tuple[list[_J], Future[Chunk]]] = deque()
     pool = _pool(workers, limits, timeout_s)
+    refused = False  # the pool broke before a submit: stop feeding it until replaced
     try:
         while True:
-            while len(pending) < 4 * workers:
+            while len(pending) < 4 * workers and not refused:
                 batch = next(chunks, None)
                 if batch is None:
                     break
-                pending.append((batch, pool.submit(_parse_chunk, [j.path for j in batch])))
+                future = _submit(pool, batch)
+                pending.append((batch, future))
+                refused = future.done() and future.exception() is not None
             if not pending:
                 return
             batch, future = pending.popleft()
@@ -216,6 +219,7 @@ def parse_all(
                 )
                 yield from _isolate(lost, limits, timeout_s)
                 pool = _pool(workers, limits, timeout_s)
+                refused = False
                 continue
             yield batch, chunk_result
     finally:
@@ -272,6 +276,18 @@ def _isolate(
                 yield [job], outcome
     finally:
         _stop(pool)
+
+
+def _submit(pool: ProcessPoolExecutor, batch: list[_J]) -> Future[Chunk]:
+    """Submit a chunk; a pool a worker already broke refuses new work at once, so
+    that refusal becomes the chunk's failed future and is recovered like a crash
+    noticed while waiting (the race CI hit: the crash landed between two submits)."""
+    try:
+        return pool.submit(_parse_chunk, [job.path for job in batch])
+    except BrokenProcessPool as exc:
+        failed: Future[Chunk] = Future()
+        failed.set_exception(exc)
+        return failed
 
 
 def _hang_budget(timeout_s: int) -> float | None:

@@ -292,6 +292,48 @@ def test_a_worker_that_dies_costs_only_its_file(corpus_dir, tmp_path, monkeypatc
         )
 
 
+def test_a_pool_broken_between_two_submits_costs_no_file(corpus_dir, tmp_path, monkeypatch):
+    """A worker can die while chunks are still being handed out; the pool then refuses
+    the next submit. That refusal must be recovered like a crash seen while waiting
+    (CI hit it: BrokenProcessPool escaped from submit and aborted the ingest)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    good = tmp_path / "good"
+    ingest_dir(corpus_dir, good, source="t", params=lenient(), progress=False)
+    real_pool = pool_mod._pool
+    made = []
+
+    class BreaksAfterTwoSubmits:
+        """The first pool: takes two chunks, then answers as a broken pool does."""
+
+        def __init__(self, pool):
+            self.pool, self.submits = pool, 0
+
+        def submit(self, fn, *args):
+            self.submits += 1
+            if self.submits > 2:
+                raise BrokenProcessPool("a child process terminated abruptly")
+            return self.pool.submit(fn, *args)
+
+        def shutdown(self, **kwargs):
+            self.pool.shutdown(**kwargs)
+
+    def pool(workers, limits, timeout_s):
+        made.append(workers)
+        made_pool = real_pool(workers, limits, timeout_s)
+        return BreaksAfterTwoSubmits(made_pool) if len(made) == 1 else made_pool
+
+    monkeypatch.setattr(pool_mod, "_pool", pool)
+    out = tmp_path / "out"
+    summary = ingest_dir(corpus_dir, out, source="t", params=lenient(), progress=False)
+    assert made[:2] == [2, 1]  # the broken pool, then the one-file-at-a-time retry
+    assert summary.rejects == 3 and summary.pieces == 24
+    for kind in ("notes", "pieces", "pedals", "rejects"):
+        pd.testing.assert_frame_equal(
+            read_store(out / f"{kind}.parquet", kind), read_store(good / f"{kind}.parquet", kind)
+        )
+
+
 def test_workers_that_always_die_stop_the_ingest_with_a_message(corpus_dir, tmp_path, monkeypatch):
     from crashers import always_crash
 
