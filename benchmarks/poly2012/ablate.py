@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import hashlib
 import json
 import subprocess
 import sys
@@ -91,6 +90,7 @@ def main() -> None:
     variants = dict(parse_variant(v) for v in args.variant)
 
     import torch
+    from choose_window import sha256  # this folder is on sys.path when run as a script
 
     from pipeline.core.io import atomic_path, write_json
     from pipeline.core.params import load_params
@@ -151,7 +151,7 @@ def main() -> None:
             subprocess.run(cmd, check=True, cwd=ROOT)
             summary = json.loads(summary_path.read_text())
         path = run_dir / "model" / "model.pt"
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = sha256(path)
         old = doc["runs"].get(run, {})
         record = {
             "changes": changes,
